@@ -1,0 +1,92 @@
+"""The worker's Dramatiq broker: built from the settings, with the actors declared on it.
+
+``wapipe worker`` runs Dramatiq's own CLI with ``actors.broker:setup`` as the broker, so each
+worker process calls :func:`setup` once after it forks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import ModuleType
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    AsyncIO,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from actors import parse, reply, verify
+from actors.dead_letters import DeadLetterRecorder
+from actors.errors import PermanentFailure
+from actors.runtime import RuntimeMiddleware
+from daemon import logs
+from daemon.config import Settings
+from daemon.queue import ACTOR_QUEUES, NAMESPACE
+
+log = logging.getLogger(__name__)
+
+#: The actor modules, each defining ``ACTOR_NAME``, ``run`` and ``OPTIONS``.
+STAGES: tuple[ModuleType, ...] = (verify, parse, reply)
+
+#: The longest an actor may run before TimeLimit interrupts it (then it is retried).
+TIME_LIMIT_MS = 120_000
+
+
+def build_broker(settings: Settings, redis_url: str) -> RedisBroker:
+    """A Redis broker with wapipe's middleware and every stage declared on it."""
+    middleware = [
+        AgeLimit(),
+        TimeLimit(time_limit=TIME_LIMIT_MS),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        DeadLetterRecorder(),
+        Retries(
+            max_retries=settings.retry_max,
+            min_backoff=settings.retry_min_backoff_ms,
+            max_backoff=settings.retry_max_backoff_ms,
+        ),
+        CurrentMessage(),
+        AsyncIO(),
+        RuntimeMiddleware(settings, redis_url),
+    ]
+    broker = RedisBroker(  # type: ignore[no-untyped-call]
+        url=redis_url,
+        namespace=NAMESPACE,
+        middleware=middleware,
+        heartbeat_timeout=settings.heartbeat_timeout_ms,
+        dead_message_ttl=settings.dlq_retention_days * 86_400_000,
+    )
+    dramatiq.set_broker(broker)
+    for stage in STAGES:
+        declare = dramatiq.actor(
+            actor_name=stage.ACTOR_NAME,
+            queue_name=ACTOR_QUEUES[stage.ACTOR_NAME],
+            broker=broker,
+            throws=(PermanentFailure,),
+            **stage.OPTIONS,
+        )
+        declare(stage.run)
+    return broker
+
+
+def setup() -> None:
+    """Dramatiq CLI entry (``actors.broker:setup``): settings from the environment, then the broker.
+
+    ``wapipe worker`` validated the same environment before it started, and passes the Redis URL
+    it resolved in ``WAPIPE_RESOLVED_REDIS_URL``.
+    """
+    settings = Settings.from_env(os.environ)
+    logs.configure(settings.log_level, settings.log_format)
+    redis_url = os.environ.get("WAPIPE_RESOLVED_REDIS_URL") or settings.redis_url
+    if redis_url is None:
+        raise RuntimeError("no Redis URL: start workers with `wapipe worker`")
+    build_broker(settings, redis_url)

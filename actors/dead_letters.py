@@ -1,0 +1,78 @@
+"""Dead letters: Dramatiq's ``.XQ`` holds the message, this middleware records why.
+
+Dramatiq moves a failed message to ``dramatiq:<queue>.XQ`` atomically when it nacks it. Just
+before that, :class:`DeadLetterRecorder` stores the reason (exception, Graph error code, details,
+fbtrace_id), the stage and the attempt count under the same Redis message id, so that
+``wapipe dlq`` can show each dead letter with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Middleware
+
+from actors.errors import PermanentFailure
+from daemon.graph import GraphError
+
+log = logging.getLogger(__name__)
+
+REASONS_KEY = "wapipe:dlq:reasons"
+
+
+def describe(exception: BaseException | None) -> dict[str, Any]:
+    """The reason recorded for a dead letter; never a payload body or a secret."""
+    if isinstance(exception, PermanentFailure):
+        return exception.reason
+    if isinstance(exception, GraphError):
+        return exception.reason()
+    if exception is None:
+        return {"type": "Unknown", "message": "failed without an exception"}
+    return {"type": type(exception).__name__, "message": str(exception)[:500]}
+
+
+class DeadLetterRecorder(Middleware):
+    """Records the reason of every message that is about to be dead-lettered.
+
+    Must be added *before* ``Retries``: ``after_*`` hooks run in reverse order, and this one has
+    to see the verdict ``Retries`` reached.
+    """
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if not message.failed:
+            return
+        permanent = isinstance(exception, PermanentFailure)
+        retries = int(message.options.get("retries", 0))
+        reason = describe(exception)
+        record = {
+            "message_id": message.message_id,
+            "stage": message.actor_name,
+            "queue": message.queue_name,
+            "reason": reason,
+            "attempts": retries + 1 if permanent else max(retries, 1),
+            "failed_at": time.time(),
+        }
+        redis_message_id = message.options.get("redis_message_id")
+        assert isinstance(broker, RedisBroker)
+        broker.client.hset(REASONS_KEY, redis_message_id, json.dumps(record))
+        log.warning(
+            "dead_lettered",
+            extra={
+                "actor": message.actor_name,
+                "message_id": message.message_id,
+                "reason": reason["type"],
+                "attempts": record["attempts"],
+            },
+        )

@@ -1,0 +1,111 @@
+"""Per-process resources of a worker: created after the worker boots, closed at shutdown.
+
+Async actors run on the one event loop thread of Dramatiq's ``AsyncIO`` middleware, so the
+``redis.asyncio`` client and the Graph API's aiohttp session are created on that loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import dramatiq
+import redis.asyncio as aioredis
+from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.middleware import CurrentMessage
+
+from daemon.config import Settings
+from daemon.graph import GraphClient
+from daemon.handler import Handler, load_handler
+from daemon.queue import AsyncQueue
+from daemon.web import redis_client
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What actors use: settings, Redis, the queue writer, the Graph API client, the handler."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    queue: AsyncQueue
+    graph: GraphClient
+    handler: Handler
+
+
+_current: Runtime | None = None
+
+
+def current() -> Runtime:
+    """The runtime of this worker process.
+
+    Raises:
+        RuntimeError: outside a booted worker.
+    """
+    if _current is None:
+        raise RuntimeError("wapipe runtime is not started (only available inside a worker)")
+    return _current
+
+
+def current_message_id() -> str:
+    """The Dramatiq message id of the message being processed (stable across retries)."""
+    message = CurrentMessage.get_current_message()
+    if message is None:
+        raise RuntimeError("no current message")
+    return str(message.message_id)
+
+
+def current_options() -> dict[str, Any]:
+    message = CurrentMessage.get_current_message()
+    return {} if message is None else dict(message.options)
+
+
+async def _open(settings: Settings, redis_url: str) -> Runtime:
+    client = redis_client(redis_url, settings.redis_timeout_seconds)
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=settings.graph_timeout_seconds),
+        connector=aiohttp.TCPConnector(limit=100, limit_per_host=64),
+        headers={"User-Agent": "wapipe/0.1"},
+    )
+    return Runtime(
+        settings=settings,
+        redis=client,
+        queue=AsyncQueue(
+            client,
+            heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
+            dead_message_ttl_ms=settings.dlq_retention_days * 86_400_000,
+        ),
+        graph=GraphClient(session, settings),
+        handler=load_handler(settings.handler),
+    )
+
+
+async def _close(runtime: Runtime) -> None:
+    await runtime.graph.close()
+    await runtime.redis.aclose()
+
+
+class RuntimeMiddleware(dramatiq.Middleware):
+    """Opens the runtime after the worker boots and closes it after the worker stops.
+
+    Must be added after ``AsyncIO``: ``after_*`` hooks run in reverse order, so this one closes
+    its resources before the event loop stops.
+    """
+
+    def __init__(self, settings: Settings, redis_url: str) -> None:
+        self.settings = settings
+        self.redis_url = redis_url
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        global _current
+        loop_thread = get_event_loop_thread()
+        if loop_thread is None:
+            raise RuntimeError("the AsyncIO middleware must run before RuntimeMiddleware")
+        _current = loop_thread.run_coroutine(_open(self.settings, self.redis_url))
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        global _current
+        loop_thread = get_event_loop_thread()
+        if _current is not None and loop_thread is not None:
+            loop_thread.run_coroutine(_close(_current))
+        _current = None

@@ -1,0 +1,184 @@
+"""``wapipe``: the command line of every wapipe process.
+
+Exit codes: 0 ok, 1 failure at run time, 2 bad configuration or usage, 3 Redis unreachable at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from daemon import logs
+from daemon.config import ConfigError, Settings, load_environment, redact_url
+
+log = logging.getLogger("daemon.cli")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_REDIS = 3
+
+#: How long a starting worker waits for Redis before giving up.
+REDIS_START_WAIT_SECONDS = 30.0
+
+
+class CommandError(Exception):
+    """A command cannot go on; ``code`` is the exit code, ``str()`` the one-line reason."""
+
+    def __init__(self, message: str, code: int = EXIT_CONFIG) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def embedded_socket(settings: Settings) -> Path:
+    """Where ``wapipe run``'s embedded Redis listens."""
+    return settings.data_dir / "redis.sock"
+
+
+def resolve_redis_url(settings: Settings) -> str:
+    """``REDIS_URL``, else the embedded Redis of a running ``wapipe run`` in the same data dir.
+
+    Raises:
+        CommandError: neither is available.
+    """
+    if settings.redis_url:
+        return settings.redis_url
+    sock = embedded_socket(settings)
+    if sock.exists():
+        import redis
+
+        url = f"unix://{sock.resolve()}"
+        try:
+            redis.Redis.from_url(url, socket_timeout=1).ping()
+        except redis.RedisError:
+            pass
+        else:
+            return url
+    raise CommandError(
+        "REDIS_URL is not set and no `wapipe run` is running in WAPIPE_DATA_DIR "
+        f"({settings.data_dir}): set REDIS_URL or use `wapipe run`"
+    )
+
+
+def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from daemon.web import make_app
+
+    redis_url = resolve_redis_url(settings)
+    log.info(
+        "web_starting",
+        extra={
+            "host": settings.host,
+            "port": settings.port,
+            "redis": redact_url(redis_url),
+            "sandbox": settings.sandbox,
+        },
+    )
+    web.run_app(
+        make_app(settings, redis_url),
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_timeout_seconds,
+        print=None,
+        access_log=None,
+    )
+    return EXIT_OK
+
+
+def _check_worker_redis(settings: Settings, redis_url: str) -> None:
+    import redis
+
+    from daemon.redis_check import VolatileRedis, check_persistence
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    deadline = time.monotonic() + REDIS_START_WAIT_SECONDS
+    try:
+        while True:
+            try:
+                check_persistence(client, allow_volatile=settings.allow_volatile_redis)
+            except VolatileRedis as error:
+                raise CommandError(str(error)) from None
+            except redis.RedisError as error:
+                if time.monotonic() >= deadline:
+                    raise CommandError(
+                        f"cannot reach Redis at {redact_url(redis_url)}: {error}", EXIT_REDIS
+                    ) from None
+                log.warning("redis_waiting", extra={"error": type(error).__name__})
+                time.sleep(1.0)
+            else:
+                return
+    finally:
+        client.close()
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.handler import HandlerError, load_handler
+    from daemon.queue import QUEUES
+
+    try:
+        load_handler(settings.handler)
+    except HandlerError as error:
+        raise CommandError(f"WAPIPE_HANDLER: {error}") from None
+    redis_url = resolve_redis_url(settings)
+    _check_worker_redis(settings, redis_url)
+    # Read by dramatiq.worker when it is first imported, which happens just below.
+    os.environ["dramatiq_worker_timeout"] = str(settings.worker_poll_ms)  # noqa: SIM112 - dramatiq's name
+    os.environ["WAPIPE_RESOLVED_REDIS_URL"] = redis_url
+    from dramatiq import cli as dramatiq_cli
+
+    argv = [
+        "actors.broker:setup",
+        "--processes",
+        str(settings.worker_processes),
+        "--threads",
+        str(settings.worker_threads),
+        "--worker-shutdown-timeout",
+        str(int(settings.shutdown_timeout_seconds * 1000)),
+        "--skip-logging",
+        "--queues",
+        *QUEUES,
+    ]
+    log.info(
+        "worker_starting",
+        extra={
+            "processes": settings.worker_processes,
+            "threads": settings.worker_threads,
+            "redis": redact_url(redis_url),
+        },
+    )
+    parser = dramatiq_cli.make_argument_parser()  # type: ignore[no-untyped-call]
+    return int(dramatiq_cli.main(parser.parse_args(argv)))  # type: ignore[no-untyped-call]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wapipe", description="WhatsApp Cloud API webhook pipeline.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("web", help="serve the webhook, health, readiness and metrics on $PORT")
+    commands.add_parser("worker", help="run the pipeline's actors (Dramatiq worker processes)")
+    return parser
+
+
+COMMANDS = {"web": cmd_web, "worker": cmd_worker}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env(load_environment(os.environ))
+    except ConfigError as error:
+        print(f"wapipe: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        return COMMANDS[args.command](settings, args)
+    except CommandError as error:
+        print(f"wapipe: {error}", file=sys.stderr)
+        return error.code
+    except KeyboardInterrupt:
+        return EXIT_OK

@@ -1,0 +1,114 @@
+"""The webhook envelope: its shape check and its split into items (WHATSAPP_API.md §C).
+
+Pure functions over parsed JSON. ``envelope_problem`` is what ``verify`` refuses; ``split``
+yields every entry × change × message / status / error, which ``parse`` routes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+WABA_OBJECT = "whatsapp_business_account"
+MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
+
+
+def envelope_problem(envelope: object) -> str | None:
+    """Why ``envelope`` is not a WhatsApp Business Account webhook, or None when it is.
+
+    Only what wapipe relies on is checked: unknown keys and unknown fields are accepted.
+    """
+    if not isinstance(envelope, dict):
+        return f"envelope is a JSON {type(envelope).__name__}, not an object"
+    if envelope.get("object") != WABA_OBJECT:
+        return f"object is {str(envelope.get('object'))[:64]!r}, not {WABA_OBJECT!r}"
+    entries = envelope.get("entry", [])
+    if not isinstance(entries, list):
+        return "entry is not a list"
+    for e, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            return f"entry[{e}] is not an object"
+        changes = entry.get("changes", [])
+        if not isinstance(changes, list):
+            return f"entry[{e}].changes is not a list"
+        for c, change in enumerate(changes):
+            where = f"entry[{e}].changes[{c}]"
+            if not isinstance(change, dict) or not isinstance(change.get("value"), dict):
+                return f"{where} has no value object"
+            if change.get("field") == "messages":
+                problem = _messages_value_problem(change["value"])
+                if problem:
+                    return f"{where}.value {problem}"
+    return None
+
+
+def _messages_value_problem(value: dict[str, Any]) -> str | None:
+    metadata = value.get("metadata")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("phone_number_id"), str):
+        return "has no metadata.phone_number_id"
+    for key in ("messages", "statuses", "errors", "contacts"):
+        items = value.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            return f"has a {key} that is not a list of objects"
+    return None
+
+
+def count_changes(envelope: dict[str, Any]) -> int:
+    return sum(len(entry.get("changes", [])) for entry in envelope.get("entry", []))
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One unit of work split from an envelope.
+
+    ``kind`` is ``message``, ``status``, ``error`` (value-level) or ``field`` (a change of a field
+    other than ``messages``, kept only as its name).
+    """
+
+    kind: str
+    field: str
+    phone_number_id: str | None = None
+    display_phone_number: str | None = None
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    contact: dict[str, Any] | None = None
+
+
+def split(envelope: dict[str, Any]) -> Iterator[Item]:
+    """Every item of a shape-checked envelope, in order."""
+    for entry in envelope.get("entry", []):
+        for change in entry.get("changes", []):
+            name = str(change.get("field"))
+            value = change["value"]
+            if name != "messages":
+                yield Item(kind="field", field=name)
+                continue
+            metadata = value["metadata"]
+            phone_number_id = metadata["phone_number_id"]
+            display = metadata.get("display_phone_number")
+            contacts = value.get("contacts", [])
+            for message in value.get("messages", []):
+                yield Item(
+                    kind="message",
+                    field=name,
+                    phone_number_id=phone_number_id,
+                    display_phone_number=display,
+                    data=message,
+                    contact=_contact_for(message, contacts),
+                )
+            for status in value.get("statuses", []):
+                yield Item("status", name, phone_number_id, display, status)
+            for error in value.get("errors", []):
+                yield Item("error", name, phone_number_id, display, error)
+
+
+def _contact_for(message: dict[str, Any], contacts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    sender = message.get("from")
+    sender_user = message.get("from_user_id")
+    for contact in contacts:
+        if (sender and contact.get("wa_id") == sender) or (
+            sender_user and contact.get("user_id") == sender_user
+        ):
+            return contact
+    return contacts[0] if len(contacts) == 1 else None

@@ -1,0 +1,224 @@
+"""The one Graph API client of a worker process: pooled aiohttp session, bearer token, retries.
+
+``stamina`` retries, in-process and briefly, only what cannot have been delivered: a connection
+that could not be made, or an answer of 5xx / 429. A send that may have reached Meta (a timeout
+or a dropped connection after the request went out) raises :class:`SendOutcomeUnknown` and is
+never retried here. Meta's error codes are classified as WHATSAPP_API.md §F says.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import stamina
+
+from daemon.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Longest ``Retry-After`` honoured inside one attempt (longer waits go back to the queue).
+RETRY_AFTER_CAP_SECONDS = 5.0
+
+#: Codes worth retrying soon (transient on Meta's side).
+RETRY_SOON_CODES = frozenset({1, 2, 131000, 131016, 133004, 2494100})
+#: Codes worth retrying later (throttling or a time-based block).
+RETRY_LATER_CODES = frozenset(
+    {4, 80007, 130429, 131048, 131049, 131056, 131057, 131064, 132069, 133008, 133009, 133015, 133016}
+)
+#: Codes that mean the access token is bad: sending pauses, nothing is dead-lettered for it.
+AUTH_CODES = frozenset({0, 190})
+#: Codes that are permanent even when they come with a server error status.
+KNOWN_PERMANENT_CODES = frozenset({3, 10, 33, 100, 131045, 133000})
+
+
+class GraphError(Exception):
+    """The Graph API answered with an error object."""
+
+    def __init__(
+        self,
+        http_status: int,
+        code: int | None,
+        message: str,
+        details: str | None = None,
+        fbtrace_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"HTTP {http_status}, code {code}: {message}")
+        self.http_status = http_status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.fbtrace_id = fbtrace_id
+        self.retry_after = retry_after
+
+    @property
+    def kind(self) -> str:
+        """``auth``, ``retry_soon``, ``retry_later`` or ``permanent``."""
+        if self.code in AUTH_CODES:
+            return "auth"
+        if self.code in RETRY_SOON_CODES:
+            return "retry_soon"
+        if self.code in RETRY_LATER_CODES or self.http_status == 429:
+            return "retry_later"
+        if self.http_status >= 500 and self.code not in KNOWN_PERMANENT_CODES:
+            return "retry_soon"  # an unknown code on a server error: transient until proven otherwise
+        return "permanent"
+
+    @property
+    def transient(self) -> bool:
+        """True when the request cannot have had an effect and may be repeated at once."""
+        return self.http_status >= 500 or self.http_status == 429
+
+    def reason(self) -> dict[str, Any]:
+        return {
+            "type": "GraphError",
+            "message": self.message,
+            "http_status": self.http_status,
+            "code": self.code,
+            "details": self.details,
+            "fbtrace_id": self.fbtrace_id,
+        }
+
+
+class GraphUnreachable(Exception):
+    """No connection to the Graph API could be made: nothing was sent."""
+
+
+class SendOutcomeUnknown(Exception):
+    """The request went out but no answer came back: it may or may not have taken effect."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    message_id: str | None
+    body: dict[str, Any]
+
+
+def _retry_hook(error: Exception) -> bool | float:
+    """stamina's ``on=``: retry unreachable and 5xx/429, honouring a clamped ``Retry-After``."""
+    if isinstance(error, GraphUnreachable):
+        return True
+    if isinstance(error, GraphError) and error.transient:
+        if error.retry_after is not None:
+            return min(max(error.retry_after, 0.0), RETRY_AFTER_CAP_SECONDS)
+        return True
+    return False
+
+
+def _read_retry_hook(error: Exception) -> bool | float:
+    """For reads (idempotent GETs) a timeout or a dropped connection is retried too."""
+    if isinstance(error, SendOutcomeUnknown):
+        return True
+    return _retry_hook(error)
+
+
+class GraphClient:
+    """Calls to ``{WHATSAPP_GRAPH_URL}/{WHATSAPP_API_VERSION}``; owns its aiohttp session."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: Settings) -> None:
+        self.session = session
+        self.base = settings.graph_base
+        self._token = settings.access_token
+        self._attempts = settings.graph_attempts
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        token = self._token.get() if self._token is not None else "sandbox"
+        return {"Authorization": f"Bearer {token}"}
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def send_message(self, phone_number_id: str, body: dict[str, Any]) -> SendResult:
+        """``POST /{phone_number_id}/messages``; returns the new message id.
+
+        Raises:
+            GraphError: Meta refused it (after brief retries of 5xx / 429).
+            GraphUnreachable: no connection could be made (after brief retries).
+            SendOutcomeUnknown: it may have been sent; do not resend blindly.
+        """
+        data = await self._retrying(_retry_hook, "POST", f"/{phone_number_id}/messages", body)
+        messages = data.get("messages")
+        message_id = messages[0].get("id") if isinstance(messages, list) and messages else None
+        return SendResult(message_id=message_id, body=data)
+
+    async def mark_read(self, phone_number_id: str, message_id: str) -> None:
+        """Mark an inbound message read (idempotent on Meta's side)."""
+        body = {"messaging_product": "whatsapp", "status": "read", "message_id": message_id}
+        await self._retrying(_retry_hook, "POST", f"/{phone_number_id}/messages", body)
+
+    async def media_info(self, media_id: str, phone_number_id: str | None = None) -> dict[str, Any]:
+        """``GET /{media_id}``: url, mime_type, sha256, file_size."""
+        params = {"phone_number_id": phone_number_id} if phone_number_id else None
+        return await self._retrying(_read_retry_hook, "GET", f"/{media_id}", None, params)
+
+    async def _retrying(
+        self,
+        hook: Any,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        async for attempt in stamina.retry_context(
+            on=hook, attempts=self._attempts, timeout=None, wait_initial=0.1, wait_max=2.0, wait_jitter=0.2
+        ):
+            with attempt:
+                result = await self._request(method, path, body, params)
+        return result
+
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, str] | None
+    ) -> dict[str, Any]:
+        url = self.base + path
+        try:
+            async with self.session.request(
+                method, url, json=body, params=params, headers=self.auth_headers, allow_redirects=False
+            ) as response:
+                try:
+                    data = await response.json(content_type=None)
+                except ValueError:
+                    data = None
+                if response.status >= 400 or not isinstance(data, dict):
+                    raise _graph_error(response, data)
+                return data
+        except aiohttp.ClientConnectorError as error:
+            raise GraphUnreachable(f"{type(error).__name__}: cannot connect to the Graph API") from None
+        except (TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
+            raise SendOutcomeUnknown(f"{type(error).__name__} after the request was sent") from None
+        except aiohttp.ClientPayloadError as error:
+            raise SendOutcomeUnknown(f"{type(error).__name__}: the answer was cut off") from None
+
+
+def _graph_error(response: aiohttp.ClientResponse, data: object) -> GraphError:
+    retry_after = _retry_after(response.headers.get("Retry-After"))
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return GraphError(
+            response.status, None, f"unexpected answer ({response.reason})", retry_after=retry_after
+        )
+    error_data = error.get("error_data")
+    if not isinstance(error_data, dict):
+        error_data = {}
+    code = error.get("code")
+    return GraphError(
+        http_status=response.status,
+        code=code if isinstance(code, int) else None,
+        message=str(error.get("message", ""))[:500],
+        details=str(error_data.get("details"))[:1000] if error_data.get("details") else None,
+        fbtrace_id=error.get("fbtrace_id"),
+        retry_after=retry_after,
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

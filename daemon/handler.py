@@ -1,0 +1,247 @@
+"""Typed inbound messages and the reply handler API, with DESIGN.md's default handler.
+
+A handler is ``def handle(message: InboundMessage) -> Sequence[Outbound]`` (or ``async def``).
+Each outbound is the type-specific part of a Graph ``/messages`` body, e.g.
+``{"type": "text", "text": {"body": "hi"}}``; wapipe adds ``messaging_product`` and the
+recipient (``to`` / ``recipient``) unless the handler set them. Returning nothing means
+"handled without reply": no read receipt is sent either.
+
+Set ``WAPIPE_HANDLER=module:function`` to replace the default.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.envelope import MEDIA_TYPES
+
+Outbound = dict[str, Any]
+Handler = Callable[["InboundMessage"], Sequence[Outbound] | Awaitable[Sequence[Outbound]]]
+
+#: WhatsApp's limit on a text message body.
+TEXT_LIMIT = 4096
+#: Kinds that get neither a reply nor a read receipt.
+SILENT_TYPES = frozenset({"reaction", "system", "revoke", "edit"})
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    """A media object of an inbound message (image, video, audio, document, sticker)."""
+
+    id: str | None
+    mime_type: str | None
+    sha256: str | None
+    url: str | None = None
+    caption: str | None = None
+    filename: str | None = None
+    voice: bool = False
+    animated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMedia:
+    """What ``fetch_media`` stored: the local path, its type, size and whether the hash matched."""
+
+    path: str
+    mime_type: str
+    size: int
+    sha256_ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    latitude: float
+    longitude: float
+    name: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Interactive:
+    """``kind`` is ``button_reply``, ``list_reply``, ``nfm_reply``, another type, or None (errors only)."""
+
+    kind: str | None
+    id: str | None = None
+    title: str | None = None
+    response_json: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One inbound message with its routing data; ``raw`` is the message object as Meta sent it."""
+
+    id: str
+    type: str
+    phone_number_id: str
+    display_phone_number: str | None
+    timestamp: str | None
+    from_: str | None
+    from_user_id: str | None
+    group_id: str | None
+    contact_name: str | None
+    raw: dict[str, Any]
+    text: str | None = None
+    media: Media | None = None
+    stored_media: StoredMedia | None = None
+    location: Location | None = None
+    contacts: tuple[dict[str, Any], ...] = ()
+    interactive: Interactive | None = None
+    button_text: str | None = None
+    button_payload: str | None = None
+    reaction_emoji: str | None = None
+    reaction_to: str | None = None
+    order_items: tuple[dict[str, Any], ...] = ()
+    errors: tuple[dict[str, Any], ...] = field(default=())
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> InboundMessage:
+        """Build from the item ``parse`` hands on (``message``, ``phone_number_id``, ``contact``…)."""
+        raw: dict[str, Any] = item["message"]
+        kind = str(raw.get("type") or "unknown")
+        body = _object(raw.get(kind))
+        profile = _object(_object(item.get("contact")).get("profile"))
+        stored = item.get("stored_media")
+        return cls(
+            id=str(raw["id"]),
+            type=kind,
+            phone_number_id=str(item["phone_number_id"]),
+            display_phone_number=item.get("display_phone_number"),
+            timestamp=raw.get("timestamp"),
+            from_=raw.get("from"),
+            from_user_id=raw.get("from_user_id"),
+            group_id=raw.get("group_id"),
+            contact_name=profile.get("name"),
+            raw=raw,
+            text=body.get("body") if kind == "text" else None,
+            media=_media(body) if kind in MEDIA_TYPES else None,
+            stored_media=StoredMedia(**stored) if isinstance(stored, dict) else None,
+            location=_location(body) if kind == "location" else None,
+            contacts=tuple(raw.get("contacts") or ()) if kind == "contacts" else (),
+            interactive=_interactive(body) if kind == "interactive" else None,
+            button_text=body.get("text") if kind == "button" else None,
+            button_payload=body.get("payload") if kind == "button" else None,
+            reaction_emoji=body.get("emoji") if kind == "reaction" else None,
+            reaction_to=body.get("message_id") if kind == "reaction" else None,
+            order_items=tuple(body.get("product_items") or ()) if kind == "order" else (),
+            errors=tuple(raw.get("errors") or ()),
+        )
+
+
+def _object(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _media(body: dict[str, Any]) -> Media:
+    return Media(
+        id=body.get("id"),
+        mime_type=body.get("mime_type"),
+        sha256=body.get("sha256"),
+        url=body.get("url"),
+        caption=body.get("caption"),
+        filename=body.get("filename"),
+        voice=bool(body.get("voice", False)),
+        animated=bool(body.get("animated", False)),
+    )
+
+
+def _location(body: dict[str, Any]) -> Location | None:
+    try:
+        return Location(
+            latitude=body["latitude"],
+            longitude=body["longitude"],
+            name=body.get("name"),
+            address=body.get("address"),
+        )
+    except KeyError:
+        return None
+
+
+def _interactive(body: dict[str, Any]) -> Interactive | None:
+    kind = body.get("type")
+    if not kind:
+        return None
+    reply = _object(body.get(kind))
+    return Interactive(
+        kind=kind, id=reply.get("id"), title=reply.get("title"), response_json=reply.get("response_json")
+    )
+
+
+def reply_text(message: InboundMessage) -> str | None:
+    """DESIGN.md's default reply for ``message``, or None for the kinds that get no reply."""
+    if message.type in SILENT_TYPES or message.group_id:
+        return None
+    text = _reply_text(message)
+    return text[:TEXT_LIMIT]
+
+
+def _reply_text(message: InboundMessage) -> str:
+    kind = message.type
+    if kind == "text" and message.text is not None:
+        return f"You said: {message.text}"
+    if kind in MEDIA_TYPES:
+        stored = message.stored_media
+        if stored is not None:
+            return f"Got your {kind} ({stored.size} bytes)."
+        return f"Got your {kind}, but could not download it."
+    if kind == "location" and message.location is not None:
+        return f"Got your location: {message.location.latitude}, {message.location.longitude}"
+    if kind == "contacts":
+        return f"Got {len(message.contacts)} contact(s)."
+    interactive = message.interactive
+    if kind == "interactive" and interactive is not None:
+        if interactive.kind in ("button_reply", "list_reply") and interactive.title is not None:
+            return f"You chose: {interactive.title}"
+        if interactive.kind == "nfm_reply":
+            return "Thanks, your form was received."
+    if kind == "button" and message.button_text is not None:
+        return f"You chose: {message.button_text}"
+    if kind == "order":
+        return f"Got your order of {len(message.order_items)} item(s)."
+    return f"Sorry, I can't read {kind} messages yet."
+
+
+def default_handler(message: InboundMessage) -> list[Outbound]:
+    """One text reply quoting the inbound message, or nothing for the silent kinds."""
+    text = reply_text(message)
+    if text is None:
+        return []
+    return [{"type": "text", "text": {"body": text}, "context": {"message_id": message.id}}]
+
+
+class HandlerError(Exception):
+    """``WAPIPE_HANDLER`` names something that cannot be imported or called."""
+
+
+def load_handler(spec: str | None) -> Handler:
+    """Import ``module:function``; None gives the default handler.
+
+    Raises:
+        HandlerError: the module or the function does not exist, or is not callable.
+    """
+    if spec is None:
+        return default_handler
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise HandlerError(f"cannot import module {module_name!r}: {error}") from None
+    handler = getattr(module, attribute, None)
+    if handler is None or not callable(handler):
+        raise HandlerError(f"module {module_name!r} has no callable {attribute!r}")
+    return handler  # type: ignore[no-any-return]
+
+
+async def call_handler(handler: Handler, message: InboundMessage) -> list[Outbound]:
+    """Run a sync or async handler and check that it returned a list of objects."""
+    result = handler(message)
+    if inspect.isawaitable(result):
+        result = await result
+    outbound = list(result or ())
+    for item in outbound:
+        if not isinstance(item, dict) or "type" not in item:
+            raise TypeError("a handler must return a sequence of dicts with a 'type'")
+    return outbound

@@ -1,0 +1,214 @@
+"""The web edge: Meta's webhook (handshake and deliveries), health, readiness and metrics.
+
+``POST /webhook`` answers 200 only after Redis accepted one ``verify`` message holding the exact
+bytes, the signature header and the receive time. Everything else happens in the actors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from daemon import metrics, signature
+from daemon.config import Settings
+from daemon.queue import QUEUES, AsyncQueue, build_message
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS = web.AppKey("redis", aioredis.Redis)
+QUEUE = web.AppKey("queue", AsyncQueue)
+WEB_METRICS = web.AppKey("web_metrics", metrics.WebMetrics)
+
+#: How long a reading of the queue depth is reused before Redis is asked again.
+DEPTH_CACHE_SECONDS = 0.1
+
+
+class Backpressure:
+    """Decides whether the pipeline has room, reading the ready depth at most every 100 ms."""
+
+    def __init__(self, queue: AsyncQueue, limit: int) -> None:
+        self._queue = queue
+        self._limit = limit
+        self._depth = 0
+        self._read_at = float("-inf")
+
+    async def overloaded(self) -> bool:
+        now = time.monotonic()
+        if now - self._read_at >= DEPTH_CACHE_SECONDS:
+            self._depth = await self._queue.ready_depth(QUEUES)
+            self._read_at = now
+        return self._depth > self._limit
+
+
+BACKPRESSURE = web.AppKey("backpressure", Backpressure)
+
+
+def redis_client(url: str, timeout: float) -> aioredis.Redis:
+    """A pooled ``redis.asyncio`` client that fails fast: a bounded timeout, one quick reconnect."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+    )
+
+
+async def handshake(request: web.Request) -> web.Response:
+    """Meta's GET verification: echo ``hub.challenge`` when the token matches, else 403."""
+    settings = request.app[SETTINGS]
+    query = request.rel_url.query
+    mode = query.get("hub.mode")
+    token = query.get("hub.verify_token")
+    challenge = query.get("hub.challenge")
+    expected = settings.verify_token.get().encode("utf-8")
+    token_ok = token is not None and hmac.compare_digest(token.encode("utf-8"), expected)
+    if mode == "subscribe" and token_ok and challenge:
+        log.info("webhook_handshake_ok")
+        return web.Response(text=challenge, content_type="text/plain")
+    log.warning("webhook_handshake_refused", extra={"mode": mode, "has_challenge": bool(challenge)})
+    return web.Response(status=403, text="forbidden", content_type="text/plain")
+
+
+class _Refused(Exception):
+    """A delivery refused with ``status``; ``outcome`` labels the metric."""
+
+    def __init__(self, status: int, outcome: str, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.outcome = outcome
+        self.text = text
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The raw body, refusing (413) before reading more than ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _Refused(413, "too_large", "payload too large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _Refused(413, "too_large", "payload too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def receive(request: web.Request) -> web.Response:
+    """A webhook delivery: size, signature, JSON, room, durable enqueue, then 200."""
+    started = time.perf_counter()
+    web_metrics = request.app[WEB_METRICS]
+    try:
+        envelope_id = await _accept(request)
+    except _Refused as refused:
+        web_metrics.observe(refused.outcome, time.perf_counter() - started)
+        response = web.Response(status=refused.status, text=refused.text, content_type="text/plain")
+        if refused.status == 413:
+            response.force_close()
+        return response
+    web_metrics.observe("accepted", time.perf_counter() - started)
+    log.debug("webhook_accepted", extra={"envelope_id": envelope_id})
+    return web.Response(text="ok", content_type="text/plain")
+
+
+async def _accept(request: web.Request) -> str:
+    settings = request.app[SETTINGS]
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # Meta never compresses; refusing keeps a zip bomb from ever being expanded.
+        raise _Refused(415, "bad_json", "content encoding not supported")
+    body = await _read_body(request, settings.max_body_bytes)
+    header = request.headers.get(signature.HEADER)
+    try:
+        signature.verify(body, header, settings.app_secret.get())
+    except signature.SignatureError as error:
+        log.warning("webhook_bad_signature", extra={"reason": str(error), "bytes": len(body)})
+        raise _Refused(401, "bad_signature", "invalid signature") from None
+    try:
+        text = body.decode("utf-8")
+        json.loads(text)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+        log.warning("webhook_bad_json", extra={"bytes": len(body)})
+        raise _Refused(400, "bad_json", "body is not JSON") from None
+    assert header is not None  # verified above
+    message = build_message("verify", {"body": text, "signature": header.strip(), "received_at": time.time()})
+    queue = request.app[QUEUE]
+    try:
+        async with asyncio.timeout(settings.redis_timeout_seconds):
+            if await request.app[BACKPRESSURE].overloaded():
+                log.warning("webhook_overloaded", extra={"limit": settings.max_queue_depth})
+                raise _Refused(503, "overloaded", "queue full, retry later")
+            await queue.enqueue(message)
+    except (RedisError, TimeoutError) as error:
+        log.error("webhook_enqueue_failed", extra={"error": type(error).__name__})  # noqa: TRY400 - expected, no traceback
+        raise _Refused(503, "unavailable", "queue unavailable, retry later") from None
+    return str(message.message_id)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 while the process runs."""
+    return web.Response(text="ok", content_type="text/plain")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when Redis answers a PING within the Redis timeout; 503 otherwise."""
+    settings = request.app[SETTINGS]
+    try:
+        async with asyncio.timeout(settings.redis_timeout_seconds):
+            await request.app[REDIS].ping()
+    except (RedisError, TimeoutError) as error:
+        return web.Response(status=503, text=f"redis unavailable: {type(error).__name__}")
+    return web.Response(text="ok", content_type="text/plain")
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus text format; the queue figures are read from Redis now."""
+    settings = request.app[SETTINGS]
+    web_metrics = request.app[WEB_METRICS]
+    try:
+        async with asyncio.timeout(settings.redis_timeout_seconds):
+            stats = {queue: await request.app[QUEUE].stats(queue) for queue in QUEUES}
+    except (RedisError, TimeoutError):
+        stats = None
+    web_metrics.set_queue_stats(stats)
+    body, content_type = web_metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def make_app(settings: Settings, redis_url: str) -> web.Application:
+    """The web application; Redis is connected in ``cleanup_ctx`` and closed on shutdown."""
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[WEB_METRICS] = metrics.WebMetrics()
+
+    async def redis_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        client = redis_client(redis_url, settings.redis_timeout_seconds)
+        queue = AsyncQueue(
+            client,
+            heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
+            dead_message_ttl_ms=settings.dlq_retention_days * 86_400_000,
+        )
+        app[REDIS] = client
+        app[QUEUE] = queue
+        app[BACKPRESSURE] = Backpressure(queue, settings.max_queue_depth)
+        yield
+        await client.aclose()
+
+    app.cleanup_ctx.append(redis_lifecycle)
+    app.router.add_get("/webhook", handshake)
+    app.router.add_post("/webhook", receive)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app

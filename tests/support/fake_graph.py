@@ -1,0 +1,207 @@
+"""A fake Graph API: an aiohttp server on an ephemeral loopback port, in a thread of its own.
+
+It records every request and can be scripted to fail: per kind of call (``send``, ``read``,
+``media_info``, ``download``), a queue of :class:`Reply` is consumed before the normal answer.
+Usable from sync tests and from worker subprocesses alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import itertools
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from tests.support.waiting import wait_for
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted answer: a status and JSON body, after ``delay`` seconds; ``drop`` cuts the connection."""
+
+    status: int = 200
+    body: dict[str, Any] | None = None
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False
+
+
+def graph_error(code: int, status: int = 400, message: str = "error", **extra: Any) -> Reply:
+    """A Graph error object as Meta sends it (WHATSAPP_API.md §E5)."""
+    body = {
+        "error": {
+            "message": f"(#{code}) {message}",
+            "type": "OAuthException",
+            "code": code,
+            "error_data": {"messaging_product": "whatsapp", "details": f"details of {code}"},
+            "fbtrace_id": f"trace-{code}",
+        }
+    }
+    return Reply(status=status, body=body, **extra)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    kind: str
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    json: Any
+
+
+def media_bytes(media_id: str) -> bytes:
+    """What the fixtures say media ``media_id`` contains."""
+    return f"fixture media {media_id}\n".encode()
+
+
+class FakeGraph:
+    def __init__(self, version: str = "v25.0") -> None:
+        self.version = version
+        self.requests: list[Recorded] = []
+        self.scripts: dict[str, deque[Reply]] = {}
+        self.media: dict[str, tuple[bytes, str]] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-graph", daemon=True)
+        self.port = 0
+
+    # --- control -----------------------------------------------------------------------
+    def start(self) -> FakeGraph:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def script(self, kind: str, *replies: Reply) -> None:
+        """Answer the next calls of ``kind`` with ``replies``, in order, then normally."""
+        with self._lock:
+            self.scripts.setdefault(kind, deque()).extend(replies)
+
+    def add_media(self, media_id: str, content: bytes | None = None, mime_type: str = "image/jpeg") -> None:
+        with self._lock:
+            self.media[media_id] = (media_bytes(media_id) if content is None else content, mime_type)
+
+    def of_kind(self, kind: str) -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if r.kind == kind]
+
+    def sends(self) -> list[Recorded]:
+        return self.of_kind("send")
+
+    def wait_sends(self, count: int, timeout: float = 20.0) -> list[Recorded]:
+        return wait_for(
+            lambda: len(self.sends()) >= count and self.sends(), timeout=timeout, what=f"{count} sends"
+        )
+
+    # --- server ------------------------------------------------------------------------
+    async def _start(self) -> None:
+        app = web.Application()
+        v = self.version
+        app.router.add_post(f"/{v}/{{phone_number_id}}/messages", self._messages)
+        app.router.add_get(f"/{v}/{{media_id}}", self._media_info)
+        app.router.add_get("/download/{media_id}", self._download)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[union-attr]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def _record(self, kind: str, request: web.Request, body: Any) -> Reply | None:
+        with self._lock:
+            self.requests.append(
+                Recorded(kind, request.method, request.path, dict(request.query), dict(request.headers), body)
+            )
+            queue = self.scripts.get(kind)
+            scripted = queue.popleft() if queue else None
+        if scripted is not None and scripted.delay:
+            await asyncio.sleep(scripted.delay)
+        return scripted
+
+    @staticmethod
+    def _answer(request: web.Request, reply: Reply) -> web.StreamResponse:
+        if reply.drop:
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
+        return web.json_response(reply.body or {}, status=reply.status, headers=reply.headers)
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        kind = "read" if body.get("status") == "read" else "send"
+        scripted = await self._record(kind, request, body)
+        if scripted is not None:
+            return self._answer(request, scripted)
+        if kind == "read":
+            return web.json_response({"success": True})
+        to = body.get("to") or body.get("recipient")
+        return web.json_response(
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": to, "wa_id": str(to).lstrip("+")}],
+                "messages": [{"id": f"wamid.out.{next(self._ids)}"}],
+            }
+        )
+
+    async def _media_info(self, request: web.Request) -> web.StreamResponse:
+        media_id = request.match_info["media_id"]
+        scripted = await self._record("media_info", request, None)
+        if scripted is not None:
+            return self._answer(request, scripted)
+        with self._lock:
+            stored = self.media.get(media_id)
+        if stored is None:
+            return self._answer(request, graph_error(100, 400, "Invalid parameter"))
+        content, mime = stored
+        return web.json_response(
+            {
+                "messaging_product": "whatsapp",
+                "url": f"{self.url}/download/{media_id}",
+                "mime_type": mime,
+                "sha256": hashlib.sha256(content).hexdigest(),
+                "file_size": str(len(content)),
+                "id": media_id,
+            }
+        )
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        media_id = request.match_info["media_id"]
+        scripted = await self._record("download", request, None)
+        if scripted is not None:
+            return self._answer(request, scripted)
+        with self._lock:
+            stored = self.media.get(media_id)
+        if stored is None:
+            return web.Response(status=404)
+        content, mime = stored
+        return web.Response(body=content, content_type=mime.split(";")[0])
+
+
+def b64_sha256(content: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(content).digest()).decode()
+
+
+def sent_json(record: Recorded) -> dict[str, Any]:
+    assert isinstance(record.json, dict)
+    return json.loads(json.dumps(record.json))

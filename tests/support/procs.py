@@ -1,0 +1,91 @@
+"""Run real ``wapipe`` processes from tests and always clean them up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+WAPIPE = [sys.executable, "-m", "daemon"]
+
+
+class Proc:
+    """A ``wapipe`` subprocess in its own session; its output goes to a log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [*WAPIPE, *args],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=log_dir,  # never the repo root: a developer's .env must not leak into tests
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def children(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, wait; then SIGKILL this process and every process it started."""
+        family = self.children()
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill(family)
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self, family: list[psutil.Process] | None = None) -> None:
+        """SIGKILL the process and its descendants (only ours: found through our own PID)."""
+        family = self.children() if family is None else family
+        for proc in [*family]:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if self.alive():
+            self.process.kill()
+        self.process.wait(timeout=10)
+        psutil.wait_procs(family, timeout=5)
+
+
+def wait_exit(proc: Proc, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while proc.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.alive():
+        raise AssertionError(f"{proc.name} still running after {timeout} s:\n{proc.output()[-3000:]}")
+    assert proc.process.returncode is not None
+    return proc.process.returncode
+
+
+def base_env(**overrides: str) -> dict[str, str]:
+    """A clean environment for a wapipe subprocess: PATH and the interpreter's basics only."""
+    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT") if key in os.environ}
+    env.update(overrides)
+    return env
