@@ -115,7 +115,9 @@ def pipeline(
         result: dict[str, object] = {"url": url, "web": web, "env": env}
         if worker:
             proc = start_proc("worker", ["worker"], env)
-            wait_for(lambda: "Worker process is ready" in proc.output() or _dead(proc), timeout=30, what="worker")
+            wait_for(
+                lambda: "Worker process is ready" in proc.output() or _dead(proc), timeout=30, what="worker"
+            )
             assert proc.alive(), proc.output()
             result["worker"] = proc
         return result

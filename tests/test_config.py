@@ -123,7 +123,9 @@ def test_redis_password_is_not_echoed() -> None:
     ],
 )
 @pytest.mark.parametrize("command", ["web", "worker"])
-def test_processes_exit_2_with_one_line(tmp_path: Path, command: str, variable: str, value: str | None) -> None:
+def test_processes_exit_2_with_one_line(
+    tmp_path: Path, command: str, variable: str, value: str | None
+) -> None:
     """`wapipe web|worker` with bad configuration exits 2 with one line naming it, no secret echoed."""
     env = base_env(**PRODUCTION)
     if value is None:
@@ -138,7 +140,12 @@ def test_processes_exit_2_with_one_line(tmp_path: Path, command: str, variable: 
         proc.stop()
     assert len(output.splitlines()) == 1, output
     assert variable in output
-    for secret in ("EAAG-super-secret-token", "0123456789abcdef0123456789abcdef", "my-verify-token", "hunter2"):
+    for secret in (
+        "EAAG-super-secret-token",
+        "0123456789abcdef0123456789abcdef",
+        "my-verify-token",
+        "hunter2",
+    ):
         assert secret not in output
 
 

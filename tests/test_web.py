@@ -191,7 +191,9 @@ async def test_413_is_decided_before_the_body_is_read_past_the_limit(make_client
         await client.close()
 
 
-async def test_chunked_body_over_the_limit_gets_413(make_client: Callable[..., Any], rclient: redis.Redis) -> None:
+async def test_chunked_body_over_the_limit_gets_413(
+    make_client: Callable[..., Any], rclient: redis.Redis
+) -> None:
     """Without Content-Length the limit is enforced while streaming."""
     client = await make_client(WAPIPE_MAX_BODY_BYTES="2048")
     try:
@@ -228,7 +230,9 @@ async def test_queue_over_its_limit_gets_503_then_accepts_again(
         await client.close()
 
 
-async def test_redis_down_gets_503_fast_and_readyz_fails(tmp_path: Any, make_client: Callable[..., Any]) -> None:
+async def test_redis_down_gets_503_fast_and_readyz_fails(
+    tmp_path: Any, make_client: Callable[..., Any]
+) -> None:
     """With Redis stopped: POST 503 within about a second, /readyz 503, /healthz still 200."""
     server = RedisServer(tmp_path / "r")
     server.start()

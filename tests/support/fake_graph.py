@@ -125,7 +125,8 @@ class FakeGraph:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         server = site._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
+        assert server is not None
+        assert server.sockets
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def _record(self, kind: str, request: web.Request, body: Any) -> Reply | None:

@@ -9,7 +9,6 @@ from typing import Any
 
 from daemon.signature import sign
 
-
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"  # copied from shared/fixtures
 
 
@@ -41,7 +40,12 @@ def text_envelope(
     user_id: str | None = None,
 ) -> dict[str, Any]:
     """A one-message text webhook."""
-    message: dict[str, Any] = {"id": message_id, "timestamp": "1767225600", "type": "text", "text": {"body": body}}
+    message: dict[str, Any] = {
+        "id": message_id,
+        "timestamp": "1767225600",
+        "type": "text",
+        "text": {"body": body},
+    }
     contact: dict[str, Any] = {"profile": {"name": "Ana"}}
     if sender is not None:
         message["from"] = sender
@@ -68,7 +72,10 @@ def envelope(
                         "field": "messages",
                         "value": {
                             "messaging_product": "whatsapp",
-                            "metadata": {"display_phone_number": "15557650100", "phone_number_id": phone_number_id},
+                            "metadata": {
+                                "display_phone_number": "15557650100",
+                                "phone_number_id": phone_number_id,
+                            },
                             "contacts": contacts or [],
                             "messages": copy.deepcopy(messages),
                         },

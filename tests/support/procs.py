@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -52,10 +53,8 @@ class Proc:
         family = self.children()
         if self.alive():
             self.process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
         self.kill(family)
         self._log.close()
         return self.process.returncode
@@ -64,10 +63,8 @@ class Proc:
         """SIGKILL the process and its descendants (only ours: found through our own PID)."""
         family = self.children() if family is None else family
         for proc in [*family]:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass
         if self.alive():
             self.process.kill()
         self.process.wait(timeout=10)
@@ -86,6 +83,8 @@ def wait_exit(proc: Proc, timeout: float) -> int:
 
 def base_env(**overrides: str) -> dict[str, str]:
     """A clean environment for a wapipe subprocess: PATH and the interpreter's basics only."""
-    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT") if key in os.environ}
+    env = {
+        key: os.environ[key] for key in ("PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT") if key in os.environ
+    }
     env.update(overrides)
     return env

@@ -15,13 +15,17 @@ class WaitTimeout(AssertionError):
     """The condition did not hold before the deadline."""
 
 
-def wait_for(condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
+def wait_for(
+    condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> T:
     """Poll ``condition`` until it returns something truthy; return that value."""
     deadline = time.monotonic() + timeout
     last: T = condition()
     while not last:
         if time.monotonic() >= deadline:
-            raise WaitTimeout(f"timed out after {timeout} s waiting for {what or condition!r} (last: {last!r})")
+            raise WaitTimeout(
+                f"timed out after {timeout} s waiting for {what or condition!r} (last: {last!r})"
+            )
         time.sleep(interval)
         last = condition()
     return last
@@ -34,7 +38,9 @@ async def async_wait_for(
     last = await condition()
     while not last:
         if time.monotonic() >= deadline:
-            raise WaitTimeout(f"timed out after {timeout} s waiting for {what or condition!r} (last: {last!r})")
+            raise WaitTimeout(
+                f"timed out after {timeout} s waiting for {what or condition!r} (last: {last!r})"
+            )
         await asyncio.sleep(interval)
         last = await condition()
     return last

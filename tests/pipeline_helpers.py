@@ -1,0 +1,59 @@
+"""Helpers for tests that drive a real web + worker pair."""
+
+from __future__ import annotations
+
+import copy
+import json
+import urllib.request
+from typing import Any
+
+import redis
+
+from tests.conftest import APP_SECRET
+from tests.support.meta import meta_bytes, signed
+
+QUEUE_HASHES = (
+    "dramatiq:wapipe.msgs",
+    "dramatiq:wapipe.DQ.msgs",
+    "dramatiq:wapipe_media.msgs",
+    "dramatiq:wapipe_media.DQ.msgs",
+)
+
+
+def post_webhook(url: str, obj: Any, secret: str = APP_SECRET, timeout: float = 10) -> int:
+    """POST ``obj`` as Meta would (exact bytes, signed); return the status."""
+    body = meta_bytes(obj)
+    request = urllib.request.Request(url + "/webhook", data=body, headers=signed(body, secret), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def drained(client: redis.Redis) -> bool:
+    """No message of the pipeline is ready, delayed or in flight."""
+    return all(client.hlen(key) == 0 for key in QUEUE_HASHES)
+
+
+def dead_letters(client: redis.Redis, queue: str = "wapipe") -> list[dict[str, Any]]:
+    """Dead-lettered messages with the reason recorded beside each."""
+    result = []
+    for redis_id in client.zrange(f"dramatiq:{queue}.XQ", 0, -1):
+        message = json.loads(client.hget(f"dramatiq:{queue}.XQ.msgs", redis_id))
+        reason = client.hget("wapipe:dlq:reasons", redis_id)
+        result.append({"message": message, "record": json.loads(reason) if reason else None})
+    return result
+
+
+def rewrite_ids(obj: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """A copy whose message and status ids carry ``prefix`` (so samples do not deduplicate each other)."""
+    obj = copy.deepcopy(obj)
+    for entry in obj.get("entry", []):
+        for change in entry.get("changes", []):
+            value = change.get("value", {})
+            for key in ("messages", "statuses"):
+                for item in value.get(key, []):
+                    if "id" in item:
+                        item["id"] = f"{prefix}:{item['id']}"
+    return obj
