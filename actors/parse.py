@@ -10,6 +10,9 @@ entry × change × message / status / error becomes an item:
 - value-level errors and fields other than ``messages`` are logged and counted;
 - items for a ``phone_number_id`` outside ``WAPIPE_PHONE_NUMBER_IDS`` are dropped with a count.
 
+Counts are kept in the Redis hash ``wapipe:stats`` (shared by every worker, kept across restarts):
+``field_unhandled:{field}``, ``dropped_foreign_number``, ``error_item:{code}``, ``duplicate:{kind}``.
+
 A dedup mark records which parse attempt claimed it, so a retried parse (same Dramatiq message id)
 hands its items on again instead of taking them for duplicates; the reply ledger keeps that from
 answering twice. Retries: bounded by ``WAPIPE_RETRY_*``.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from typing import Any
 
 from actors import runtime
@@ -33,6 +37,7 @@ OPTIONS: dict[str, Any] = {}
 #: Status order: a status only replaces a lower one; ``failed`` is terminal.
 STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3, "played": 4, "failed": 5}
 STATUS_TTL_SECONDS = 30 * 86_400
+STATS_KEY = "wapipe:stats"
 
 _RECORD_STATUS = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'rank') or '0')
@@ -62,13 +67,16 @@ async def run(body: str, received_at: float, envelope_id: str) -> None:
     replay = bool(runtime.current_options().get("wapipe_replay"))
     allowed = settings.phone_number_ids
     work: list[tuple[int, Item]] = []
+    counts: Counter[str] = Counter()
     for index, item in enumerate(split(json.loads(body))):
         if item.kind == "field":
+            counts[f"field_unhandled:{item.field}"] += 1
             log.info(
                 "field_unhandled",
                 extra={"actor": ACTOR_NAME, "envelope_id": envelope_id, "field": item.field},
             )
         elif allowed is not None and item.phone_number_id not in allowed:
+            counts["dropped_foreign_number"] += 1
             log.info(
                 "item_dropped_foreign_number",
                 extra={
@@ -78,6 +86,7 @@ async def run(body: str, received_at: float, envelope_id: str) -> None:
                 },
             )
         elif item.kind == "error":
+            counts[f"error_item:{item.data.get('code')}"] += 1
             log.warning(
                 "webhook_error_item",
                 extra={"actor": ACTOR_NAME, "envelope_id": envelope_id, "code": item.data.get("code")},
@@ -88,12 +97,18 @@ async def run(body: str, received_at: float, envelope_id: str) -> None:
     fresh = await _claim(rt, work, attempt_id, replay)
     for index, item in work:
         if index not in fresh:
+            counts[f"duplicate:{item.kind}"] += 1
             log.info(
                 "duplicate_skipped",
                 extra={"actor": ACTOR_NAME, "kind": item.kind, "item_id": item.data.get("id")},
             )
         elif item.kind == "status":
             await _record_status(rt, item)
+    if counts:
+        async with rt.redis.pipeline(transaction=False) as pipe:
+            for name, count in counts.items():
+                pipe.hincrby(STATS_KEY, name, count)
+            await pipe.execute()
     for index, item in work:
         if index in fresh and item.kind == "message":
             await rt.queue.enqueue(build_message("reply", {"item": _handoff(item, received_at, envelope_id)}))

@@ -61,25 +61,25 @@ def fake_graph() -> Iterator[FakeGraph]:
 
 def pipeline_env(redis_url: str, graph_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
     """Environment of a wapipe process in tests: short retries, fast polling, real Redis."""
-    return base_env(
-        REDIS_URL=redis_url,
-        WHATSAPP_APP_SECRET=APP_SECRET,
-        WHATSAPP_VERIFY_TOKEN=VERIFY_TOKEN,
-        WHATSAPP_ACCESS_TOKEN=ACCESS_TOKEN,
-        WHATSAPP_GRAPH_URL=graph_url,
-        WAPIPE_DATA_DIR=str(data_dir),
-        WAPIPE_HOST="127.0.0.1",
-        PORT=str(free_port()),
-        WAPIPE_METRICS_PORT=str(free_port()),
-        WAPIPE_WORKER_PROCESSES="1",
-        WAPIPE_WORKER_THREADS="4",
-        WAPIPE_RETRY_MIN_BACKOFF_MS="100",
-        WAPIPE_RETRY_MAX_BACKOFF_MS="1000",
-        WAPIPE_GRAPH_TIMEOUT_SECONDS="3",
-        WAPIPE_SHUTDOWN_TIMEOUT_SECONDS="5",
-        WAPIPE_LOG_LEVEL="DEBUG",
-        **extra,
-    )
+    defaults = {
+        "REDIS_URL": redis_url,
+        "WHATSAPP_APP_SECRET": APP_SECRET,
+        "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
+        "WHATSAPP_ACCESS_TOKEN": ACCESS_TOKEN,
+        "WHATSAPP_GRAPH_URL": graph_url,
+        "WAPIPE_DATA_DIR": str(data_dir),
+        "WAPIPE_HOST": "127.0.0.1",
+        "PORT": str(free_port()),
+        "WAPIPE_METRICS_PORT": str(free_port()),
+        "WAPIPE_WORKER_PROCESSES": "1",
+        "WAPIPE_WORKER_THREADS": "4",
+        "WAPIPE_RETRY_MIN_BACKOFF_MS": "100",
+        "WAPIPE_RETRY_MAX_BACKOFF_MS": "1000",
+        "WAPIPE_GRAPH_TIMEOUT_SECONDS": "3",
+        "WAPIPE_SHUTDOWN_TIMEOUT_SECONDS": "5",
+        "WAPIPE_LOG_LEVEL": "DEBUG",
+    }
+    return base_env(**(defaults | extra))
 
 
 def settings_for(redis_url: str, graph_url: str = "http://127.0.0.1:9", **extra: str) -> Settings:

@@ -13,7 +13,7 @@ from dramatiq import Message
 
 from daemon.queue import build_message
 from tests.pipeline_helpers import dead_letters, drained, post_webhook, rewrite_ids
-from tests.support.fake_graph import FakeGraph, sent_json
+from tests.support.fake_graph import FakeGraph, Reply, graph_error, sent_json
 from tests.support.meta import envelope, text_envelope, webhook_samples
 from tests.support.waiting import wait_for
 
@@ -118,6 +118,9 @@ def test_every_fixture_sample_gets_exactly_the_design_reply(
     status_key = "wapipe:status:status_read:wamid.NDQ3NzAwOTAwMTIzOm91dDowMDAwMDAwMDAwMDAwMDAwMDk1MA=="
     assert rclient.hget(status_key, "status") == b"read"
     assert dead_letters(rclient) == []
+    stats = {k.decode(): int(v) for k, v in rclient.hgetall("wapipe:stats").items()}
+    assert stats["field_unhandled:message_template_status_update"] == 1
+    assert stats["error_item:130429"] == 1
 
 
 def test_duplicate_deliveries_are_answered_once(
@@ -140,6 +143,7 @@ def test_duplicate_deliveries_are_answered_once(
     wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
     fake_graph.wait_sends(1)
     assert [sent_json(s)["text"]["body"] for s in fake_graph.sends()] == ["You said: once please"]
+    assert int(rclient.hget("wapipe:stats", "duplicate:message") or 0) == 9
 
 
 def test_a_message_seen_in_another_envelope_is_not_answered_again(
@@ -210,6 +214,55 @@ def test_phone_number_filter_drops_other_numbers(
     wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
     assert [sent_json(s)["text"]["body"] for s in fake_graph.sends()] == ["You said: mine"]
     assert "item_dropped_foreign_number" in stack["worker"].output()
+    assert rclient.hget("wapipe:stats", "dropped_foreign_number") == b"1"
+
+
+def test_transient_graph_failures_are_retried_to_one_send(
+    pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis
+) -> None:
+    """Graph answers 500, 503 and 429 before accepting: the reply is sent exactly once, nothing dead-lettered."""
+    fake_graph.script("send", Reply(500), Reply(503), Reply(429, headers={"Retry-After": "0"}))
+    stack = pipeline()
+    assert post_webhook(stack["url"], text_envelope("wamid.R1", "retry me")) == 200
+    wait_for(lambda: len(fake_graph.sends()) == 4, timeout=30, what="4 send attempts")
+    wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
+    assert [r.json["text"]["body"] for r in fake_graph.sends()] == ["You said: retry me"] * 4
+    assert rclient.get("wapipe:reply:620000000000001:wamid.R1:0").startswith(b"sent:wamid.out.")
+    assert dead_letters(rclient) == []
+
+
+def test_permanent_graph_errors_are_dead_lettered_without_retry(
+    pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis
+) -> None:
+    """131047 (outside the 24 h window) is permanent: one attempt, one dead letter with code and fbtrace_id."""
+    fake_graph.script("send", graph_error(131047, 400, "Re-engagement message"))
+    stack = pipeline()
+    assert post_webhook(stack["url"], text_envelope("wamid.R2", "too late")) == 200
+    [letter] = wait_for(lambda: dead_letters(rclient), timeout=20, what="a dead letter")
+    wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
+    assert len(fake_graph.sends()) == 1
+    record = letter["record"]
+    assert record["stage"] == "reply"
+    assert record["attempts"] == 1
+    assert record["reason"]["type"] == "GraphRejected"
+    assert record["reason"]["code"] == 131047
+    assert record["reason"]["fbtrace_id"] == "trace-131047"
+    assert record["reason"]["details"] == "details of 131047"
+    assert rclient.get("wapipe:reply:620000000000001:wamid.R2:0") is None  # a replay may send it
+
+
+def test_a_send_that_times_out_is_dead_lettered_as_unknown_outcome(
+    pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis
+) -> None:
+    """The fake received the send but answered too late: one dead letter "unknown outcome", never a second send."""
+    fake_graph.script("send", Reply(200, {"messages": [{"id": "wamid.slow"}]}, delay=4))
+    stack = pipeline(WAPIPE_GRAPH_TIMEOUT_SECONDS="1")
+    assert post_webhook(stack["url"], text_envelope("wamid.R3", "slow")) == 200
+    [letter] = wait_for(lambda: dead_letters(rclient), timeout=20, what="a dead letter")
+    assert letter["record"]["reason"]["type"] == "OutcomeUnknown"
+    wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
+    assert len(fake_graph.sends()) == 1
+    assert rclient.get("wapipe:reply:620000000000001:wamid.R3:0").startswith(b"sending:")
 
 
 def test_a_custom_handler_is_loaded_and_its_messages_sent(

@@ -1,0 +1,134 @@
+"""The typed inbound model and DESIGN.md's default reply table, as pure functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from daemon.handler import (
+    HandlerError,
+    InboundMessage,
+    call_handler,
+    default_handler,
+    load_handler,
+    reply_text,
+)
+
+
+def item(message: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    base = {"id": "wamid.T", "from": "447700900123", "timestamp": "1767225600"}
+    return {"message": base | message, "phone_number_id": "620000000000001", "contact": None, **extra}
+
+
+def text_of(message: dict[str, Any], **extra: Any) -> str | None:
+    return reply_text(InboundMessage.from_item(item(message, **extra)))
+
+
+def test_unknown_future_types_get_the_sorry_line() -> None:
+    """A type wapipe has never heard of is answered, not dropped."""
+    assert text_of({"type": "hologram", "hologram": {"x": 1}}) == "Sorry, I can't read hologram messages yet."
+
+
+def test_interactive_with_only_errors() -> None:
+    """`interactive` carrying only `errors` is a message wapipe cannot read."""
+    message = {"type": "interactive", "errors": [{"code": 131051}]}
+    parsed = InboundMessage.from_item(item(message))
+    assert parsed.interactive is None
+    assert parsed.errors == ({"code": 131051},)
+    assert reply_text(parsed) == "Sorry, I can't read interactive messages yet."
+
+
+@pytest.mark.parametrize("kind", ["reaction", "system", "revoke", "edit"])
+def test_silent_kinds_get_nothing(kind: str) -> None:
+    """Reactions, system messages, revokes and edits get no reply (and so no read receipt)."""
+    assert default_handler(InboundMessage.from_item(item({"type": kind, kind: {}}))) == []
+
+
+def test_group_messages_get_nothing() -> None:
+    """A message in a group is not answered."""
+    assert text_of({"type": "text", "text": {"body": "hi"}, "group_id": "G1"}) is None
+
+
+def test_text_reply_is_cut_to_4096_characters() -> None:
+    """`You said: {body}` never exceeds WhatsApp's text limit."""
+    reply = text_of({"type": "text", "text": {"body": "é" * 5000}})
+    assert reply is not None
+    assert len(reply) == 4096
+    assert reply.startswith("You said: éé")
+
+
+def test_media_reply_names_the_stored_size() -> None:
+    """With a stored file, the reply names its size; without, it says it could not download it."""
+    stored = {"path": "/x", "mime_type": "image/jpeg", "size": 19, "sha256_ok": True}
+    assert (
+        text_of({"type": "image", "image": {"id": "1"}}, stored_media=stored) == "Got your image (19 bytes)."
+    )
+    assert (
+        text_of({"type": "document", "document": {"id": "1"}})
+        == "Got your document, but could not download it."
+    )
+
+
+def test_default_reply_quotes_the_message() -> None:
+    """The default outbound is one text message with context.message_id = the inbound id."""
+    [outbound] = default_handler(InboundMessage.from_item(item({"type": "text", "text": {"body": "x"}})))
+    assert outbound == {"type": "text", "text": {"body": "You said: x"}, "context": {"message_id": "wamid.T"}}
+
+
+def test_typed_fields_are_filled() -> None:
+    """Typed parts are parsed from the raw object (media, location, interactive, order, reaction)."""
+    media = InboundMessage.from_item(
+        item(
+            {
+                "type": "audio",
+                "audio": {"id": "9", "mime_type": "audio/ogg; codecs=opus", "sha256": "s", "voice": True},
+            }
+        )
+    ).media
+    assert media is not None
+    assert (media.id, media.mime_type, media.voice) == ("9", "audio/ogg; codecs=opus", True)
+    location = InboundMessage.from_item(
+        item({"type": "location", "location": {"latitude": 1.5, "longitude": -2}})
+    )
+    assert location.location is not None
+    assert (location.location.latitude, location.location.longitude) == (1.5, -2)
+    reaction = InboundMessage.from_item(item({"type": "reaction", "reaction": {"message_id": "wamid.O"}}))
+    assert (reaction.reaction_to, reaction.reaction_emoji) == ("wamid.O", None)
+    order = InboundMessage.from_item(
+        item({"type": "order", "order": {"product_items": [{"quantity": 2}, {}]}})
+    )
+    assert len(order.order_items) == 2
+
+
+def test_missing_sender_fields_are_tolerated() -> None:
+    """A username user has no `from`: the model keeps `from_user_id` instead."""
+    parsed = InboundMessage.from_item(
+        {
+            "message": {"id": "w", "type": "text", "text": {"body": "x"}, "from_user_id": "GB.1"},
+            "phone_number_id": "1",
+        }
+    )
+    assert (parsed.from_, parsed.from_user_id) == (None, "GB.1")
+
+
+def test_load_handler_errors_are_named() -> None:
+    """A handler that cannot be imported or is not callable is a HandlerError."""
+    with pytest.raises(HandlerError, match="cannot import"):
+        load_handler("no_such_module_here:handle")
+    with pytest.raises(HandlerError, match="no callable"):
+        load_handler("json:not_there")
+    assert load_handler(None) is default_handler
+
+
+async def test_call_handler_checks_the_result() -> None:
+    """Sync and async handlers work; a handler returning garbage is a TypeError (retried, then dead-lettered)."""
+    message = InboundMessage.from_item(item({"type": "text", "text": {"body": "x"}}))
+
+    async def good(_: InboundMessage) -> list[dict[str, Any]]:
+        return [{"type": "text", "text": {"body": "y"}}]
+
+    assert await call_handler(good, message) == [{"type": "text", "text": {"body": "y"}}]
+    assert await call_handler(lambda _: None, message) == []  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError):
+        await call_handler(lambda _: ["nope"], message)  # type: ignore[arg-type,list-item,return-value]
