@@ -18,14 +18,14 @@ run: $(STAMP)
 	$(BIN)/wapipe run
 
 lint: $(STAMP)
-	$(BIN)/ruff check daemon actors tests bench
-	$(BIN)/ruff format --check daemon actors tests bench
+	$(BIN)/ruff check daemon actors tests
+	$(BIN)/ruff format --check daemon actors tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP)
-	$(BIN)/ruff check daemon actors tests bench
+	$(BIN)/ruff check daemon actors tests
 	$(BIN)/mypy
 	$(BIN)/pytest
 
