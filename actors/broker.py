@@ -23,7 +23,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from actors import parse, reply, verify
+from actors import fetch_media, parse, reply, verify
 from actors.dead_letters import DeadLetterRecorder
 from actors.errors import PermanentFailure
 from actors.runtime import RuntimeMiddleware
@@ -34,7 +34,7 @@ from daemon.queue import ACTOR_QUEUES, NAMESPACE
 log = logging.getLogger(__name__)
 
 #: The actor modules, each defining ``ACTOR_NAME``, ``run`` and ``OPTIONS``.
-STAGES: tuple[ModuleType, ...] = (verify, parse, reply)
+STAGES: tuple[ModuleType, ...] = (verify, parse, fetch_media, reply)
 
 #: The longest an actor may run before TimeLimit interrupts it (then it is retried).
 TIME_LIMIT_MS = 120_000

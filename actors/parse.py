@@ -4,8 +4,7 @@ Queue ``wapipe``. Receives the verified ``body``, ``received_at`` and ``envelope
 entry × change × message / status / error becomes an item:
 
 - messages are deduplicated by ``id`` (``WAPIPE_MESSAGE_DEDUP_TTL_SECONDS``, 8 days) and handed to
-  ``reply`` (media messages included: the reply says the file could not be downloaded until
-  ``fetch_media`` is in the chain);
+  ``fetch_media`` (image, video, audio, document, sticker) or straight to ``reply``;
 - statuses are deduplicated by ``id`` + ``status`` (1 day) and recorded monotonically;
 - value-level errors and fields other than ``messages`` are logged and counted;
 - items for a ``phone_number_id`` outside ``WAPIPE_PHONE_NUMBER_IDS`` are dropped with a count.
@@ -26,7 +25,7 @@ from collections import Counter
 from typing import Any
 
 from actors import runtime
-from daemon.envelope import Item, split
+from daemon.envelope import MEDIA_TYPES, Item, split
 from daemon.queue import build_message
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,8 @@ async def run(body: str, received_at: float, envelope_id: str) -> None:
             await pipe.execute()
     for index, item in work:
         if index in fresh and item.kind == "message":
-            await rt.queue.enqueue(build_message("reply", {"item": _handoff(item, received_at, envelope_id)}))
+            stage = "fetch_media" if item.data.get("type") in MEDIA_TYPES else "reply"
+            await rt.queue.enqueue(build_message(stage, {"item": _handoff(item, received_at, envelope_id)}))
 
 
 async def _claim(

@@ -16,6 +16,7 @@ import aiohttp
 import stamina
 
 from daemon.config import Settings
+from daemon.media import TempFile, host_allowed
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,19 @@ class SendOutcomeUnknown(Exception):
     """The request went out but no answer came back: it may or may not have taken effect."""
 
 
+class MediaExpired(Exception):
+    """The media URL answered 404: URLs live 5 minutes, ask the Graph API for a fresh one."""
+
+
+class MediaRefused(Exception):
+    """The download cannot succeed: a host not in ``WHATSAPP_MEDIA_HOSTS``, or a file over the cap."""
+
+
+#: Redirects followed on a download, each to a host in ``WHATSAPP_MEDIA_HOSTS``.
+MAX_REDIRECTS = 3
+DOWNLOAD_CHUNK = 65_536
+
+
 @dataclass(frozen=True, slots=True)
 class SendResult:
     message_id: str | None
@@ -154,6 +168,71 @@ class GraphClient:
         """``GET /{media_id}``: url, mime_type, sha256, file_size."""
         params = {"phone_number_id": phone_number_id} if phone_number_id else None
         return await self._retrying(_read_retry_hook, "GET", f"/{media_id}", None, params)
+
+    async def download(
+        self, url: str, sink: TempFile, *, max_bytes: int, hosts: tuple[str, ...]
+    ) -> str | None:
+        """Stream ``url`` into ``sink`` with the bearer token; return the Content-Type.
+
+        The token only goes to hosts in ``hosts``; redirects are followed only to such hosts.
+
+        Raises:
+            MediaRefused: a host not allowed, or more than ``max_bytes`` (stopped while streaming).
+            MediaExpired: 404 on the URL.
+            GraphError / GraphUnreachable / SendOutcomeUnknown: after brief retries.
+        """
+        content_type: str | None = None
+        async for attempt in stamina.retry_context(
+            on=_read_retry_hook,
+            attempts=self._attempts,
+            timeout=None,
+            wait_initial=0.1,
+            wait_max=2.0,
+            wait_jitter=0.2,
+        ):
+            with attempt:
+                sink.reset()
+                content_type = await self._download_once(url, sink, max_bytes, hosts)
+        return content_type
+
+    async def _download_once(
+        self, url: str, sink: TempFile, max_bytes: int, hosts: tuple[str, ...]
+    ) -> str | None:
+        for _ in range(MAX_REDIRECTS + 1):
+            if not host_allowed(url, hosts):
+                raise MediaRefused("media host is not in WHATSAPP_MEDIA_HOSTS")
+            try:
+                async with self.session.get(
+                    url, headers=self.auth_headers, allow_redirects=False
+                ) as response:
+                    if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
+                        url = str(response.url.join(response.url.__class__(response.headers["Location"])))
+                        continue
+                    if response.status == 404:
+                        raise MediaExpired("the media URL answered 404")
+                    if response.status >= 400:
+                        raise _graph_error(response, None)
+                    if response.content_length is not None and response.content_length > max_bytes:
+                        raise MediaRefused(
+                            f"media is {response.content_length} bytes, over WAPIPE_MEDIA_MAX_BYTES"
+                        )
+                    async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
+                        if sink.size + len(chunk) > max_bytes:
+                            raise MediaRefused(
+                                "media is over WAPIPE_MEDIA_MAX_BYTES (stopped while streaming)"
+                            )
+                        sink.write(chunk)
+                    return response.headers.get("Content-Type")
+            except aiohttp.ClientConnectorError as error:
+                raise GraphUnreachable(f"{type(error).__name__}: cannot connect to the media host") from None
+            except (
+                TimeoutError,
+                aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError,
+                aiohttp.ClientPayloadError,
+            ) as error:
+                raise SendOutcomeUnknown(f"{type(error).__name__} while downloading") from None
+        raise MediaRefused("too many redirects")
 
     async def _retrying(
         self,

@@ -18,6 +18,7 @@ from tests.support.meta import envelope, text_envelope, webhook_samples
 from tests.support.waiting import wait_for
 
 PNID = "620000000000001"
+#: The fake Graph API here knows no media ids (100 Invalid parameter), so media cannot be fetched.
 COULD_NOT = "Got your {}, but could not download it."
 
 #: DESIGN.md's default reply for each fixture sample: inbound id suffix → (text, addressing).

@@ -68,6 +68,7 @@ class FakeGraph:
         self.requests: list[Recorded] = []
         self.scripts: dict[str, deque[Reply]] = {}
         self.media: dict[str, tuple[bytes, str]] = {}
+        self.chunked: set[str] = set()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -97,9 +98,19 @@ class FakeGraph:
         with self._lock:
             self.scripts.setdefault(kind, deque()).extend(replies)
 
-    def add_media(self, media_id: str, content: bytes | None = None, mime_type: str = "image/jpeg") -> None:
+    def add_media(
+        self,
+        media_id: str,
+        content: bytes | None = None,
+        mime_type: str = "image/jpeg",
+        *,
+        chunked: bool = False,
+    ) -> None:
+        """Serve ``content`` (default: the fixtures' bytes) for ``media_id``; ``chunked``: no Content-Length."""
         with self._lock:
             self.media[media_id] = (media_bytes(media_id) if content is None else content, mime_type)
+            if chunked:
+                self.chunked.add(media_id)
 
     def of_kind(self, kind: str) -> list[Recorded]:
         with self._lock:
@@ -196,7 +207,18 @@ class FakeGraph:
         if stored is None:
             return web.Response(status=404)
         content, mime = stored
-        return web.Response(body=content, content_type=mime.split(";")[0])
+        if media_id not in self.chunked:
+            return web.Response(body=content, content_type=mime.split(";")[0])
+        response = web.StreamResponse(headers={"Content-Type": mime.split(";")[0]})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            for start in range(0, len(content), 16_384):
+                await response.write(content[start : start + 16_384])
+        except ConnectionResetError:
+            return response  # the client stopped reading, as it should past its cap
+        await response.write_eof()
+        return response
 
 
 def b64_sha256(content: bytes) -> str:

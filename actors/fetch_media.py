@@ -1,0 +1,108 @@
+"""fetch_media: download, verify and store what users send, then hand the message to reply.
+
+Queue ``wapipe_media`` (slow media never delays text replies). Receives the same ``item`` reply
+does, for image, video, audio, document and sticker messages.
+
+1. The webhook's media ``url`` is used only when its host is in ``WHATSAPP_MEDIA_HOSTS``;
+   otherwise (or when it is absent or has expired) ``GET /{media_id}`` gives a fresh one.
+2. The file streams into a temporary file beside its destination, hashed as it comes, refused
+   past ``WAPIPE_MEDIA_MAX_BYTES``. A 404 on the URL (they live 5 minutes) gets a fresh URL.
+3. It is stored atomically as ``{phone_number_id}/{sha256 hex}{ext}`` (extension from the mime
+   type), or under ``{phone_number_id}/unverified/`` when its SHA-256 does not match the
+   webhook's; that is counted (``wapipe:stats`` ``media:hash_mismatch``), logged, and still answered.
+4. ``reply`` receives the item with ``stored_media`` (path, mime type, size, whether the hash
+   matched). When the file cannot be had — a permanent refusal at once, a transient failure after
+   :data:`MAX_RETRIES` retries — ``reply`` receives it without, and says it could not download it.
+
+Worst case: ``(MAX_RETRIES + 1)`` runs × (up to ``WAPIPE_GRAPH_ATTEMPTS`` lookups and downloads,
+and one URL refresh) spaced by the Dramatiq back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from actors import runtime
+from actors.parse import STATS_KEY
+from daemon.graph import GraphError, GraphUnreachable, MediaExpired, MediaRefused, SendOutcomeUnknown
+from daemon.media import TempFile, expected_digest, host_allowed, phone_dir
+from daemon.queue import build_message
+
+log = logging.getLogger(__name__)
+
+ACTOR_NAME = "fetch_media"
+#: Retries of a transient failure before the reply goes out without the file.
+MAX_RETRIES = 3
+OPTIONS: dict[str, Any] = {"max_retries": MAX_RETRIES}
+
+_TRANSIENT = (GraphUnreachable, SendOutcomeUnknown, MediaExpired)
+
+
+async def run(item: dict[str, Any]) -> None:
+    rt = runtime.current()
+    message = item["message"]
+    kind = str(message.get("type"))
+    media = message.get(kind) if isinstance(message.get(kind), dict) else {}
+    fields = {"actor": ACTOR_NAME, "message_id": message.get("id"), "type": kind}
+    try:
+        stored = await _fetch(rt, str(item["phone_number_id"]), media)
+    except (MediaRefused, GraphError, GraphUnreachable, SendOutcomeUnknown, MediaExpired) as error:
+        last_try = int(runtime.current_options().get("retries", 0)) >= MAX_RETRIES
+        transient = isinstance(error, _TRANSIENT) or (
+            isinstance(error, GraphError) and error.kind != "permanent"
+        )
+        if transient and not last_try:
+            raise
+        log.warning(
+            "media_unavailable", extra={**fields, "error": type(error).__name__, "detail": str(error)[:200]}
+        )
+        await rt.redis.hincrby(STATS_KEY, "media:failed", 1)
+        stored = None
+    if stored is not None:
+        item = {**item, "stored_media": stored}
+    await rt.queue.enqueue(build_message("reply", {"item": item}))
+
+
+async def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any]) -> dict[str, Any]:
+    settings = rt.settings
+    media_id = media.get("id")
+    url = media.get("url") if isinstance(media.get("url"), str) else None
+    if url is not None and not host_allowed(url, settings.media_hosts):
+        log.info(
+            "media_url_ignored", extra={"actor": ACTOR_NAME, "reason": "host not in WHATSAPP_MEDIA_HOSTS"}
+        )
+        url = None
+    info: dict[str, Any] = {}
+    folder = phone_dir(settings.media_dir, phone_number_id)
+    sink = TempFile(folder)
+    try:
+        for refresh in range(2):
+            if url is None:
+                if not media_id:
+                    raise MediaRefused("the message has neither a usable url nor a media id")
+                info = await rt.graph.media_info(str(media_id), phone_number_id)
+                url = str(info.get("url") or "")
+            try:
+                content_type = await rt.graph.download(
+                    url, sink, max_bytes=settings.media_max_bytes, hosts=settings.media_hosts
+                )
+                break
+            except MediaExpired:
+                if refresh:
+                    raise
+                url = None  # ask the Graph API for a fresh URL
+        mime = media.get("mime_type") or info.get("mime_type") or content_type or "application/octet-stream"
+        stored = sink.store(folder, mime, expected_digest(media.get("sha256"), info.get("sha256")))
+    finally:
+        sink.discard()
+    if not stored.verified:
+        await rt.redis.hincrby(STATS_KEY, "media:hash_mismatch", 1)
+        log.warning("media_hash_mismatch", extra={"actor": ACTOR_NAME, "stored_as": str(stored.path.name)})
+    log.info("media_stored", extra={"actor": ACTOR_NAME, "bytes": stored.size, "verified": stored.verified})
+    return {
+        "path": str(stored.path),
+        "mime_type": str(mime),
+        "size": stored.size,
+        "sha256_ok": stored.verified,
+    }

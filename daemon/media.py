@@ -1,0 +1,134 @@
+"""Where and how inbound media is stored (DESIGN.md *Media*).
+
+Files land atomically at ``$WAPIPE_MEDIA_DIR/{phone_number_id}/{sha256 hex}{ext}``; a file whose
+hash does not match the webhook's goes under ``{phone_number_id}/unverified/`` instead. The
+extension comes from a fixed table of mime types, never from the sender's filename.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+#: The only extensions wapipe writes. Unknown types are stored as ``.bin``.
+EXTENSIONS = {
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/webp": ".webp",
+    "video/mp4": ".mp4",
+    "video/3gpp": ".3gp",
+    "audio/aac": ".aac",
+    "audio/amr": ".amr",
+    "audio/mpeg": ".mp3",
+    "audio/mp4": ".m4a",
+    "audio/ogg": ".ogg",
+    "text/plain": ".txt",
+    "application/pdf": ".pdf",
+    "application/msword": ".doc",
+    "application/vnd.ms-excel": ".xls",
+    "application/vnd.ms-powerpoint": ".ppt",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": ".docx",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": ".xlsx",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation": ".pptx",
+}
+DEFAULT_EXTENSION = ".bin"
+_SAFE_SEGMENT = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+
+
+def extension_for(mime_type: str | None) -> str:
+    """``audio/ogg; codecs=opus`` → ``.ogg``; anything not in the table → ``.bin``."""
+    if not mime_type:
+        return DEFAULT_EXTENSION
+    return EXTENSIONS.get(mime_type.split(";", 1)[0].strip().lower(), DEFAULT_EXTENSION)
+
+
+def host_allowed(url: str, hosts: tuple[str, ...]) -> bool:
+    """True when ``url`` is http(s) on a host named in ``WHATSAPP_MEDIA_HOSTS`` (any port)."""
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and (parts.hostname or "").lower() in hosts
+
+
+def expected_digest(webhook_b64: str | None, graph_hex: str | None) -> bytes | None:
+    """The SHA-256 the file should have: the webhook's base64 value, else the Graph API's hex value."""
+    if webhook_b64:
+        try:
+            digest = base64.b64decode(webhook_b64, validate=True)
+        except (binascii.Error, ValueError):
+            digest = b""
+        if len(digest) == 32:
+            return digest
+    if graph_hex:
+        try:
+            digest = bytes.fromhex(graph_hex)
+        except ValueError:
+            return None
+        return digest if len(digest) == 32 else None
+    return None
+
+
+def phone_dir(media_dir: Path, phone_number_id: str) -> Path:
+    """The per-number folder; an id that is not a plain token never becomes a path."""
+    segment = phone_number_id if _SAFE_SEGMENT.match(phone_number_id) else "_invalid"
+    return media_dir / segment
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    path: Path
+    size: int
+    sha256_hex: str
+    verified: bool
+
+
+class TempFile:
+    """A temporary file beside the destination, hashed while written; removed unless stored."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".part-", dir=directory)
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    def reset(self) -> None:
+        """Start over (a new download attempt)."""
+        self._file.seek(0)
+        self._file.truncate()
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    @property
+    def digest(self) -> bytes:
+        return self._hash.digest()
+
+    def store(self, folder: Path, mime_type: str | None, expected: bytes | None) -> Stored:
+        """fsync and rename into ``folder``; under ``folder/unverified`` when the hash does not match (or
+        there was no hash to check against)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        digest = self.digest
+        verified = expected is not None and expected == digest
+        target_dir = folder if verified else folder / "unverified"
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / f"{digest.hex()}{extension_for(mime_type)}"
+        os.replace(self.path, target)
+        return Stored(path=target, size=self.size, sha256_hex=digest.hex(), verified=verified)
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,208 @@
+"""fetch_media through a real worker: download, verify, store, answer (DESIGN.md *Media*)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from daemon.media import expected_digest, extension_for, host_allowed
+from tests.pipeline_helpers import drained, post_webhook, rewrite_ids
+from tests.support.fake_graph import FakeGraph, Reply, b64_sha256, media_bytes, sent_json
+from tests.support.meta import envelope, webhook_samples
+from tests.support.waiting import wait_for
+
+PNID = "620000000000001"
+MEDIA_ENV = {"WHATSAPP_MEDIA_HOSTS": "127.0.0.1"}
+
+SAMPLES = {
+    "image": ("image", "1405560000000001", "image/jpeg", ".jpg"),
+    "video": ("video", "1405560000000002", "video/mp4", ".mp4"),
+    "audio_voice_note": ("audio", "1405560000000003", "audio/ogg; codecs=opus", ".ogg"),
+    "document": ("document", "1405560000000004", "application/pdf", ".pdf"),
+    "sticker": ("sticker", "1405560000000005", "image/webp", ".webp"),
+}
+
+
+def media_message(media_id: str, kind: str = "image", **fields: Any) -> dict[str, Any]:
+    content = media_bytes(media_id)
+    body = {"id": media_id, "mime_type": "image/jpeg", "sha256": b64_sha256(content), **fields}
+    return envelope([{"from": "447700900123", "id": f"wamid.M{media_id}", "type": kind, kind: body}])
+
+
+def replies(graph: FakeGraph) -> list[str]:
+    return [sent_json(s)["text"]["body"] for s in graph.sends()]
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_each_media_type_is_stored_at_its_path_and_answered_with_its_size(
+    pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis, tmp_path: Path
+) -> None:
+    """Stored bytes equal the served bytes, at {phone_number_id}/{sha256}{ext}; the reply names the size."""
+    samples = webhook_samples()
+    for _, media_id, mime, _ in SAMPLES.values():
+        fake_graph.add_media(media_id, mime_type=mime)
+    stack = pipeline(**MEDIA_ENV)
+    for name in SAMPLES:
+        assert post_webhook(stack["url"], rewrite_ids(samples[name], name)) == 200
+    fake_graph.wait_sends(len(SAMPLES))
+    wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
+    media_dir = tmp_path / "data" / "media" / PNID
+    for kind, media_id, _, ext in SAMPLES.values():
+        content = media_bytes(media_id)
+        stored = media_dir / f"{hashlib.sha256(content).hexdigest()}{ext}"
+        assert stored.read_bytes() == content, kind
+        assert f"Got your {kind} ({len(content)} bytes)." in replies(fake_graph)
+    assert not (media_dir / "unverified").exists()
+    # The fixture image's webhook url is on lookaside.fbsbx.com, which is not listed here: never used.
+    assert all(r.path.startswith("/download/") for r in fake_graph.of_kind("download"))
+    assert all(
+        r.headers["Authorization"] == "Bearer test-access-token" for r in fake_graph.of_kind("download")
+    )
+
+
+def test_a_hash_mismatch_goes_under_unverified_and_is_still_answered(
+    pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis, tmp_path: Path
+) -> None:
+    """Bytes that do not match the webhook's sha256 are stored under unverified/, counted and answered."""
+    fake_graph.add_media("777", content=b"tampered bytes")
+    stack = pipeline(**MEDIA_ENV)
+    assert post_webhook(stack["url"], media_message("777")) == 200
+    fake_graph.wait_sends(1)
+    wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
+    unverified = files_under(tmp_path / "data" / "media" / PNID / "unverified")
+    assert [p.read_bytes() for p in unverified] == [b"tampered bytes"]
+    assert files_under(tmp_path / "data" / "media" / PNID) == unverified
+    assert replies(fake_graph) == ["Got your image (14 bytes)."]
+    assert rclient.hget("wapipe:stats", "media:hash_mismatch") == b"1"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "streamed"])
+def test_an_oversized_file_is_refused_and_never_stored(
+    pipeline: Callable[..., dict[str, Any]],
+    fake_graph: FakeGraph,
+    rclient: redis.Redis,
+    tmp_path: Path,
+    chunked: bool,
+) -> None:
+    """Over WAPIPE_MEDIA_MAX_BYTES the download stops (while streaming, too); the reply says so; no file left."""
+    fake_graph.add_media("888", content=b"z" * 300_000, chunked=chunked)
+    stack = pipeline(WAPIPE_MEDIA_MAX_BYTES="50000", **MEDIA_ENV)
+    assert post_webhook(stack["url"], media_message("888")) == 200
+    fake_graph.wait_sends(1)
+    wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
+    assert replies(fake_graph) == ["Got your image, but could not download it."]
+    assert files_under(tmp_path / "data" / "media") == []
+    assert len(fake_graph.of_kind("download")) == 1  # refused, not retried
+
+
+def test_an_expired_url_is_refreshed(
+    pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis
+) -> None:
+    """A 404 on the download URL gets a fresh URL from the Graph API, and the file is stored."""
+    fake_graph.add_media("999")
+    fake_graph.script("download", Reply(404))
+    stack = pipeline(**MEDIA_ENV)
+    assert post_webhook(stack["url"], media_message("999")) == 200
+    fake_graph.wait_sends(1)
+    assert replies(fake_graph) == [f"Got your image ({len(media_bytes('999'))} bytes)."]
+    assert len(fake_graph.of_kind("media_info")) == 2
+    assert len(fake_graph.of_kind("download")) == 2
+
+
+def test_a_webhook_url_on_a_listed_host_is_used_directly_and_others_never_contacted(
+    pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis
+) -> None:
+    """A listed webhook url saves the lookup; an unlisted one (same server, other host name) is never called."""
+    fake_graph.add_media("111")
+    fake_graph.add_media("222")
+    stack = pipeline(**MEDIA_ENV)
+    good = media_message("111", url=f"http://127.0.0.1:{fake_graph.port}/download/111?direct=1")
+    evil = media_message("222", url=f"http://localhost:{fake_graph.port}/download/222?evil=1")
+    assert post_webhook(stack["url"], good) == 200
+    assert post_webhook(stack["url"], evil) == 200
+    fake_graph.wait_sends(2)
+    wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
+    downloads = fake_graph.of_kind("download")
+    assert not [d for d in downloads if "evil" in d.query]
+    assert [d.query for d in downloads if d.path.endswith("/111")] == [{"direct": "1"}]
+    assert [r.path for r in fake_graph.of_kind("media_info")] == ["/v25.0/222"]
+    assert sorted(replies(fake_graph)) == sorted(
+        [f"Got your image ({len(media_bytes(i))} bytes)." for i in ("111", "222")]
+    )
+
+
+def test_a_hostile_filename_changes_nothing_outside_the_media_dir(
+    pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis, tmp_path: Path
+) -> None:
+    """The sender's filename (../, absolute paths) never becomes a path: files only under media/{number}/."""
+    fake_graph.add_media("333", mime_type="application/pdf")
+    fake_graph.add_media("444", mime_type="application/pdf")
+    stack = pipeline(**MEDIA_ENV)
+    for media_id, filename in (("333", "../../../../escaped.pdf"), (("444", "/tmp/escaped-abs.pdf"))):
+        obj = media_message(media_id, kind="document", filename=filename, mime_type="application/pdf")
+        assert post_webhook(stack["url"], obj) == 200
+    fake_graph.wait_sends(2)
+    wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
+    everything = files_under(tmp_path)
+    assert not [p for p in everything if "escaped" in p.name]
+    assert not Path("/tmp/escaped-abs.pdf").exists()
+    media = files_under(tmp_path / "data" / "media")
+    assert len(media) == 2
+    assert all(p.parent == tmp_path / "data" / "media" / PNID and p.suffix == ".pdf" for p in media)
+
+
+def test_transient_download_failures_end_in_a_could_not_download_reply(
+    pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis
+) -> None:
+    """A media host failing every time is retried boundedly, then the message is still answered."""
+    fake_graph.add_media("555")
+    fake_graph.script("download", *[Reply(503)] * 100)
+    stack = pipeline(WAPIPE_GRAPH_ATTEMPTS="2", **MEDIA_ENV)
+    assert post_webhook(stack["url"], media_message("555")) == 200
+    fake_graph.wait_sends(1, timeout=40)
+    assert replies(fake_graph) == ["Got your image, but could not download it."]
+    assert len(fake_graph.of_kind("download")) == 2 * 4  # 2 in-process attempts × (1 run + 3 retries)
+    assert rclient.hget("wapipe:stats", "media:failed") == b"1"
+
+
+def test_the_handler_receives_the_stored_file(
+    pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis, tmp_path: Path
+) -> None:
+    """A custom handler gets the local path, mime type, size and whether the hash matched."""
+    (tmp_path / "media_bot.py").write_text(
+        "from pathlib import Path\n"
+        "def handle(m):\n"
+        "    s = m.stored_media\n"
+        "    data = Path(s.path).read_bytes()\n"
+        "    return [{'type': 'text', 'text': {'body': f'{s.mime_type}|{s.size}|{s.sha256_ok}|{data!r}'}}]\n",
+        encoding="utf-8",
+    )
+    fake_graph.add_media("666")
+    stack = pipeline(WAPIPE_HANDLER="media_bot:handle", PYTHONPATH=str(tmp_path), **MEDIA_ENV)
+    assert post_webhook(stack["url"], media_message("666")) == 200
+    fake_graph.wait_sends(1)
+    assert replies(fake_graph) == [f"image/jpeg|{len(media_bytes('666'))}|True|{media_bytes('666')!r}"]
+
+
+def test_pure_helpers() -> None:
+    """Extension table, host match (any port, http/https only) and digest decoding."""
+    assert extension_for("audio/ogg; codecs=opus") == ".ogg"
+    assert extension_for("application/x-evil") == ".bin"
+    assert extension_for(None) == ".bin"
+    hosts = ("lookaside.fbsbx.com",)
+    assert host_allowed("https://lookaside.fbsbx.com/x?mid=1", hosts)
+    assert host_allowed("http://LOOKASIDE.fbsbx.com:8443/x", hosts)
+    assert not host_allowed("https://lookaside.fbsbx.com.evil.io/x", hosts)
+    assert not host_allowed("file://lookaside.fbsbx.com/etc/passwd", hosts)
+    digest = hashlib.sha256(b"hello whatsapp media\n").digest()
+    assert expected_digest("jO5Vuued42SfqOY4L2SyaIlkIMPsFkGSssk0OXufXds=", None) == digest
+    assert expected_digest(None, "8cee55bae79de3649fa8e6382f64b268896420c3ec164192b2c934397b9f5ddb") == digest
+    assert expected_digest("not base64!", None) is None
