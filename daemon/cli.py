@@ -156,15 +156,47 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return int(dramatiq_cli.main(parser.parse_args(argv)))  # type: ignore[no-untyped-call]
 
 
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.embedded import EmbeddedRedisError, RedisServerNotFound
+    from daemon.run import supervise
+
+    try:
+        return supervise(settings)
+    except (RedisServerNotFound, EmbeddedRedisError) as error:
+        raise CommandError(str(error)) from None
+
+
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from daemon.simulate import SimulateError, simulate
+
+    try:
+        reply = asyncio.run(
+            simulate(settings, text=args.text, image=args.image, url=args.url, wait_seconds=args.timeout)
+        )
+    except SimulateError as error:
+        raise CommandError(str(error), EXIT_FAILURE) from None
+    print(reply)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wapipe", description="WhatsApp Cloud API webhook pipeline.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("web", help="serve the webhook, health, readiness and metrics on $PORT")
     commands.add_parser("worker", help="run the pipeline's actors (Dramatiq worker processes)")
+    commands.add_parser("run", help="one machine: embedded Redis (unless REDIS_URL), web and worker")
+    sim = commands.add_parser("simulate", help="post a signed test webhook and print the reply (sandbox)")
+    what = sim.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", help="send a text message")
+    what.add_argument("--image", type=Path, help="upload this image to the emulator and send it")
+    sim.add_argument("--url", help="webhook URL (default http://127.0.0.1:$PORT/webhook)")
+    sim.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply (default 10)")
     return parser
 
 
-COMMANDS = {"web": cmd_web, "worker": cmd_worker}
+COMMANDS = {"web": cmd_web, "worker": cmd_worker, "run": cmd_run, "simulate": cmd_simulate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,8 @@ SANDBOX_GRAPH_PATH = "/sandbox/graph"
 DEFAULT_GRAPH_URL = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v25.0"
 DEFAULT_MEDIA_HOSTS = ("lookaside.fbsbx.com",)
+#: In sandbox mode media comes from the emulator on this machine.
+SANDBOX_MEDIA_HOSTS = ("127.0.0.1",)
 DEFAULT_MAX_BODY_BYTES = 3_670_016
 DEFAULT_MAX_QUEUE_DEPTH = 100_000
 DEFAULT_SEND_RATE = 80
@@ -144,7 +146,9 @@ class Settings:
             access_token=access_token,
             graph_url=env.url("WHATSAPP_GRAPH_URL", graph_default, schemes=("http", "https")),
             api_version=env.pattern("WHATSAPP_API_VERSION", DEFAULT_API_VERSION, _API_VERSION, "like v25.0"),
-            media_hosts=env.hosts("WHATSAPP_MEDIA_HOSTS", DEFAULT_MEDIA_HOSTS),
+            media_hosts=env.hosts(
+                "WHATSAPP_MEDIA_HOSTS", SANDBOX_MEDIA_HOSTS if sandbox else DEFAULT_MEDIA_HOSTS
+            ),
             redis_url=env.url("REDIS_URL", None, schemes=("redis", "rediss", "unix")),
             data_dir=data_dir,
             media_dir=Path(env.text("WAPIPE_MEDIA_DIR", str(data_dir / "media"))).expanduser(),

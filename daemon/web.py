@@ -19,7 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from daemon import metrics, signature
+from daemon import metrics, sandbox, signature
 from daemon.config import Settings
 from daemon.queue import QUEUES, AsyncQueue, build_message
 
@@ -211,4 +211,6 @@ def make_app(settings: Settings, redis_url: str) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    if settings.sandbox:
+        sandbox.mount(app, sandbox.Emulator(lambda request: request.app[REDIS], settings.max_body_bytes))
     return app

@@ -1,0 +1,174 @@
+"""Sandbox mode: an emulated Graph API under ``/sandbox/graph`` and ``GET /sandbox/outbox``.
+
+Mounted only when no ``WHATSAPP_ACCESS_TOKEN`` is set. It answers what the worker calls — send,
+mark read, media URL, media download — plus media upload (for ``wapipe simulate --image``), the
+way Meta's Graph API does, and keeps what it was sent in Redis so that every web process sees
+the same outbox and it survives a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import BodyPartReader, web
+
+from daemon.config import SANDBOX_GRAPH_PATH
+
+OUTBOX_KEY = "wapipe:sandbox:outbox"
+MEDIA_KEY = "wapipe:sandbox:media:"
+#: The outbox keeps the most recent entries only.
+OUTBOX_LIMIT = 1000
+#: Uploaded media lives as long as Meta keeps uploads (30 days).
+MEDIA_TTL_SECONDS = 30 * 86_400
+#: The bearer token the worker sends in sandbox mode.
+SANDBOX_TOKEN = "sandbox"  # noqa: S105 - a public, fixed value
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def _error(status: int, code: int, message: str) -> web.Response:
+    body = {
+        "error": {
+            "message": f"(#{code}) {message}",
+            "type": "OAuthException",
+            "code": code,
+            "fbtrace_id": "sandbox",
+        }
+    }
+    return web.json_response(body, status=status)
+
+
+class Emulator:
+    """The emulated Graph API's handlers; ``redis_of`` finds the app's Redis client at request time."""
+
+    def __init__(self, redis_of: Callable[[web.Request], aioredis.Redis], max_upload_bytes: int) -> None:
+        self.redis_of = redis_of
+        self.max_upload_bytes = max_upload_bytes
+
+    @staticmethod
+    def authorised(request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {SANDBOX_TOKEN}"
+
+    async def messages(self, request: web.Request) -> web.Response:
+        if not self.authorised(request):
+            return _error(401, 190, "Invalid OAuth access token")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, 100, "Invalid parameter: body is not JSON")
+        if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
+            return _error(400, 100, "Invalid parameter: messaging_product must be whatsapp")
+        phone_number_id = request.match_info["phone_number_id"]
+        if body.get("status") == "read":
+            await self._record(
+                request,
+                {"kind": "read", "phone_number_id": phone_number_id, "message_id": body.get("message_id")},
+            )
+            return web.json_response({"success": True})
+        recipient = body.get("to") or body.get("recipient")
+        if not recipient or not body.get("type"):
+            return _error(400, 131008, "Required parameter is missing: to/recipient and type")
+        out_id = f"wamid.sandbox.{uuid.uuid4().hex}"
+        await self._record(
+            request, {"kind": "message", "id": out_id, "phone_number_id": phone_number_id, "message": body}
+        )
+        contact = {"input": recipient, "wa_id": str(recipient).lstrip("+")}
+        return web.json_response(
+            {"messaging_product": "whatsapp", "contacts": [contact], "messages": [{"id": out_id}]}
+        )
+
+    async def _record(self, request: web.Request, entry: dict[str, Any]) -> None:
+        entry["at"] = time.time()
+        async with self.redis_of(request).pipeline(transaction=True) as pipe:
+            pipe.rpush(OUTBOX_KEY, json.dumps(entry))
+            pipe.ltrim(OUTBOX_KEY, -OUTBOX_LIMIT, -1)
+            await pipe.execute()
+
+    async def media_info(self, request: web.Request) -> web.Response:
+        if not self.authorised(request):
+            return _error(401, 190, "Invalid OAuth access token")
+        media_id = request.match_info["media_id"]
+        stored = await self.redis_of(request).hmget(MEDIA_KEY + media_id, "mime_type", "sha256", "size")
+        if stored[0] is None:
+            return _error(400, 100, "Invalid parameter: unknown media id")
+        mime, sha256, size = (_text(value) for value in stored)
+        url = str(request.url.with_path(f"{SANDBOX_GRAPH_PATH}/media-download/{media_id}").with_query(None))
+        return web.json_response(
+            {
+                "messaging_product": "whatsapp",
+                "url": url,
+                "mime_type": mime,
+                "sha256": sha256,
+                "file_size": size,
+                "id": media_id,
+            }
+        )
+
+    async def media_download(self, request: web.Request) -> web.Response:
+        if not self.authorised(request):
+            return web.Response(status=401)
+        stored = await self.redis_of(request).hmget(
+            MEDIA_KEY + request.match_info["media_id"], "content", "mime_type"
+        )
+        if stored[0] is None:
+            return web.Response(status=404)
+        return web.Response(body=stored[0], content_type=_text(stored[1]).split(";")[0])
+
+    async def media_upload(self, request: web.Request) -> web.Response:
+        if not self.authorised(request):
+            return _error(401, 190, "Invalid OAuth access token")
+        if not request.content_type.startswith("multipart/"):
+            return _error(400, 100, "Invalid parameter: expected multipart/form-data")
+        content: bytes | None = None
+        mime: str | None = None
+        reader = await request.multipart()
+        async for part in reader:
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.name == "file":
+                content = bytes(await part.read(decode=False))
+                mime = mime or part.headers.get("Content-Type")
+            elif part.name == "type":
+                mime = (await part.text()).strip()
+            if content is not None and len(content) > self.max_upload_bytes:
+                return _error(400, 131053, "Media upload error: file too large")
+        if content is None or not mime:
+            return _error(400, 131008, "Required parameter is missing: file and type")
+        media_id = str(uuid.uuid4().int)[:16]
+        key = MEDIA_KEY + media_id
+        digest = hashlib.sha256(content)
+        async with self.redis_of(request).pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "content": content,
+                    "mime_type": mime,
+                    "sha256": digest.hexdigest(),
+                    "size": len(content),
+                },
+            )
+            pipe.expire(key, MEDIA_TTL_SECONDS)
+            await pipe.execute()
+        return web.json_response({"id": media_id})
+
+    async def outbox(self, request: web.Request) -> web.Response:
+        entries = [json.loads(raw) for raw in await self.redis_of(request).lrange(OUTBOX_KEY, 0, -1)]
+        return web.json_response(entries)
+
+
+def mount(app: web.Application, emulator: Emulator) -> None:
+    """Add the emulator's routes (the download route first: it is more specific)."""
+    prefix = SANDBOX_GRAPH_PATH
+    app.router.add_get(f"{prefix}/media-download/{{media_id}}", emulator.media_download)
+    app.router.add_post(f"{prefix}/{{version}}/{{phone_number_id}}/messages", emulator.messages)
+    app.router.add_post(f"{prefix}/{{version}}/{{phone_number_id}}/media", emulator.media_upload)
+    app.router.add_get(f"{prefix}/{{version}}/{{media_id}}", emulator.media_info)
+    app.router.add_get("/sandbox/outbox", emulator.outbox)
