@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from types import ModuleType
+from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -18,7 +19,6 @@ from dramatiq.middleware import (
     Callbacks,
     CurrentMessage,
     Pipelines,
-    Retries,
     ShutdownNotifications,
     TimeLimit,
 )
@@ -26,6 +26,7 @@ from dramatiq.middleware import (
 from actors import fetch_media, parse, reply, verify
 from actors.dead_letters import DeadLetterRecorder
 from actors.errors import PermanentFailure
+from actors.reliability import SafeRetries, Sweeper
 from actors.runtime import RuntimeMiddleware
 from daemon import logs
 from daemon.config import Settings
@@ -49,12 +50,13 @@ def build_broker(settings: Settings, redis_url: str) -> RedisBroker:
         Callbacks(),
         Pipelines(),
         DeadLetterRecorder(),
-        Retries(
+        SafeRetries(
             max_retries=settings.retry_max,
             min_backoff=settings.retry_min_backoff_ms,
             max_backoff=settings.retry_max_backoff_ms,
         ),
         CurrentMessage(),
+        Sweeper(settings.heartbeat_timeout_ms, settings.dlq_retention_days),
         AsyncIO(),
         RuntimeMiddleware(settings, redis_url),
     ]
@@ -63,7 +65,8 @@ def build_broker(settings: Settings, redis_url: str) -> RedisBroker:
         namespace=NAMESPACE,
         middleware=middleware,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
-        dead_message_ttl=settings.dlq_retention_days * 86_400_000,
+        # Dramatiq's own expiry only as a backstop: wapipe's purge (with its log line) comes first.
+        dead_message_ttl=(settings.dlq_retention_days + 1) * 86_400_000,
     )
     dramatiq.set_broker(broker)
     for stage in STAGES:
@@ -71,11 +74,30 @@ def build_broker(settings: Settings, redis_url: str) -> RedisBroker:
             actor_name=stage.ACTOR_NAME,
             queue_name=ACTOR_QUEUES[stage.ACTOR_NAME],
             broker=broker,
-            throws=(PermanentFailure,),
-            **stage.OPTIONS,
+            **stage_options(stage, settings),
         )
         declare(stage.run)
     return broker
+
+
+def stage_options(stage: ModuleType, settings: Settings) -> dict[str, Any]:
+    """A stage's Dramatiq options: the settings' retry policy, then the stage's own ``OPTIONS``.
+
+    Every stage dead-letters a :class:`PermanentFailure` at once. A stage may list
+    ``RETRY_FOREVER`` exceptions (e.g. sending paused on a bad token) that never exhaust its retries.
+    """
+    options: dict[str, Any] = {
+        "throws": (PermanentFailure,),
+        "max_retries": settings.retry_max,
+        "min_backoff": settings.retry_min_backoff_ms,
+        "max_backoff": settings.retry_max_backoff_ms,
+        **stage.OPTIONS,
+    }
+    forever: tuple[type[BaseException], ...] = getattr(stage, "RETRY_FOREVER", ())
+    if forever:
+        limit = int(options["max_retries"])
+        options["retry_when"] = lambda retries, error: isinstance(error, forever) or retries < limit
+    return options
 
 
 def setup() -> None:

@@ -18,11 +18,11 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
 from actors.errors import PermanentFailure
+from actors.reliability import ENQUEUE_LOST, write_waiting
+from daemon.dlq import REASONS_KEY
 from daemon.graph import GraphError
 
 log = logging.getLogger(__name__)
-
-REASONS_KEY = "wapipe:dlq:reasons"
 
 
 def describe(exception: BaseException | None) -> dict[str, Any]:
@@ -56,6 +56,12 @@ class DeadLetterRecorder(Middleware):
         permanent = isinstance(exception, PermanentFailure)
         retries = int(message.options.get("retries", 0))
         reason = describe(exception)
+        if message.options.pop(ENQUEUE_LOST, False):
+            reason = {
+                "type": "RetryEnqueueLost",
+                "message": "the worker stopped while Redis was unreachable to take the retry",
+                "cause": reason,
+            }
         record = {
             "message_id": message.message_id,
             "stage": message.actor_name,
@@ -66,7 +72,10 @@ class DeadLetterRecorder(Middleware):
         }
         redis_message_id = message.options.get("redis_message_id")
         assert isinstance(broker, RedisBroker)
-        broker.client.hset(REASONS_KEY, redis_message_id, json.dumps(record))
+        client = broker.client
+        write_waiting(
+            lambda: client.hset(REASONS_KEY, redis_message_id, json.dumps(record)), "dead letter reason"
+        )
         log.warning(
             "dead_lettered",
             extra={

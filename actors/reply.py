@@ -10,6 +10,17 @@ At most once: before each send a ledger key ``wapipe:reply:{phone_number_id}:{id
 in Redis. A send that surely did not happen (no connection, 5xx / 429, a Graph error) releases the
 claim and is retried; a send that may have happened (timeout after the request went out, a worker
 that died mid-send) keeps the claim and is dead-lettered as "unknown outcome", never resent.
+
+Graph errors (WHATSAPP_API.md §F): permanent codes are dead-lettered at once; throttling codes are
+retried on their own schedule (``Retry-After`` when given, 4^X s for the pair limit 131056, 2 s
+for the throughput limit 130429, 60 s for 131057, 80007 and 4), clamped to the ``WAPIPE_RETRY_*_BACKOFF_MS`` bounds; others
+follow the exponential back-off. A refused token (190, 0) pauses sending for that number: its
+messages wait (``WAPIPE_AUTH_PAUSE_MS``) without using up retries, one of them probes the Graph API
+each period, and the first success resumes sending. Nothing is dead-lettered for a bad token.
+
+Worst case per message: ``WAPIPE_RETRY_MAX + 1`` runs (default 6), each up to
+``WAPIPE_GRAPH_ATTEMPTS`` calls (default 3) of at most ``WAPIPE_GRAPH_TIMEOUT_SECONDS`` (10 s)
+0.1–2 s apart, separated by back-offs of 1–2, 2–4, 4–8, 8–16, 16–32 s: about 3 minutes in all.
 """
 
 from __future__ import annotations
@@ -17,6 +28,11 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+
+import dramatiq
+import stamina
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors import runtime
 from actors.errors import GraphRejected, ItemRejected, OutcomeUnknown
@@ -27,6 +43,17 @@ log = logging.getLogger(__name__)
 
 ACTOR_NAME = "reply"
 OPTIONS: dict[str, Any] = {}
+STATS_KEY = "wapipe:stats"
+
+#: Seconds to wait for each throttling code without a ``Retry-After`` (131056 grows as 4^X).
+THROTTLE_SECONDS = {130429: 2.0, 131057: 60.0, 80007: 60.0, 4: 60.0}
+
+
+class SendingPaused(dramatiq.Retry):
+    """The access token is refused for this number: wait and try again, without using up retries."""
+
+
+RETRY_FOREVER = (SendingPaused,)
 
 #: The reply ledger outlives the message dedup window by a day.
 LEDGER_EXTRA_SECONDS = 86_400
@@ -43,6 +70,7 @@ async def run(item: dict[str, Any]) -> None:
         log.info("handled_without_reply", extra=fields)
         return
     recipient = _recipient(message)
+    await _wait_if_paused(rt, message.phone_number_id)
     await _mark_read(rt, message, fields)
     replay = bool(runtime.current_options().get("wapipe_replay"))
     for index, body in enumerate(outbound):
@@ -55,6 +83,42 @@ async def run(item: dict[str, Any]) -> None:
             "latency_ms": round((time.time() - item["received_at"]) * 1000),
         },
     )
+
+
+def _paused_key(phone_number_id: str) -> str:
+    return f"wapipe:paused:{phone_number_id}"
+
+
+def _pause_retry(rt: runtime.Runtime) -> SendingPaused:
+    """A Retry after the pause period that does not count as one of the message's retries."""
+    options = runtime.current_options_proxy()
+    if options is not None:
+        options["retries"] = int(options.get("retries", 0)) - 1
+    return SendingPaused(delay=rt.settings.auth_pause_ms)
+
+
+async def _wait_if_paused(rt: runtime.Runtime, phone_number_id: str) -> None:
+    """While the number is paused, only one message per period goes on, as the probe."""
+    if not await rt.redis.exists(_paused_key(phone_number_id)):
+        return
+    probe = await rt.redis.set(f"wapipe:probe:{phone_number_id}", "1", nx=True, px=rt.settings.auth_pause_ms)
+    if not probe:
+        raise _pause_retry(rt)
+
+
+def _throttle_delay_ms(rt: runtime.Runtime, error: GraphError) -> int | None:
+    """How long to wait before retrying a throttled send, or None for the usual back-off."""
+    retries = int(runtime.current_options().get("retries", 0))
+    if error.retry_after is not None:
+        seconds = error.retry_after
+    elif error.code == 131056:
+        seconds = 4.0**retries  # Meta: retry after 4^X seconds
+    elif error.code in THROTTLE_SECONDS:
+        seconds = THROTTLE_SECONDS[error.code]
+    else:
+        return None
+    settings = rt.settings
+    return int(min(max(seconds * 1000, settings.retry_min_backoff_ms), settings.retry_max_backoff_ms))
 
 
 def _recipient(message: InboundMessage) -> dict[str, str]:
@@ -100,6 +164,22 @@ async def _send_once(
         raise OutcomeUnknown(str(error), message_id=message.id, index=index) from None
     except GraphError as error:
         await rt.redis.delete(key)
+        if error.kind == "auth":
+            await _pause(rt, message.phone_number_id, error)
+            raise _pause_retry(rt) from None
+        if error.kind == "retry_later":
+            delay = _throttle_delay_ms(rt, error)
+            if delay is not None:
+                log.warning(
+                    "send_throttled",
+                    extra={
+                        "actor": ACTOR_NAME,
+                        "message_id": message.id,
+                        "code": error.code,
+                        "delay_ms": delay,
+                    },
+                )
+                raise dramatiq.Retry(str(error), delay=delay) from None
         if error.kind == "permanent":
             raise GraphRejected(
                 error.message,
@@ -113,4 +193,33 @@ async def _send_once(
     except GraphUnreachable:
         await rt.redis.delete(key)
         raise
-    await rt.redis.set(key, f"sent:{result.message_id}", ex=ttl)
+    await _mark_sent(rt, key, f"sent:{result.message_id}", ttl)
+    if await rt.redis.delete(_paused_key(message.phone_number_id)):
+        log.warning(
+            "sending_resumed", extra={"actor": ACTOR_NAME, "phone_number_id": message.phone_number_id}
+        )
+
+
+async def _mark_sent(rt: runtime.Runtime, key: str, value: str, ttl: int) -> None:
+    """Record a send that happened; worth waiting for Redis (up to 60 s) rather than leave it "in doubt"."""
+    async for attempt in stamina.retry_context(
+        on=(RedisConnectionError, RedisTimeoutError), attempts=None, timeout=60.0, wait_max=2.0
+    ):
+        with attempt:
+            await rt.redis.set(key, value, ex=ttl)
+
+
+async def _pause(rt: runtime.Runtime, phone_number_id: str, error: GraphError) -> None:
+    """Pause sending for the number: loud, counted, lifted by the next success."""
+    await rt.redis.set(_paused_key(phone_number_id), str(error.code), ex=86_400)
+    await rt.redis.hincrby(STATS_KEY, f"auth_failed:{error.code}", 1)
+    log.critical(
+        "graph_token_refused_sending_paused",
+        extra={
+            "actor": ACTOR_NAME,
+            "phone_number_id": phone_number_id,
+            "code": error.code,
+            "fbtrace_id": error.fbtrace_id,
+            "hint": "renew WHATSAPP_ACCESS_TOKEN; messages wait and resume by themselves",
+        },
+    )

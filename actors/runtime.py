@@ -56,8 +56,15 @@ def current_message_id() -> str:
 
 
 def current_options() -> dict[str, Any]:
+    """A copy of the current message's options (``retries``, ``wapipe_replay``…)."""
     message = CurrentMessage.get_current_message()
     return {} if message is None else dict(message.options)
+
+
+def current_options_proxy() -> dict[str, Any] | None:
+    """The current message's options themselves, for the rare change Retries must see."""
+    message = CurrentMessage.get_current_message()
+    return None if message is None else message.options
 
 
 async def _open(settings: Settings, redis_url: str) -> Runtime:
@@ -73,7 +80,7 @@ async def _open(settings: Settings, redis_url: str) -> Runtime:
         queue=AsyncQueue(
             client,
             heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
-            dead_message_ttl_ms=settings.dlq_retention_days * 86_400_000,
+            dead_message_ttl_ms=(settings.dlq_retention_days + 1) * 86_400_000,
         ),
         graph=GraphClient(session, settings),
         handler=load_handler(settings.handler),

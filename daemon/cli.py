@@ -181,6 +181,55 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    import redis
+
+    from daemon import dlq
+
+    client = redis.Redis.from_url(resolve_redis_url(settings), socket_timeout=10)
+    try:
+        if args.action == "list":
+            letters = dlq.all_letters(client)
+            if args.json:
+                print(json.dumps([letter.summary() for letter in letters], indent=2))
+            for letter in [] if args.json else letters:
+                summary = letter.summary()
+                what = summary["what"]
+                ids = what.get("message_id") or what.get("envelope_id")
+                reason = summary["reason"]
+                code = f" code={reason['code']}" if "code" in reason else ""
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(letter.failed_at))
+                print(
+                    f"{letter.id}  {stamp}  {letter.stage:<11} {what['kind']}={ids}  {reason.get('type')}{code}"
+                )
+            if not args.json:
+                print(f"{len(letters)} dead letter(s)")
+        elif args.action == "show":
+            letter = dlq.find(client, args.id)
+            print(
+                json.dumps({**letter.summary(), "reason": letter.reason, "message": letter.message}, indent=2)
+            )
+        elif args.action == "replay":
+            if args.all == (args.id is not None):
+                raise CommandError("dlq replay takes one ID, or --all")
+            letters = dlq.all_letters(client) if args.all else [dlq.find(client, args.id)]
+            for letter in letters:
+                dlq.replay(client, letter)
+                print(f"replayed {letter.id} ({letter.stage})")
+        elif args.action == "purge":
+            older = None if args.all else settings.dlq_retention_days * 86_400
+            print(f"purged {dlq.purge(client, older_than_seconds=older)} dead letter(s)")
+    except dlq.NotFound as error:
+        raise CommandError(str(error), EXIT_FAILURE) from None
+    except redis.RedisError as error:
+        raise CommandError(f"Redis: {error}", EXIT_REDIS) from None
+    finally:
+        client.close()
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wapipe", description="WhatsApp Cloud API webhook pipeline.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -193,10 +242,20 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--image", type=Path, help="upload this image to the emulator and send it")
     sim.add_argument("--url", help="webhook URL (default http://127.0.0.1:$PORT/webhook)")
     sim.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply (default 10)")
+    dead = commands.add_parser("dlq", help="list, show, replay or purge dead letters")
+    actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="every dead letter: id, time, stage, what, reason")
+    listing.add_argument("--json", action="store_true", help="as JSON")
+    actions.add_parser("show", help="one dead letter in full").add_argument("id")
+    replaying = actions.add_parser("replay", help="run a dead letter again from its stage, once")
+    replaying.add_argument("id", nargs="?")
+    replaying.add_argument("--all", action="store_true", help="replay every dead letter")
+    purging = actions.add_parser("purge", help="delete dead letters older than WAPIPE_DLQ_RETENTION_DAYS")
+    purging.add_argument("--all", action="store_true", help="delete every dead letter")
     return parser
 
 
-COMMANDS = {"web": cmd_web, "worker": cmd_worker, "run": cmd_run, "simulate": cmd_simulate}
+COMMANDS = {"web": cmd_web, "worker": cmd_worker, "run": cmd_run, "simulate": cmd_simulate, "dlq": cmd_dlq}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -112,6 +112,7 @@ class Settings:
     heartbeat_timeout_ms: int = 60_000
     worker_poll_ms: int = 100
     shutdown_timeout_seconds: float = 30.0
+    auth_pause_ms: int = 30_000
     message_dedup_ttl_seconds: int = 8 * DAY_SECONDS
     status_dedup_ttl_seconds: int = DAY_SECONDS
 
@@ -177,6 +178,7 @@ class Settings:
             heartbeat_timeout_ms=env.integer("WAPIPE_HEARTBEAT_TIMEOUT_MS", 60_000, minimum=1_000),
             worker_poll_ms=env.integer("WAPIPE_WORKER_POLL_MS", 100, minimum=1, maximum=10_000),
             shutdown_timeout_seconds=env.number("WAPIPE_SHUTDOWN_TIMEOUT_SECONDS", 30.0, minimum=0.1),
+            auth_pause_ms=env.integer("WAPIPE_AUTH_PAUSE_MS", 30_000, minimum=10),
             message_dedup_ttl_seconds=env.integer(
                 "WAPIPE_MESSAGE_DEDUP_TTL_SECONDS", 8 * DAY_SECONDS, minimum=1
             ),

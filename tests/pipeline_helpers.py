@@ -21,7 +21,7 @@ QUEUE_HASHES = (
 
 
 def post_webhook(url: str, obj: Any, secret: str = APP_SECRET, timeout: float = 10) -> int:
-    """POST ``obj`` as Meta would (exact bytes, signed); return the status."""
+    """POST ``obj`` as Meta would (exact bytes, signed); return the status, or 0 when no answer came."""
     body = meta_bytes(obj)
     request = urllib.request.Request(url + "/webhook", data=body, headers=signed(body, secret), method="POST")
     try:
@@ -29,6 +29,8 @@ def post_webhook(url: str, obj: Any, secret: str = APP_SECRET, timeout: float = 
             return int(response.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
+    except (urllib.error.URLError, OSError):
+        return 0  # refused or timed out: indeterminate, Meta would deliver it again
 
 
 def drained(client: redis.Redis) -> bool:

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,7 @@ class Recorded:
     query: dict[str, str]
     headers: dict[str, str]
     json: Any
+    at: float = 0.0
 
 
 def media_bytes(media_id: str) -> bytes:
@@ -69,6 +71,9 @@ class FakeGraph:
         self.scripts: dict[str, deque[Reply]] = {}
         self.media: dict[str, tuple[bytes, str]] = {}
         self.chunked: set[str] = set()
+        #: Seconds every unscripted send waits before it is answered (messages stay "in flight").
+        self.send_delay = 0.0
+        self._site: web.TCPSite | None = None
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -133,22 +138,52 @@ class FakeGraph:
         app.router.add_get("/download/{media_id}", self._download)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
+        await self._listen(0)
+
+    async def _listen(self, port: int) -> None:
+        assert self._runner is not None
+        self._site = web.TCPSite(self._runner, "127.0.0.1", port, reuse_address=True)
+        await self._site.start()
+        server = self._site._server
         assert server is not None
-        assert server.sockets
+        assert server.sockets  # type: ignore[union-attr]
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def refuse_connections(self) -> None:
+        """Close the listening socket and every open connection: nothing can be delivered."""
+        asyncio.run_coroutine_threadsafe(self._refuse(), self._loop).result(timeout=10)
+
+    async def _refuse(self) -> None:
+        assert self._site is not None
+        assert self._runner is not None
+        await self._site.stop()
+        server = self._runner.server
+        if server is not None:
+            for connection in list(server.connections):
+                connection.force_close()
+
+    def accept_connections(self) -> None:
+        """Listen again on the same port."""
+        asyncio.run_coroutine_threadsafe(self._listen(self.port), self._loop).result(timeout=10)
 
     async def _record(self, kind: str, request: web.Request, body: Any) -> Reply | None:
         with self._lock:
             self.requests.append(
-                Recorded(kind, request.method, request.path, dict(request.query), dict(request.headers), body)
+                Recorded(
+                    kind,
+                    request.method,
+                    request.path,
+                    dict(request.query),
+                    dict(request.headers),
+                    body,
+                    time.time(),
+                )
             )
             queue = self.scripts.get(kind)
             scripted = queue.popleft() if queue else None
-        if scripted is not None and scripted.delay:
-            await asyncio.sleep(scripted.delay)
+        delay = scripted.delay if scripted is not None else self.send_delay if kind == "send" else 0.0
+        if delay:
+            await asyncio.sleep(delay)
         return scripted
 
     @staticmethod

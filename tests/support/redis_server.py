@@ -41,7 +41,7 @@ class RedisServer:
                 "--dir", str(self.directory),
                 "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", "everysec",
-                "--save", self.save,
+                "--save", *(self.save.split() or [""]),
                 "--logfile", str(self.directory / "redis.log"),
                 "--maxmemory-policy", "noeviction",
             ],

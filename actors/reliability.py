@@ -1,0 +1,156 @@
+"""Two fixes to Dramatiq's Redis delivery that wapipe's guarantees depend on (DRAMATIQ.md §1.7, §2).
+
+- :class:`SafeRetries`: Dramatiq's Retries re-enqueues a failed message and the worker then acks
+  the original. If Redis is down at that moment the enqueue error is swallowed and the message
+  is acked and lost (Dramatiq PR #545). Here the re-enqueue waits for Redis to come back; if the
+  worker is stopping first, the message is failed (dead-lettered with that reason), never lost.
+- :class:`Sweeper`: a killed worker's fetched messages are only requeued by a *random*
+  maintenance pass (0.1 % of commands, none when idle: Dramatiq #527). Each worker process forces
+  that pass on every pipeline queue every ``heartbeat_timeout / 4``, so they run again within
+  ``heartbeat_timeout`` + one sweep even with no traffic; it also purges dead letters past
+  ``WAPIPE_DLQ_RETENTION_DAYS`` (hourly, with a log line).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.errors import BrokerConnectionError
+from dramatiq.middleware import Retries
+
+from daemon import dlq
+from daemon.queue import NAMESPACE, QUEUES
+
+log = logging.getLogger(__name__)
+
+#: Wait between attempts to re-enqueue a retry while Redis is unreachable.
+REENQUEUE_WAIT_SECONDS = 1.0
+#: How often dead letters past their retention are purged.
+PURGE_INTERVAL_SECONDS = 3600.0
+
+#: Set on a message whose retry could not be enqueued before the worker stopped.
+ENQUEUE_LOST = "wapipe_retry_enqueue_lost"
+
+_stopping = threading.Event()
+
+
+class RetryEnqueueLost(Exception):
+    """The worker stopped while Redis was still unreachable to take a retry."""
+
+
+class _WaitingBroker:
+    """The broker as Retries sees it: ``enqueue`` waits out a Redis outage."""
+
+    def __init__(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self._broker = broker
+        self._message = message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._broker, name)
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        warned = False
+        while True:
+            try:
+                return self._broker.enqueue(message, delay=delay)
+            except (redis.ConnectionError, redis.TimeoutError, BrokerConnectionError) as error:
+                if _stopping.is_set():
+                    log.error("retry_enqueue_abandoned", extra={"message_id": message.message_id})
+                    self._message.fail()
+                    raise RetryEnqueueLost("the worker stopped while Redis was unreachable") from error
+                if not warned:
+                    log.warning("retry_enqueue_waiting_for_redis", extra={"message_id": message.message_id})
+                    warned = True
+                time.sleep(REENQUEUE_WAIT_SECONDS)
+
+
+def write_waiting(write: Any, what: str) -> None:
+    """Run a Redis write from a worker thread, waiting out an outage unless the worker is stopping."""
+    while True:
+        try:
+            write()
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            if _stopping.is_set():
+                log.error("redis_write_abandoned", extra={"what": what, "error": type(error).__name__})
+                return
+            time.sleep(REENQUEUE_WAIT_SECONDS)
+        else:
+            return
+
+
+class SafeRetries(Retries):
+    """Dramatiq's Retries whose re-enqueue survives a Redis outage (see the module docstring)."""
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        try:
+            super().after_process_message(  # type: ignore[no-untyped-call]
+                _WaitingBroker(broker, message), message, result=result, exception=exception
+            )
+        except RetryEnqueueLost:
+            message.options[ENQUEUE_LOST] = True  # the dead-letter recorder reports this reason
+
+
+class Sweeper(dramatiq.Middleware):
+    """Forces Dramatiq's maintenance on every pipeline queue, and purges expired dead letters."""
+
+    def __init__(self, heartbeat_timeout_ms: int, retention_days: int) -> None:
+        self.interval = max(0.2, heartbeat_timeout_ms / 4000)
+        self.retention_seconds = retention_days * 86_400
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        _stopping.clear()
+        assert isinstance(broker, RedisBroker)
+        self._thread = threading.Thread(target=self._run, args=(broker,), name="wapipe-sweeper", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        _stopping.set()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self, broker: RedisBroker) -> None:
+        next_purge = 0.0
+        while not _stopping.wait(self.interval):
+            try:
+                sweep(broker)
+                if time.monotonic() >= next_purge:
+                    dlq.purge(broker.client, older_than_seconds=self.retention_seconds)
+                    next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
+            except redis.RedisError as error:
+                log.warning("sweep_failed", extra={"error": type(error).__name__})
+
+
+def sweep(broker: RedisBroker) -> None:
+    """One forced maintenance pass (requeue dead workers' messages) on each queue and delay queue."""
+    dispatch = broker.scripts["dispatch"]
+    for queue in QUEUES:
+        for name in (queue, f"{queue}.DQ"):
+            dispatch(
+                keys=[NAMESPACE],
+                args=[
+                    "qsize",
+                    int(time.time() * 1000),
+                    name,
+                    broker.broker_id,
+                    broker.heartbeat_timeout,
+                    broker.dead_message_ttl,
+                    1,
+                    broker._max_unpack_size(),  # type: ignore[no-untyped-call]
+                ],
+            )

@@ -1,0 +1,177 @@
+"""Dead letters: list, show, replay and purge (``wapipe dlq``), and retention.
+
+A dead letter is a message Dramatiq moved to ``dramatiq:<queue>.XQ`` (its id → the message, scored
+by when) plus the reason wapipe recorded beside it in ``wapipe:dlq:reasons``. Its id is the Redis
+message id that ``wapipe dlq list`` prints; ``show`` and ``replay`` also take a unique prefix.
+
+A replay enqueues the same actor with the same arguments and ``wapipe_replay`` set, which lets that
+stage pass its dedup marks (parse) or take over a send left "in doubt" (reply) — once: the dead
+letter is removed as it is replayed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from dramatiq import Message
+
+from daemon.queue import NAMESPACE, QUEUES
+
+log = logging.getLogger(__name__)
+
+REASONS_KEY = "wapipe:dlq:reasons"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    queue: str
+    failed_at: float
+    message: dict[str, Any]
+    record: dict[str, Any] | None
+
+    @property
+    def stage(self) -> str:
+        return str(self.message.get("actor_name"))
+
+    @property
+    def reason(self) -> dict[str, Any]:
+        if self.record is not None:
+            return dict(self.record.get("reason") or {})
+        return {"type": "Unknown", "message": "no reason was recorded"}
+
+    def what(self) -> dict[str, Any]:
+        """Which envelope or item this is, by its ids (no payload)."""
+        kwargs = self.message.get("kwargs") or {}
+        item = kwargs.get("item")
+        if isinstance(item, dict):
+            inbound = item.get("message") or {}
+            return {
+                "kind": "item",
+                "message_id": inbound.get("id"),
+                "type": inbound.get("type"),
+                "phone_number_id": item.get("phone_number_id"),
+                "envelope_id": item.get("envelope_id"),
+            }
+        return {
+            "kind": "envelope",
+            "envelope_id": kwargs.get("envelope_id") or self.message.get("message_id"),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        reason = self.reason
+        return {
+            "id": self.id,
+            "failed_at": self.failed_at,
+            "stage": self.stage,
+            "what": self.what(),
+            "reason": {
+                key: reason.get(key) for key in ("type", "code", "message") if reason.get(key) is not None
+            },
+            "attempts": (self.record or {}).get("attempts"),
+        }
+
+
+class NotFound(LookupError):
+    """No dead letter has that id (or the prefix is not unique)."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def all_letters(client: redis.Redis, queues: tuple[str, ...] = QUEUES) -> list[DeadLetter]:
+    """Every dead letter, oldest first."""
+    letters = []
+    for queue in queues:
+        key = f"{NAMESPACE}:{queue}.XQ"
+        entries: list[tuple[bytes, float]] = client.zrange(key, 0, -1, withscores=True)  # type: ignore[assignment]
+        for raw_id, score in entries:
+            letter_id = _text(raw_id)
+            data = client.hget(f"{key}.msgs", letter_id)
+            if data is None:
+                continue
+            reason = client.hget(REASONS_KEY, letter_id)
+            letters.append(
+                DeadLetter(
+                    id=letter_id,
+                    queue=queue,
+                    failed_at=float(score) / 1000,
+                    message=json.loads(data),
+                    record=json.loads(reason) if reason else None,
+                )
+            )
+    return sorted(letters, key=lambda letter: letter.failed_at)
+
+
+def find(client: redis.Redis, letter_id: str) -> DeadLetter:
+    matches = [letter for letter in all_letters(client) if letter.id.startswith(letter_id)]
+    exact = [letter for letter in matches if letter.id == letter_id]
+    if exact:
+        return exact[0]
+    if len(matches) != 1:
+        raise NotFound(f"no dead letter {letter_id!r}" if not matches else f"{letter_id!r} is ambiguous")
+    return matches[0]
+
+
+def remove(client: redis.Redis, letter: DeadLetter) -> None:
+    key = f"{NAMESPACE}:{letter.queue}.XQ"
+    with client.pipeline(transaction=True) as pipe:
+        pipe.zrem(key, letter.id)
+        pipe.hdel(f"{key}.msgs", letter.id)
+        pipe.hdel(REASONS_KEY, letter.id)
+        pipe.execute()
+
+
+def replay_message(letter: DeadLetter) -> Message[Any]:
+    """A fresh message for the same actor and arguments, marked as a replay."""
+    original = letter.message
+    return Message(
+        queue_name=str(original["queue_name"]).removesuffix(".DQ"),
+        actor_name=str(original["actor_name"]),
+        args=tuple(original.get("args") or ()),
+        kwargs=dict(original.get("kwargs") or {}),
+        options={"wapipe_replay": True, "redis_message_id": str(uuid.uuid4())},
+    )
+
+
+def replay(client: redis.Redis, letter: DeadLetter) -> Message[Any]:
+    """Enqueue the replay and remove the dead letter, in one transaction (it runs once)."""
+    message = replay_message(letter)
+    queue_key = f"{NAMESPACE}:{message.queue_name}"
+    key = f"{NAMESPACE}:{letter.queue}.XQ"
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hset(f"{queue_key}.msgs", message.options["redis_message_id"], message.encode())
+        pipe.rpush(queue_key, message.options["redis_message_id"])
+        pipe.zrem(key, letter.id)
+        pipe.hdel(f"{key}.msgs", letter.id)
+        pipe.hdel(REASONS_KEY, letter.id)
+        pipe.execute()
+    log.info("dead_letter_replayed", extra={"dead_letter": letter.id, "stage": letter.stage})
+    return message
+
+
+def purge(client: redis.Redis, *, older_than_seconds: float | None, now: float | None = None) -> int:
+    """Delete dead letters older than ``older_than_seconds`` (all when None); log and return how many."""
+    now = time.time() if now is None else now
+    purged = 0
+    for letter in all_letters(client):
+        if older_than_seconds is None or letter.failed_at < now - older_than_seconds:
+            remove(client, letter)
+            purged += 1
+    live = {letter.id for letter in all_letters(client)}
+    orphans = [key for key in client.hkeys(REASONS_KEY) if _text(key) not in live]
+    if orphans:
+        client.hdel(REASONS_KEY, *orphans)
+    if purged or orphans:
+        log.info(
+            "dead_letters_purged",
+            extra={"count": purged, "orphan_reasons": len(orphans), "older_than_seconds": older_than_seconds},
+        )
+    return purged
