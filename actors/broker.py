@@ -26,6 +26,7 @@ from dramatiq.middleware import (
 from actors import fetch_media, parse, reply, verify
 from actors.dead_letters import DeadLetterRecorder
 from actors.errors import PermanentFailure
+from actors.metrics import ActorMetrics
 from actors.reliability import SafeRetries, Sweeper
 from actors.runtime import RuntimeMiddleware
 from daemon import logs
@@ -49,6 +50,7 @@ def build_broker(settings: Settings, redis_url: str) -> RedisBroker:
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
+        ActorMetrics(settings.worker_threads),
         DeadLetterRecorder(),
         SafeRetries(
             max_retries=settings.retry_max,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors import runtime
+from actors import metrics, runtime
 from actors.parse import STATS_KEY
 from daemon.graph import GraphError, GraphUnreachable, MediaExpired, MediaRefused, SendOutcomeUnknown
 from daemon.media import TempFile, expected_digest, host_allowed, phone_dir
@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 ACTOR_NAME = "fetch_media"
 #: Retries of a transient failure before the reply goes out without the file.
 MAX_RETRIES = 3
-OPTIONS: dict[str, Any] = {"max_retries": MAX_RETRIES}
+#: A 100 MB file on a slow link takes minutes; the download's own timeouts bound each read.
+TIME_LIMIT_MS = 15 * 60 * 1000
+OPTIONS: dict[str, Any] = {"max_retries": MAX_RETRIES, "time_limit": TIME_LIMIT_MS}
 
 _TRANSIENT = (GraphUnreachable, SendOutcomeUnknown, MediaExpired)
 
@@ -58,6 +60,7 @@ async def run(item: dict[str, Any]) -> None:
             "media_unavailable", extra={**fields, "error": type(error).__name__, "detail": str(error)[:200]}
         )
         await rt.redis.hincrby(STATS_KEY, "media:failed", 1)
+        metrics.current().media_downloads.labels("failed").inc()
         stored = None
     if stored is not None:
         item = {**item, "stored_media": stored}
@@ -96,6 +99,9 @@ async def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any
         stored = sink.store(folder, mime, expected_digest(media.get("sha256"), info.get("sha256")))
     finally:
         sink.discard()
+    families = metrics.current()
+    families.media_downloads.labels("stored" if stored.verified else "unverified").inc()
+    families.media_bytes.inc(stored.size)
     if not stored.verified:
         await rt.redis.hincrby(STATS_KEY, "media:hash_mismatch", 1)
         log.warning("media_hash_mismatch", extra={"actor": ACTOR_NAME, "stored_as": str(stored.path.name)})

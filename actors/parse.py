@@ -24,7 +24,7 @@ import logging
 from collections import Counter
 from typing import Any
 
-from actors import runtime
+from actors import metrics, runtime
 from daemon.envelope import MEDIA_TYPES, Item, split
 from daemon.queue import build_message
 
@@ -94,15 +94,20 @@ async def run(body: str, received_at: float, envelope_id: str) -> None:
             work.append((index, item))
 
     fresh = await _claim(rt, work, attempt_id, replay)
+    families = metrics.current()
     for index, item in work:
         if index not in fresh:
             counts[f"duplicate:{item.kind}"] += 1
+            families.duplicates.labels(item.kind).inc()
             log.info(
                 "duplicate_skipped",
                 extra={"actor": ACTOR_NAME, "kind": item.kind, "item_id": item.data.get("id")},
             )
         elif item.kind == "status":
+            families.statuses.labels(families.status(item.data.get("status"))).inc()
             await _record_status(rt, item)
+        else:
+            families.inbound.labels(families.inbound_type(item.data.get("type"))).inc()
     if counts:
         async with rt.redis.pipeline(transaction=False) as pipe:
             for name, count in counts.items():

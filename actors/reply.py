@@ -34,7 +34,7 @@ import stamina
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from actors import runtime
+from actors import metrics, runtime
 from actors.errors import GraphRejected, ItemRejected, OutcomeUnknown
 from daemon.graph import GraphError, GraphUnreachable, SendOutcomeUnknown
 from daemon.handler import InboundMessage, Outbound, call_handler
@@ -75,12 +75,14 @@ async def run(item: dict[str, Any]) -> None:
     replay = bool(runtime.current_options().get("wapipe_replay"))
     for index, body in enumerate(outbound):
         await _send_once(rt, message, index, {**recipient, **body, "messaging_product": "whatsapp"}, replay)
+    latency = time.time() - float(item["received_at"])
+    metrics.current().reply_latency.observe(max(0.0, latency))
     log.info(
         "replied",
         extra={
             **fields,
             "replies": len(outbound),
-            "latency_ms": round((time.time() - item["received_at"]) * 1000),
+            "latency_ms": round(latency * 1000),
         },
     )
 

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import CurrentMessage
 
+from actors import metrics as worker_metrics
 from daemon.config import Settings
 from daemon.graph import GraphClient
 from daemon.handler import Handler, load_handler
@@ -67,6 +68,12 @@ def current_options_proxy() -> dict[str, Any] | None:
     return None if message is None else message.options
 
 
+def _observe_graph(endpoint: str, result: str, seconds: float) -> None:
+    metrics = worker_metrics.current()
+    metrics.graph_requests.labels(endpoint, result).inc()
+    metrics.graph_duration.labels(endpoint).observe(seconds)
+
+
 async def _open(settings: Settings, redis_url: str) -> Runtime:
     client = redis_client(redis_url, settings.redis_timeout_seconds)
     session = aiohttp.ClientSession(
@@ -82,7 +89,7 @@ async def _open(settings: Settings, redis_url: str) -> Runtime:
             heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
             dead_message_ttl_ms=(settings.dlq_retention_days + 1) * 86_400_000,
         ),
-        graph=GraphClient(session, settings),
+        graph=GraphClient(session, settings, observe=_observe_graph),
         handler=load_handler(settings.handler),
     )
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,7 +132,14 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     # Read by dramatiq.worker when it is first imported, which happens just below.
     os.environ["dramatiq_worker_timeout"] = str(settings.worker_poll_ms)  # noqa: SIM112 - dramatiq's name
     os.environ["WAPIPE_RESOLVED_REDIS_URL"] = redis_url
+    metrics_dir = _own_metrics_dir(settings)
+    # Must be set before prometheus_client is first imported, here and in the forked processes.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     from dramatiq import cli as dramatiq_cli
+
+    from daemon.worker_metrics import serve_worker_metrics
+
+    server = serve_worker_metrics(metrics_dir, settings.host, settings.metrics_port)
 
     argv = [
         "actors.broker:setup",
@@ -153,7 +162,18 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         },
     )
     parser = dramatiq_cli.make_argument_parser()  # type: ignore[no-untyped-call]
-    return int(dramatiq_cli.main(parser.parse_args(argv)))  # type: ignore[no-untyped-call]
+    try:
+        return int(dramatiq_cli.main(parser.parse_args(argv)))  # type: ignore[no-untyped-call]
+    finally:
+        server.shutdown()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _own_metrics_dir(settings: Settings) -> Path:
+    """A fresh directory for this ``wapipe worker`` only: another worker never shares or wipes it."""
+    base = settings.data_dir / "metrics"
+    base.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"worker-{os.getpid()}-", dir=base))
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:

@@ -8,7 +8,10 @@ never retried here. Meta's error codes are classified as WHATSAPP_API.md §F say
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +22,9 @@ from daemon.config import Settings
 from daemon.media import TempFile, host_allowed
 
 log = logging.getLogger(__name__)
+
+#: Called after every request with (endpoint, result, seconds).
+Observer = Callable[[str, str, float], None]
 
 #: Longest ``Retry-After`` honoured inside one attempt (longer waits go back to the queue).
 RETRY_AFTER_CAP_SECONDS = 5.0
@@ -132,11 +138,18 @@ def _read_retry_hook(error: Exception) -> bool | float:
 class GraphClient:
     """Calls to ``{WHATSAPP_GRAPH_URL}/{WHATSAPP_API_VERSION}``; owns its aiohttp session."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: Settings) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, settings: Settings, observe: Observer | None = None
+    ) -> None:
         self.session = session
+        self._observe = observe
         self.base = settings.graph_base
         self._token = settings.access_token
         self._attempts = settings.graph_attempts
+        # A large file may take minutes: bound the connection and each read, not the whole download.
+        self._download_timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.graph_timeout_seconds, sock_read=settings.graph_timeout_seconds
+        )
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -154,7 +167,7 @@ class GraphClient:
             GraphUnreachable: no connection could be made (after brief retries).
             SendOutcomeUnknown: it may have been sent; do not resend blindly.
         """
-        data = await self._retrying(_retry_hook, "POST", f"/{phone_number_id}/messages", body)
+        data = await self._retrying(_retry_hook, "send", "POST", f"/{phone_number_id}/messages", body)
         messages = data.get("messages")
         message_id = messages[0].get("id") if isinstance(messages, list) and messages else None
         return SendResult(message_id=message_id, body=data)
@@ -162,12 +175,12 @@ class GraphClient:
     async def mark_read(self, phone_number_id: str, message_id: str) -> None:
         """Mark an inbound message read (idempotent on Meta's side)."""
         body = {"messaging_product": "whatsapp", "status": "read", "message_id": message_id}
-        await self._retrying(_retry_hook, "POST", f"/{phone_number_id}/messages", body)
+        await self._retrying(_retry_hook, "mark_read", "POST", f"/{phone_number_id}/messages", body)
 
     async def media_info(self, media_id: str, phone_number_id: str | None = None) -> dict[str, Any]:
         """``GET /{media_id}``: url, mime_type, sha256, file_size."""
         params = {"phone_number_id": phone_number_id} if phone_number_id else None
-        return await self._retrying(_read_retry_hook, "GET", f"/{media_id}", None, params)
+        return await self._retrying(_read_retry_hook, "media_info", "GET", f"/{media_id}", None, params)
 
     async def download(
         self, url: str, sink: TempFile, *, max_bytes: int, hosts: tuple[str, ...]
@@ -192,7 +205,8 @@ class GraphClient:
         ):
             with attempt:
                 sink.reset()
-                content_type = await self._download_once(url, sink, max_bytes, hosts)
+                with self._observing("media_download"):
+                    content_type = await self._download_once(url, sink, max_bytes, hosts)
         return content_type
 
     async def _download_once(
@@ -203,7 +217,7 @@ class GraphClient:
                 raise MediaRefused("media host is not in WHATSAPP_MEDIA_HOSTS")
             try:
                 async with self.session.get(
-                    url, headers=self.auth_headers, allow_redirects=False
+                    url, headers=self.auth_headers, allow_redirects=False, timeout=self._download_timeout
                 ) as response:
                     if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
                         url = str(response.url.join(response.url.__class__(response.headers["Location"])))
@@ -234,9 +248,36 @@ class GraphClient:
                 raise SendOutcomeUnknown(f"{type(error).__name__} while downloading") from None
         raise MediaRefused("too many redirects")
 
+    @contextlib.contextmanager
+    def _observing(self, endpoint: str) -> Iterator[None]:
+        """Time one request and count its result for ``wapipe_graph_*``."""
+        started = time.perf_counter()
+        result = "ok"
+        try:
+            yield
+        except GraphError as error:
+            result = _result_of(error)
+            raise
+        except GraphUnreachable:
+            result = "unreachable"
+            raise
+        except SendOutcomeUnknown:
+            result = "timeout"
+            raise
+        except MediaRefused:
+            result = "client_error"
+            raise
+        except MediaExpired:
+            result = "client_error"
+            raise
+        finally:
+            if self._observe is not None:
+                self._observe(endpoint, result, time.perf_counter() - started)
+
     async def _retrying(
         self,
         hook: Any,
+        endpoint: str,
         method: str,
         path: str,
         body: dict[str, Any] | None,
@@ -246,7 +287,7 @@ class GraphClient:
         async for attempt in stamina.retry_context(
             on=hook, attempts=self._attempts, timeout=None, wait_initial=0.1, wait_max=2.0, wait_jitter=0.2
         ):
-            with attempt:
+            with attempt, self._observing(endpoint):
                 result = await self._request(method, path, body, params)
         return result
 
@@ -271,6 +312,12 @@ class GraphClient:
             raise SendOutcomeUnknown(f"{type(error).__name__} after the request was sent") from None
         except aiohttp.ClientPayloadError as error:
             raise SendOutcomeUnknown(f"{type(error).__name__}: the answer was cut off") from None
+
+
+def _result_of(error: GraphError) -> str:
+    if error.http_status == 429 or error.kind == "retry_later":
+        return "throttled"
+    return "server_error" if error.http_status >= 500 else "client_error"
 
 
 def _graph_error(response: aiohttp.ClientResponse, data: object) -> GraphError:

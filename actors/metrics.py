@@ -1,0 +1,190 @@
+"""Worker metrics: DESIGN.md's names and labels, one exposition per ``wapipe worker``.
+
+Each worker process writes through prometheus-client's multiprocess mode into a directory that
+belongs to one ``wapipe worker`` invocation only (``PROMETHEUS_MULTIPROC_DIR``, made unique and
+emptied by ``wapipe worker`` before it forks), and that invocation's main process serves their sum
+on ``$WAPIPE_METRICS_PORT``. Two workers on one machine therefore never share or wipe each other's
+files. Every label set is created at 0; no user or message ids are ever labels.
+
+Dramatiq's bundled Prometheus middleware is not used: it counts retries twice, leaves gauges stuck
+or negative and exports nothing in some import orders (DRAMATIQ.md §3).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import dramatiq
+from prometheus_client import Counter, Gauge, Histogram
+
+ACTORS = ("verify", "parse", "fetch_media", "reply")
+ACTOR_OUTCOMES = ("succeeded", "retried", "failed", "dead_lettered")
+GRAPH_ENDPOINTS = ("send", "mark_read", "media_info", "media_download")
+GRAPH_RESULTS = ("ok", "client_error", "server_error", "throttled", "unreachable", "timeout")
+INBOUND_TYPES = (
+    "text", "image", "video", "audio", "document", "sticker", "location", "contacts", "interactive",
+    "button", "reaction", "order", "system", "unsupported", "revoke", "edit", "unknown",
+)  # fmt: skip
+STATUSES = ("sent", "delivered", "read", "played", "failed", "unknown")
+DUPLICATE_KINDS = ("message", "status")
+MEDIA_OUTCOMES = ("stored", "unverified", "failed")
+RATE_LIMITS = ("per_number", "pair")
+
+#: Seconds; from a 5 ms hop to a minute-long media download.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: Webhook receipt to reply accepted: a chat reply should take well under a second.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class WorkerMetrics:
+    """The worker families. Created in each worker process after the multiprocess dir is set."""
+
+    def __init__(self) -> None:
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=None)
+
+        self.threads = Gauge(
+            "wapipe_worker_threads",
+            "Worker threads, summed over live processes.",
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+        self.busy = Gauge(
+            "wapipe_worker_busy_threads",
+            "Worker threads running an actor now.",
+            ["actor"],
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+        self.messages = counter("wapipe_actor_messages", "Actor runs by outcome.", ("actor", "outcome"))
+        self.duration = Histogram(
+            "wapipe_actor_duration_seconds",
+            "Time an actor run took.",
+            ["actor"],
+            buckets=DURATION_BUCKETS,
+            registry=None,
+        )
+        self.graph_requests = counter(
+            "wapipe_graph_requests", "Graph API requests by result.", ("endpoint", "result")
+        )
+        self.graph_duration = Histogram(
+            "wapipe_graph_request_duration_seconds",
+            "Graph API request time.",
+            ["endpoint"],
+            buckets=DURATION_BUCKETS,
+            registry=None,
+        )
+        self.reply_latency = Histogram(
+            "wapipe_reply_latency_seconds",
+            "From webhook receipt to the reply accepted by the Graph API.",
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.inbound = counter("wapipe_inbound_messages", "New inbound messages by type.", ("type",))
+        self.statuses = counter("wapipe_statuses", "New status updates by status.", ("status",))
+        self.duplicates = counter("wapipe_duplicates", "Deliveries skipped as duplicates.", ("kind",))
+        self.media_downloads = counter("wapipe_media_downloads", "Media downloads by outcome.", ("outcome",))
+        self.media_bytes = counter("wapipe_media_bytes", "Bytes of media stored.")
+        self.rate_limit_waits = counter(
+            "wapipe_rate_limit_waits", "Sends that waited for an outbound rate limit.", ("limit",)
+        )
+        for actor in ACTORS:
+            self.busy.labels(actor)
+            self.duration.labels(actor)
+            for outcome in ACTOR_OUTCOMES:
+                self.messages.labels(actor, outcome)
+        for endpoint in GRAPH_ENDPOINTS:
+            self.graph_duration.labels(endpoint)
+            for result in GRAPH_RESULTS:
+                self.graph_requests.labels(endpoint, result)
+        for labels, family in (
+            (INBOUND_TYPES, self.inbound),
+            (STATUSES, self.statuses),
+            (DUPLICATE_KINDS, self.duplicates),
+            (MEDIA_OUTCOMES, self.media_downloads),
+            (RATE_LIMITS, self.rate_limit_waits),
+        ):
+            for label in labels:
+                family.labels(label)
+
+    def inbound_type(self, kind: object) -> str:
+        return kind if isinstance(kind, str) and kind in INBOUND_TYPES else "unknown"
+
+    def status(self, status: object) -> str:
+        return status if isinstance(status, str) and status in STATUSES else "unknown"
+
+
+_metrics: WorkerMetrics | None = None
+
+
+def current() -> WorkerMetrics:
+    """This process's metrics (created on first use, after the worker set its environment)."""
+    global _metrics
+    if _metrics is None:
+        _metrics = WorkerMetrics()
+    return _metrics
+
+
+class ActorMetrics(dramatiq.Middleware):
+    """Busy threads, run durations and outcomes of every actor run.
+
+    Must be added before ``Retries``: ``after_*`` hooks run in reverse order, and the outcome
+    depends on the verdict Retries reached (retried, or failed into the dead letters).
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._started: dict[str, float] = {}  # redis message id → start; one entry per running thread
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        current().threads.set(self.threads)
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self._started[_key(message)] = time.perf_counter()
+        current().busy.labels(message.actor_name).inc()
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        metrics = current()
+        actor = message.actor_name
+        started = self._started.pop(_key(message), None)
+        if started is None:
+            return
+        metrics.busy.labels(actor).dec()
+        metrics.duration.labels(actor).observe(time.perf_counter() - started)
+        metrics.messages.labels(actor, _outcome(message, exception)).inc()
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        if self._started.pop(_key(message), None) is not None:
+            current().busy.labels(message.actor_name).dec()
+            current().messages.labels(message.actor_name, "failed").inc()
+
+
+def _key(message: Any) -> str:
+    return str(message.options.get("redis_message_id") or message.message_id)
+
+
+def _outcome(message: Any, exception: BaseException | None) -> str:
+    """``succeeded``; ``retried`` (Retries enqueued it again); ``dead_lettered``.
+
+    ``failed`` is left for a run that ended without a result and was neither retried nor
+    dead-lettered (a skipped message): it should stay at 0.
+    """
+    if exception is None:
+        return "succeeded"
+    return "dead_lettered" if message.failed else "retried"
