@@ -22,7 +22,7 @@ from prometheus_client import Counter, Gauge, Histogram
 ACTORS = ("verify", "parse", "fetch_media", "reply")
 ACTOR_OUTCOMES = ("succeeded", "retried", "failed", "dead_lettered")
 GRAPH_ENDPOINTS = ("send", "mark_read", "media_info", "media_download")
-GRAPH_RESULTS = ("ok", "client_error", "server_error", "throttled", "unreachable", "timeout")
+GRAPH_RESULTS = ("ok", "client_error", "server_error", "throttled", "auth", "unreachable", "timeout")
 INBOUND_TYPES = (
     "text", "image", "video", "audio", "document", "sticker", "location", "contacts", "interactive",
     "button", "reaction", "order", "system", "unsupported", "revoke", "edit", "unknown",

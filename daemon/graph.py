@@ -315,6 +315,8 @@ class GraphClient:
 
 
 def _result_of(error: GraphError) -> str:
+    if error.kind == "auth":
+        return "auth"
     if error.http_status == 429 or error.kind == "retry_later":
         return "throttled"
     return "server_error" if error.http_status >= 500 else "client_error"
