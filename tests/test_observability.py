@@ -107,7 +107,7 @@ def names_in(text: str) -> set[str]:
 def metered(
     pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis
 ) -> dict[str, Any]:
-    """A pipeline after 10 text webhooks (one sent twice), 2 forged ones, and a status."""
+    """A pipeline after 10 text webhooks (one sent twice) and 2 forged ones."""
     stack = pipeline()
     for n in range(10):
         assert post_webhook(stack["url"], text_envelope(f"wamid.M{n}", f"m{n}")) == 200
