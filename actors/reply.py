@@ -25,9 +25,10 @@ Worst case per message: ``WAPIPE_RETRY_MAX + 1`` runs (default 6), each up to
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import dramatiq
 import stamina
@@ -40,6 +41,7 @@ from daemon.graph import GraphError, GraphUnreachable, SendOutcomeUnknown
 from daemon.handler import InboundMessage, Outbound, call_handler
 
 log = logging.getLogger(__name__)
+RetryT = TypeVar("RetryT", bound=dramatiq.Retry)
 
 ACTOR_NAME = "reply"
 OPTIONS: dict[str, Any] = {}
@@ -53,7 +55,13 @@ class SendingPaused(dramatiq.Retry):
     """The access token is refused for this number: wait and try again, without using up retries."""
 
 
-RETRY_FOREVER = (SendingPaused,)
+class SendDeferred(dramatiq.Retry):
+    """An outbound rate limit puts the next slot further away than a thread should sleep."""
+
+
+RETRY_FOREVER = (SendingPaused, SendDeferred)
+#: The longest a send sleeps for its rate-limit slot; a longer wait goes back to the queue.
+MAX_INLINE_WAIT_MS = 2_000
 
 #: The reply ledger outlives the message dedup window by a day.
 LEDGER_EXTRA_SECONDS = 86_400
@@ -91,12 +99,28 @@ def _paused_key(phone_number_id: str) -> str:
     return f"wapipe:paused:{phone_number_id}"
 
 
-def _pause_retry(rt: runtime.Runtime) -> SendingPaused:
-    """A Retry after the pause period that does not count as one of the message's retries."""
+def _not_counted(retry: RetryT) -> RetryT:
+    """Make ``retry`` not count as one of the message's retries (Retries adds one back)."""
     options = runtime.current_options_proxy()
     if options is not None:
         options["retries"] = int(options.get("retries", 0)) - 1
-    return SendingPaused(delay=rt.settings.auth_pause_ms)
+    return retry
+
+
+def _pause_retry(rt: runtime.Runtime) -> SendingPaused:
+    """A Retry after the pause period that does not count as one of the message's retries."""
+    return _not_counted(SendingPaused(delay=rt.settings.auth_pause_ms))
+
+
+async def _wait_for_slot(rt: runtime.Runtime, message: InboundMessage, recipient: str) -> None:
+    """Take a send slot under the per-number and per-recipient limits, sleeping briefly if needed."""
+    slot = await rt.limiter.reserve(message.phone_number_id, recipient, max_wait_ms=MAX_INLINE_WAIT_MS)
+    if slot.wait_ms <= 0:
+        return
+    metrics.current().rate_limit_waits.labels(slot.limit).inc()
+    if not slot.reserved:
+        raise _not_counted(SendDeferred(delay=slot.wait_ms))
+    await asyncio.sleep(slot.wait_ms / 1000)
 
 
 async def _wait_if_paused(rt: runtime.Runtime, phone_number_id: str) -> None:
@@ -143,6 +167,7 @@ async def _send_once(
 ) -> None:
     key = f"wapipe:reply:{message.phone_number_id}:{message.id}:{index}"
     ttl = rt.settings.message_dedup_ttl_seconds + LEDGER_EXTRA_SECONDS
+    await _wait_for_slot(rt, message, str(body.get("to") or body.get("recipient")))
     claim = f"sending:{runtime.current_message_id()}:{time.time():.3f}"
     claimed = await rt.redis.set(key, claim, nx=True, ex=ttl)
     if not claimed:

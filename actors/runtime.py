@@ -20,6 +20,7 @@ from daemon.config import Settings
 from daemon.graph import GraphClient
 from daemon.handler import Handler, load_handler
 from daemon.queue import AsyncQueue
+from daemon.ratelimit import SendLimiter
 from daemon.web import redis_client
 
 
@@ -32,6 +33,7 @@ class Runtime:
     queue: AsyncQueue
     graph: GraphClient
     handler: Handler
+    limiter: SendLimiter
 
 
 _current: Runtime | None = None
@@ -91,6 +93,12 @@ async def _open(settings: Settings, redis_url: str) -> Runtime:
         ),
         graph=GraphClient(session, settings, observe=_observe_graph),
         handler=load_handler(settings.handler),
+        limiter=SendLimiter(
+            client,
+            per_number_rate=settings.send_rate,
+            pair_interval_ms=settings.pair_interval_ms,
+            pair_burst=settings.pair_burst,
+        ),
     )
 
 

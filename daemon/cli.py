@@ -139,7 +139,13 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     from daemon.worker_metrics import serve_worker_metrics
 
-    server = serve_worker_metrics(metrics_dir, settings.host, settings.metrics_port)
+    try:
+        server = serve_worker_metrics(metrics_dir, settings.host, settings.metrics_port)
+    except OSError as error:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        raise CommandError(
+            f"WAPIPE_METRICS_PORT: cannot listen on {settings.metrics_port}: {error.strerror}"
+        ) from None
 
     argv = [
         "actors.broker:setup",
