@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check clean
+.PHONY: run test lint typecheck check clean bench install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +18,19 @@ run: $(STAMP)
 	$(BIN)/wapipe run
 
 lint: $(STAMP)
-	$(BIN)/ruff check daemon actors tests
-	$(BIN)/ruff format --check daemon actors tests
+	$(BIN)/ruff check daemon actors tests bench
+	$(BIN)/ruff format --check daemon actors tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP)
-	$(BIN)/ruff check daemon actors tests
+	$(BIN)/ruff check daemon actors tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run

@@ -1,0 +1,1 @@
+"""wapipe's benchmark harness: ``make bench`` (or ``python -m bench.run``)."""

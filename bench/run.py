@@ -1,0 +1,360 @@
+"""``make bench``: the real stack (Redis, wapipe web, wapipe worker) against a fake Graph API, driven
+by a load generator acting as Meta, next to two baselines measured in the same run.
+
+Prints a table and writes JSON (``bench/results/latest.json`` unless ``--out``). Every load is
+bounded in count and time; everything started is stopped at the end, even on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.baselines import SECRET
+from bench.load import Result, as_fast_as_possible, at_rate, requests
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import free_port, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def summarize_ingest(results: list[Result]) -> dict[str, Any]:
+    ok = [r for r in results if r.status == 200]
+    span = max(r.answered_at for r in results) - min(r.sent_at for r in results)
+    latencies = [r.answered_at - r.sent_at for r in ok]
+    return {
+        "requests": len(results),
+        "accepted": len(ok),
+        "per_second": round(len(ok) / span, 1),
+        "ack_p50_ms": ms(percentile(latencies, 0.5)),
+        "ack_p99_ms": ms(percentile(latencies, 0.99)),
+    }
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    handle = log.open("wb")
+    proc = subprocess.Popen(
+        args, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        handle.close()
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def port_open(port: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class Graph:
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/stats", timeout=10) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+    def clear(self) -> None:
+        urllib.request.urlopen(
+            urllib.request.Request(self.url + "/stats", method="DELETE"), timeout=10
+        ).read()
+
+    def wait_received(self, ids: set[str], timeout: float) -> dict[str, float]:
+        def done() -> dict[str, float] | None:
+            received = self.stats()["received"]
+            return received if ids <= received.keys() else None
+
+        return wait_for(done, timeout=timeout, interval=0.2, what=f"{len(ids)} replies")
+
+
+class PeakRSS:
+    """Samples the resident memory of process trees every 200 ms; keeps the peak per name."""
+
+    def __init__(self) -> None:
+        self.roots: dict[str, int] = {}
+        self.peaks: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def watch(self, name: str, pid: int) -> None:
+        self.roots[name] = pid
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for name, pid in list(self.roots.items()):
+                try:
+                    root = psutil.Process(pid)
+                    total = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+                except psutil.Error:
+                    continue
+                self.peaks[name] = max(self.peaks.get(name, 0), total)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {name: round(peak / 2**20, 1) for name, peak in self.peaks.items()}
+
+
+def wapipe_env(redis_url: str, graph_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+    env.update(
+        REDIS_URL=redis_url,
+        WHATSAPP_APP_SECRET=SECRET,
+        WHATSAPP_VERIFY_TOKEN="bench",
+        WHATSAPP_ACCESS_TOKEN="bench-token",
+        WHATSAPP_GRAPH_URL=graph_url,
+        WAPIPE_DATA_DIR=str(data_dir),
+        WAPIPE_HOST="127.0.0.1",
+        WAPIPE_LOG_LEVEL="WARNING",
+        WAPIPE_SEND_RATE="0",
+        WAPIPE_PAIR_INTERVAL_MS="0",
+        WAPIPE_MAX_QUEUE_DEPTH="1000000",
+        WAPIPE_SHUTDOWN_TIMEOUT_SECONDS="10",
+    )
+    env.update(extra)
+    return env
+
+
+def start_worker(stack: ExitStack, env: dict[str, str], tmp: Path, name: str) -> subprocess.Popen[bytes]:
+    """Start ``wapipe worker``; ready when its metrics show every thread of every process booted."""
+    worker = stack.enter_context(process([PY, "-m", "daemon", "worker"], env, tmp / f"{name}.log"))
+    threads = int(env["WAPIPE_WORKER_PROCESSES"]) * int(env["WAPIPE_WORKER_THREADS"])
+    url = f"http://127.0.0.1:{env['WAPIPE_METRICS_PORT']}/metrics"
+
+    def booted() -> bool:
+        if worker.poll() is not None:
+            raise RuntimeError(f"{name} exited: see {tmp / (name + '.log')}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return f"wapipe_worker_threads {threads:.1f}" in response.read().decode()
+        except OSError:
+            return False
+
+    wait_for(booted, timeout=60, what=name)
+    return worker
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="wapipe-bench-"))
+    report: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "parameters": {
+            key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
+        },
+    }
+    rss = PeakRSS()
+    with ExitStack() as stack:
+        redis_server = RedisServer(tmp / "redis")
+        redis_server.start()
+        stack.callback(redis_server.kill)
+        client = redis_server.client()
+        graph_port = free_port()
+        stack.enter_context(
+            process([PY, "-m", "bench.fake_graph", str(graph_port)], dict(os.environ), tmp / "graph.log")
+        )
+        wait_for(lambda: port_open(graph_port), timeout=20, what="fake graph")
+        graph = Graph(graph_port)
+
+        # 1. Ingest: the two baselines and wapipe web alone, same load.
+        ingest: dict[str, Any] = {}
+        for mode in ("bare", "hmac_lpush"):
+            port = free_port()
+            with process(
+                [PY, "-m", "bench.baselines", mode, str(port), redis_server.url],
+                dict(os.environ),
+                tmp / f"{mode}.log",
+            ):
+                wait_for(lambda port=port: port_open(port), timeout=20, what=mode)
+                batch = requests(f"base-{mode}", args.ingest)
+                ingest[mode] = summarize_ingest(
+                    asyncio.run(as_fast_as_possible(f"http://127.0.0.1:{port}/webhook", batch, secret=SECRET))
+                )
+        client.flushall()
+        env = wapipe_env(
+            redis_server.url, graph.url, tmp / "data", PORT=str(free_port()), WAPIPE_METRICS_PORT=str(free_port()),
+            WAPIPE_WORKER_PROCESSES=str(args.processes), WAPIPE_WORKER_THREADS=str(args.threads),
+        )  # fmt: skip
+        web_url = f"http://127.0.0.1:{env['PORT']}"
+        web = stack.enter_context(process([PY, "-m", "daemon", "web"], env, tmp / "web.log"))
+        rss.watch("web", web.pid)
+        wait_for(lambda: http_ok(web_url + "/readyz"), timeout=20, what="wapipe web")
+        asyncio.run(as_fast_as_possible(web_url + "/webhook", requests("warm", 200), secret=SECRET))
+        client.flushall()
+        before = int(client.info("memory")["used_memory"])
+        results = asyncio.run(
+            as_fast_as_possible(web_url + "/webhook", requests("ingest", args.ingest), secret=SECRET)
+        )
+        ingest["wapipe"] = summarize_ingest(results)
+        queued = int(client.llen("dramatiq:wapipe"))
+        ingest["redis_bytes_per_queued_message"] = round(
+            (int(client.info("memory")["used_memory"]) - before) / max(queued, 1)
+        )
+        ingest["wapipe_vs_hmac_lpush"] = round(
+            ingest["wapipe"]["per_second"] / ingest["hmac_lpush"]["per_second"], 2
+        )
+        ingest["wapipe_vs_bare"] = round(ingest["wapipe"]["per_second"] / ingest["bare"]["per_second"], 2)
+        report["ingest"] = ingest
+        client.flushall()
+
+        # 2. End to end: as fast as possible, then a fixed rate, then a lone message after idle.
+        worker = start_worker(stack, env, tmp, "worker")
+        rss.watch("worker", worker.pid)
+        warm = requests("warm2", 100)
+        asyncio.run(as_fast_as_possible(web_url + "/webhook", warm, secret=SECRET))
+        graph.wait_received({i for i, _ in warm}, timeout=60)
+        graph.clear()
+        batch = requests("e2e", args.messages)
+        started = time.time()
+        posted = asyncio.run(as_fast_as_possible(web_url + "/webhook", batch, secret=SECRET))
+        accepted = {r.message_id for r in posted if r.status == 200}
+        received = graph.wait_received(accepted, timeout=args.deadline)
+        end_to_end = {
+            "messages": len(accepted),
+            "replied_per_second": round(len(accepted) / (max(received[i] for i in accepted) - started), 1),
+            "ingest_per_second_with_workers": summarize_ingest(posted)["per_second"],
+        }
+        graph.clear()
+        steady = requests("steady", int(args.rate * args.rate_seconds))
+        posted = asyncio.run(at_rate(web_url + "/webhook", steady, secret=SECRET, rate=args.rate))
+        received = graph.wait_received({r.message_id for r in posted if r.status == 200}, timeout=60)
+        latencies = [received[r.message_id] - r.sent_at for r in posted if r.status == 200]
+        end_to_end[f"latency_at_{args.rate:g}_per_s"] = {
+            "p50_ms": ms(percentile(latencies, 0.5)),
+            "p95_ms": ms(percentile(latencies, 0.95)),
+            "p99_ms": ms(percentile(latencies, 0.99)),
+        }
+        idle: list[float] = []
+        for n in range(args.idle):
+            time.sleep(args.idle_gap)  # the idle period is what this measures
+            [(message_id, body)] = requests(f"idle{n}", 1)
+            [result] = asyncio.run(
+                as_fast_as_possible(web_url + "/webhook", [(message_id, body)], secret=SECRET)
+            )
+            idle.append(graph.wait_received({message_id}, timeout=30)[message_id] - result.sent_at)
+        end_to_end["latency_after_idle"] = {"p50_ms": ms(percentile(idle, 0.5)), "max_ms": ms(max(idle))}
+        report["end_to_end"] = end_to_end
+
+        # 3. The shared per-number limiter: observed send rate against WAPIPE_SEND_RATE.
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+        limited_env = {**env, "WAPIPE_SEND_RATE": str(args.limit), "WAPIPE_METRICS_PORT": str(free_port())}
+        start_worker(stack, limited_env, tmp, "worker-limited")
+        graph.clear()
+        batch = requests("limited", args.limit * 4)
+        asyncio.run(as_fast_as_possible(web_url + "/webhook", batch, secret=SECRET))
+        graph.wait_received({i for i, _ in batch}, timeout=60)
+        sends = sorted(graph.stats()["sends"])
+        busiest = max(sum(1 for t in sends if first <= t < first + 1.0) for first in sends)
+        report["limiter"] = {
+            "limit_per_second": args.limit,
+            "sends": len(sends),
+            "observed_per_second": round((len(sends) - 1) / (sends[-1] - sends[0]), 1),
+            "busiest_1s_window": busiest,
+        }
+    report["peak_rss_mb"] = rss.stop()
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    ingest, e2e, limiter = report["ingest"], report["end_to_end"], report["limiter"]
+    rate_key = next(key for key in e2e if key.startswith("latency_at_"))
+    rows = [
+        ("ingest: bare aiohttp", f"{ingest['bare']['per_second']:.0f}/s", f"p50 {ingest['bare']['ack_p50_ms']} ms, p99 {ingest['bare']['ack_p99_ms']} ms"),
+        ("ingest: aiohttp+HMAC+LPUSH", f"{ingest['hmac_lpush']['per_second']:.0f}/s", f"p50 {ingest['hmac_lpush']['ack_p50_ms']} ms, p99 {ingest['hmac_lpush']['ack_p99_ms']} ms"),
+        ("ingest: wapipe web", f"{ingest['wapipe']['per_second']:.0f}/s", f"p50 {ingest['wapipe']['ack_p50_ms']} ms, p99 {ingest['wapipe']['ack_p99_ms']} ms; {ingest['wapipe_vs_hmac_lpush']}x the HMAC+LPUSH baseline"),
+        ("Redis per queued webhook", f"{ingest['redis_bytes_per_queued_message']} B", ""),
+        ("end to end (replies/s)", f"{e2e['replied_per_second']:.0f}/s", f"{e2e['messages']} text messages, ingest {e2e['ingest_per_second_with_workers']:.0f}/s meanwhile"),
+        (f"reply latency {rate_key[11:]}", f"p50 {e2e[rate_key]['p50_ms']} ms", f"p95 {e2e[rate_key]['p95_ms']} ms, p99 {e2e[rate_key]['p99_ms']} ms"),
+        ("reply latency after idle", f"p50 {e2e['latency_after_idle']['p50_ms']} ms", f"max {e2e['latency_after_idle']['max_ms']} ms"),
+        ("limiter", f"{limiter['observed_per_second']}/s", f"limit {limiter['limit_per_second']}/s, busiest 1 s window {limiter['busiest_1s_window']}"),
+        ("peak RSS", ", ".join(f"{k} {v} MB" for k, v in report["peak_rss_mb"].items()), ""),
+    ]  # fmt: skip
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name:<{width}}  {value:<14} {note}" for name, value, note in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=3000, help="messages in the end-to-end run")
+    parser.add_argument("--ingest", type=int, default=3000, help="webhooks per ingest run")
+    parser.add_argument(
+        "--rate", type=float, default=100.0, help="fixed rate for the latency run (per second)"
+    )
+    parser.add_argument("--rate-seconds", type=float, default=10.0, help="length of the fixed-rate run")
+    parser.add_argument("--idle", type=int, default=8, help="lone messages after idle")
+    parser.add_argument("--idle-gap", type=float, default=1.5, help="seconds of idle before each")
+    parser.add_argument("--limit", type=int, default=50, help="WAPIPE_SEND_RATE for the limiter run")
+    parser.add_argument("--processes", type=int, default=2, help="worker processes")
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
+    parser.add_argument(
+        "--deadline", type=float, default=90.0, help="longest wait for the end-to-end replies"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    report = run(args)
+    report["seconds"] = round(time.monotonic() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(table(report))
+    print(f"\n{report['seconds']} s; JSON in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
