@@ -24,6 +24,7 @@ from dramatiq.middleware import (
 )
 
 from actors import fetch_media, parse, reply, verify
+from actors.consumer import WakeableRedisBroker
 from actors.dead_letters import DeadLetterRecorder
 from actors.errors import PermanentFailure
 from actors.metrics import ActorMetrics
@@ -62,7 +63,7 @@ def build_broker(settings: Settings, redis_url: str) -> RedisBroker:
         AsyncIO(),
         RuntimeMiddleware(settings, redis_url),
     ]
-    broker = RedisBroker(  # type: ignore[no-untyped-call]
+    broker = WakeableRedisBroker(
         url=redis_url,
         namespace=NAMESPACE,
         middleware=middleware,

@@ -78,11 +78,15 @@ async def run(item: dict[str, Any]) -> None:
         log.info("handled_without_reply", extra=fields)
         return
     recipient = _recipient(message)
-    await _wait_if_paused(rt, message.phone_number_id)
+    probing = await _wait_if_paused(rt, message.phone_number_id)
     await _mark_read(rt, message, fields)
     replay = bool(runtime.current_options().get("wapipe_replay"))
     for index, body in enumerate(outbound):
         await _send_once(rt, message, index, {**recipient, **body, "messaging_product": "whatsapp"}, replay)
+    if probing and await rt.redis.delete(_paused_key(message.phone_number_id)):
+        log.warning(
+            "sending_resumed", extra={"actor": ACTOR_NAME, "phone_number_id": message.phone_number_id}
+        )
     latency = time.time() - float(item["received_at"])
     metrics.current().reply_latency.observe(max(0.0, latency))
     log.info(
@@ -123,13 +127,17 @@ async def _wait_for_slot(rt: runtime.Runtime, message: InboundMessage, recipient
     await asyncio.sleep(slot.wait_ms / 1000)
 
 
-async def _wait_if_paused(rt: runtime.Runtime, phone_number_id: str) -> None:
-    """While the number is paused, only one message per period goes on, as the probe."""
+async def _wait_if_paused(rt: runtime.Runtime, phone_number_id: str) -> bool:
+    """While the number is paused, only one message per period goes on, as the probe.
+
+    Returns True for the probe (whose success lifts the pause), False when not paused.
+    """
     if not await rt.redis.exists(_paused_key(phone_number_id)):
-        return
+        return False
     probe = await rt.redis.set(f"wapipe:probe:{phone_number_id}", "1", nx=True, px=rt.settings.auth_pause_ms)
     if not probe:
         raise _pause_retry(rt)
+    return True
 
 
 def _throttle_delay_ms(rt: runtime.Runtime, error: GraphError) -> int | None:
@@ -167,12 +175,15 @@ async def _send_once(
 ) -> None:
     key = f"wapipe:reply:{message.phone_number_id}:{message.id}:{index}"
     ttl = rt.settings.message_dedup_ttl_seconds + LEDGER_EXTRA_SECONDS
-    await _wait_for_slot(rt, message, str(body.get("to") or body.get("recipient")))
+    recipient = str(body.get("to") or body.get("recipient"))
+    await _wait_for_slot(rt, message, recipient)
     claim = f"sending:{runtime.current_message_id()}:{time.time():.3f}"
     claimed = await rt.redis.set(key, claim, nx=True, ex=ttl)
     if not claimed:
         stored = await rt.redis.get(key) or b""
         state = stored.decode() if isinstance(stored, bytes) else str(stored)
+        if state.startswith("sent") or not replay:
+            await rt.limiter.release(message.phone_number_id, recipient)  # nothing is sent now
         if state.startswith("sent"):
             log.info(
                 "reply_already_sent", extra={"actor": ACTOR_NAME, "message_id": message.id, "index": index}
@@ -191,6 +202,7 @@ async def _send_once(
         raise OutcomeUnknown(str(error), message_id=message.id, index=index) from None
     except GraphError as error:
         await rt.redis.delete(key)
+        await rt.limiter.release(message.phone_number_id, recipient)
         if error.kind == "auth":
             await _pause(rt, message.phone_number_id, error)
             raise _pause_retry(rt) from None
@@ -219,12 +231,9 @@ async def _send_once(
         raise
     except GraphUnreachable:
         await rt.redis.delete(key)
+        await rt.limiter.release(message.phone_number_id, recipient)
         raise
     await _mark_sent(rt, key, f"sent:{result.message_id}", ttl)
-    if await rt.redis.delete(_paused_key(message.phone_number_id)):
-        log.warning(
-            "sending_resumed", extra={"actor": ACTOR_NAME, "phone_number_id": message.phone_number_id}
-        )
 
 
 async def _mark_sent(rt: runtime.Runtime, key: str, value: str, ttl: int) -> None:

@@ -86,11 +86,7 @@ async def _open(settings: Settings, redis_url: str) -> Runtime:
     return Runtime(
         settings=settings,
         redis=client,
-        queue=AsyncQueue(
-            client,
-            heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
-            dead_message_ttl_ms=(settings.dlq_retention_days + 1) * 86_400_000,
-        ),
+        queue=AsyncQueue(client),
         graph=GraphClient(session, settings, observe=_observe_graph),
         handler=load_handler(settings.handler),
         limiter=SendLimiter(

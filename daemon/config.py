@@ -114,7 +114,7 @@ class Settings:
     shutdown_timeout_seconds: float = 30.0
     auth_pause_ms: int = 30_000
     pair_interval_ms: int = 6_000
-    pair_burst: int = 5
+    pair_burst: int = 20
     message_dedup_ttl_seconds: int = 8 * DAY_SECONDS
     status_dedup_ttl_seconds: int = DAY_SECONDS
 
@@ -182,7 +182,7 @@ class Settings:
             shutdown_timeout_seconds=env.number("WAPIPE_SHUTDOWN_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             auth_pause_ms=env.integer("WAPIPE_AUTH_PAUSE_MS", 30_000, minimum=10),
             pair_interval_ms=env.integer("WAPIPE_PAIR_INTERVAL_MS", 6_000, minimum=0),
-            pair_burst=env.integer("WAPIPE_PAIR_BURST", 5, minimum=1, maximum=45),
+            pair_burst=env.integer("WAPIPE_PAIR_BURST", 20, minimum=1, maximum=45),
             message_dedup_ttl_seconds=env.integer(
                 "WAPIPE_MESSAGE_DEDUP_TTL_SECONDS", 8 * DAY_SECONDS, minimum=1
             ),

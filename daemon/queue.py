@@ -1,9 +1,10 @@
 """The pipeline's queues in Redis, written in Dramatiq's own format without blocking an event loop.
 
-Dramatiq's Redis broker does every operation through one Lua script (``dispatch.lua``). The web
-edge and the async actors run **that same script** through ``redis.asyncio``, so a message they
-enqueue is byte-for-byte what ``actor.send()`` would have written, without the blocking redis-py
-call ``send()`` makes.
+Dramatiq's Redis broker enqueues with its Lua script ``dispatch.lua``: ``HSET <queue>.msgs id
+data`` then ``RPUSH <queue> id``. The web edge and the async actors do exactly that, atomically in
+one small script through ``redis.asyncio``, so a message they enqueue is what ``actor.send()``
+would have written, without the blocking redis-py call ``send()`` makes (and without registering
+the producer as a worker in Dramatiq's heartbeat set, which only workers need).
 
 Queue layout: the text path (verify → parse → reply) shares one queue so that a hop never waits
 for another queue's idle poll; media downloads have their own queue so that slow media never
@@ -15,13 +16,14 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
 from dramatiq import Message
 
 NAMESPACE = "dramatiq"
+#: Producers publish a queue's name here after enqueueing, to wake idle consumers at once.
+WAKEUP_CHANNEL = "wapipe:wakeup"
 PIPELINE_QUEUE = "wapipe"
 MEDIA_QUEUE = "wapipe_media"
 QUEUES = (PIPELINE_QUEUE, MEDIA_QUEUE)
@@ -33,14 +35,6 @@ ACTOR_QUEUES = {
     "fetch_media": MEDIA_QUEUE,
     "reply": PIPELINE_QUEUE,
 }
-
-#: Dramatiq uses half the Lua stack for unpacking; enqueue unpacks nothing, any sane value works.
-_MAX_UNPACK = 4000
-
-
-def dispatch_script() -> str:
-    """The text of Dramatiq's ``dispatch.lua`` as installed."""
-    return resources.files("dramatiq.brokers").joinpath("redis", "dispatch.lua").read_text("utf-8")
 
 
 def build_message(
@@ -67,23 +61,28 @@ class QueueStats:
     oldest_age_seconds: float
 
 
+#: Enqueue exactly as Dramatiq's ``dispatch.lua`` does (``HSET <q>.msgs id data``, ``RPUSH <q> id``),
+#: and wake idle consumers only when this push made the queue non-empty: a busy queue needs no
+#: wake-up. KEYS: the queue list, its message hash. ARGV: id, data, queue name, wake-up channel.
+_ENQUEUE = """
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if redis.call('RPUSH', KEYS[1], ARGV[1]) == 1 then
+  redis.call('PUBLISH', ARGV[4], ARGV[3])
+end
+return 1
+"""
+
+
 class AsyncQueue:
     """Enqueue Dramatiq messages and read queue figures with ``redis.asyncio``.
 
     Args:
         client: a ``redis.asyncio.Redis`` owned by the caller's lifecycle.
-        heartbeat_timeout_ms: the same value the workers' broker uses.
-        dead_message_ttl_ms: the same value the workers' broker uses.
     """
 
-    def __init__(
-        self, client: aioredis.Redis, *, heartbeat_timeout_ms: int, dead_message_ttl_ms: int
-    ) -> None:
+    def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
-        self.producer_id = f"producer-{uuid.uuid4()}"
-        self.heartbeat_timeout_ms = heartbeat_timeout_ms
-        self.dead_message_ttl_ms = dead_message_ttl_ms
-        self._dispatch = client.register_script(dispatch_script())
+        self._enqueue = client.register_script(_ENQUEUE)
 
     async def enqueue(self, message: Message[Any]) -> Message[Any]:
         """Write ``message`` to its queue; return the stored copy (it has ``redis_message_id``).
@@ -93,20 +92,10 @@ class AsyncQueue:
                 is atomic.
         """
         stored = message.copy(options={"redis_message_id": str(uuid.uuid4())})
-        await self._dispatch(
-            keys=[NAMESPACE],
-            args=[
-                "enqueue",
-                int(time.time() * 1000),
-                stored.queue_name,
-                self.producer_id,
-                self.heartbeat_timeout_ms,
-                self.dead_message_ttl_ms,
-                0,
-                _MAX_UNPACK,
-                stored.options["redis_message_id"],
-                stored.encode(),
-            ],
+        key = f"{NAMESPACE}:{stored.queue_name}"
+        await self._enqueue(
+            keys=[key, f"{key}.msgs"],
+            args=[stored.options["redis_message_id"], stored.encode(), stored.queue_name, WAKEUP_CHANNEL],
         )
         return stored
 

@@ -40,10 +40,23 @@ end
 return {wait, by, 1}
 """
 
+#: Give a slot back (a send that did not happen). KEYS: the limiter keys. ARGV: their intervals (µs).
+_RELEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat > now then
+    redis.call('SET', key, string.format('%d', math.max(now, tat - tonumber(ARGV[i]))), 'KEEPTTL')
+  end
+end
+return 1
+"""
+
 #: Meta's pair limit: one message per 6 s to the same user, on average.
 PAIR_INTERVAL_MS = 6000
-#: Messages to one user that may go out back to back before the 6 s spacing applies.
-PAIR_BURST = 5
+#: Messages to one user that may go out back to back before the 6 s spacing applies (Meta allows 45).
+PAIR_BURST = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +91,29 @@ class SendLimiter:
         pair_burst: int = PAIR_BURST,
     ) -> None:
         self._script = client.register_script(_RESERVE)
+        self._release = client.register_script(_RELEASE)
         self.per_number_rate = per_number_rate
         self.pair_interval_ms = pair_interval_ms
         self.pair_burst = pair_burst
 
     async def reserve(self, phone_number_id: str, recipient: str, *, max_wait_ms: int) -> Reservation:
         """Reserve the next slot for one send if it comes within ``max_wait_ms``."""
+        keys, args, names = self._limits(phone_number_id, recipient)
+        if not keys:
+            return Reservation(0, "", reserved=True)
+        wait_us, by, reserved = await self._script(keys=keys, args=[max_wait_ms * 1000, *args])
+        wait_ms = -(-int(wait_us) // 1000)
+        limit = names[int(by) - 1] if int(by) > 0 and wait_ms > 0 else ""
+        return Reservation(wait_ms, limit, reserved=bool(int(reserved)))
+
+    async def release(self, phone_number_id: str, recipient: str) -> None:
+        """Give back a reserved slot whose send surely did not happen (refused, unreachable)."""
+        keys, args, _ = self._limits(phone_number_id, recipient)
+        if keys:
+            await self._release(keys=keys, args=args[0::2])
+
+    def _limits(self, phone_number_id: str, recipient: str) -> tuple[list[str], list[int], list[str]]:
+        """The limiter keys, their (interval µs, burst) pairs and names, for one send."""
         keys: list[str] = []
         args: list[int] = []
         names: list[str] = []
@@ -96,9 +126,4 @@ class SendLimiter:
             keys.append(f"wapipe:rate:pair:{phone_number_id}:{recipient}")
             args += [self.pair_interval_ms * 1000, max(0, self.pair_burst - 1)]
             names.append("pair")
-        if not keys:
-            return Reservation(0, "", reserved=True)
-        wait_us, by, reserved = await self._script(keys=keys, args=[max_wait_ms * 1000, *args])
-        wait_ms = -(-int(wait_us) // 1000)
-        limit = names[int(by) - 1] if int(by) > 0 and wait_ms > 0 else ""
-        return Reservation(wait_ms, limit, reserved=bool(int(reserved)))
+        return keys, args, names

@@ -35,19 +35,29 @@ DEPTH_CACHE_SECONDS = 0.1
 
 
 class Backpressure:
-    """Decides whether the pipeline has room, reading the ready depth at most every 100 ms."""
+    """Decides whether the pipeline has room, reading the ready depth at most every 100 ms.
+
+    Concurrent requests share one reading in flight instead of each asking Redis.
+    """
 
     def __init__(self, queue: AsyncQueue, limit: int) -> None:
         self._queue = queue
         self._limit = limit
         self._depth = 0
         self._read_at = float("-inf")
+        self._reading: asyncio.Task[int] | None = None
 
     async def overloaded(self) -> bool:
-        now = time.monotonic()
-        if now - self._read_at >= DEPTH_CACHE_SECONDS:
-            self._depth = await self._queue.ready_depth(QUEUES)
-            self._read_at = now
+        if time.monotonic() - self._read_at >= DEPTH_CACHE_SECONDS:
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(self._queue.ready_depth(QUEUES))
+            reading = self._reading
+            try:
+                self._depth = await asyncio.shield(reading)
+                self._read_at = time.monotonic()
+            finally:
+                if self._reading is reading and reading.done():
+                    self._reading = None
         return self._depth > self._limit
 
 
@@ -194,11 +204,7 @@ def make_app(settings: Settings, redis_url: str) -> web.Application:
 
     async def redis_lifecycle(app: web.Application) -> AsyncIterator[None]:
         client = redis_client(redis_url, settings.redis_timeout_seconds)
-        queue = AsyncQueue(
-            client,
-            heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
-            dead_message_ttl_ms=(settings.dlq_retention_days + 1) * 86_400_000,
-        )
+        queue = AsyncQueue(client)
         app[REDIS] = client
         app[QUEUE] = queue
         app[BACKPRESSURE] = Backpressure(queue, settings.max_queue_depth)

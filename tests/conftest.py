@@ -78,6 +78,8 @@ def pipeline_env(redis_url: str, graph_url: str, data_dir: Path, **extra: str) -
         "WAPIPE_GRAPH_TIMEOUT_SECONDS": "3",
         "WAPIPE_SHUTDOWN_TIMEOUT_SECONDS": "5",
         "WAPIPE_LOG_LEVEL": "DEBUG",
+        # Most tests message one recipient many times; the pair limit has tests of its own.
+        "WAPIPE_PAIR_INTERVAL_MS": "0",
     }
     return base_env(**(defaults | extra))
 

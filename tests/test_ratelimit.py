@@ -52,6 +52,19 @@ async def test_the_pair_limit_allows_a_burst_then_spaces(redis_url: str) -> None
         await client.aclose()
 
 
+async def test_a_released_slot_is_given_back(redis_url: str) -> None:
+    """A send that did not happen gives its slot back: the next reservation does not wait for it."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        limiter = SendLimiter(client, per_number_rate=0, pair_interval_ms=1000, pair_burst=1)
+        assert (await limiter.reserve("111", "+1", max_wait_ms=5_000)).wait_ms == 0
+        await limiter.release("111", "+1")
+        assert (await limiter.reserve("111", "+1", max_wait_ms=5_000)).wait_ms == 0
+        assert (await limiter.reserve("111", "+1", max_wait_ms=5_000)).wait_ms >= 900
+    finally:
+        await client.aclose()
+
+
 async def test_concurrent_reservations_never_exceed_the_rate(redis_url: str) -> None:
     """200 reservations from 4 clients at once (as from several workers): slots are unique and spaced."""
     clients = [aioredis.Redis.from_url(redis_url) for _ in range(4)]

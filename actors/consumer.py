@@ -1,0 +1,140 @@
+"""A Redis broker whose idle consumers are woken up instead of polling with a growing back-off.
+
+Dramatiq's Redis consumer sleeps ``compute_backoff`` (5 ms doubling up to ``worker_timeout``)
+whenever a fetch comes back empty or its prefetch is full, so a message enqueued on an idle queue
+waits up to that cap at every hop, and a busy consumer can sleep while its threads are idle
+(DRAMATIQ.md §11). Here the consumer waits on an event with the same timeout, and the event is set
+
+- by a ``PUBLISH wapipe:wakeup <queue>`` that every wapipe producer sends in the same round trip as
+  its enqueue (the web edge, the actors, Dramatiq's retries and delayed-message moves), and
+- by the consumer's own acks and nacks, which free prefetch room.
+
+Fetching, acking, heartbeats, requeueing and dead letters are Dramatiq's, unchanged; the timeout
+keeps the old polling as the fallback, so a lost wake-up only costs what polling always cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+import redis
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import compute_backoff
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
+
+from daemon.queue import WAKEUP_CHANNEL
+
+log = logging.getLogger(__name__)
+
+#: Wait before re-subscribing after the wake-up connection broke.
+RESUBSCRIBE_SECONDS = 1.0
+
+
+class WakeableRedisBroker(RedisBroker):
+    """Dramatiq's RedisBroker with event-driven consumers (see the module docstring)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        self._waiters: dict[str, set[threading.Event]] = defaultdict(set)
+        self._waiters_lock = threading.Lock()
+        self._listener: threading.Thread | None = None
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _WakeableConsumer
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> _WakeableConsumer:
+        consumer = _WakeableConsumer(self, queue_name, prefetch, timeout)
+        with self._waiters_lock:
+            self._waiters[queue_name].add(consumer.wake)
+            if self._listener is None:
+                self._listener = threading.Thread(target=self._listen, name="wapipe-wakeup", daemon=True)
+                self._listener.start()
+        return consumer
+
+    def forget(self, consumer: _WakeableConsumer) -> None:
+        with self._waiters_lock:
+            self._waiters[consumer.queue_name].discard(consumer.wake)
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        """Dramatiq's enqueue (used by retries and delayed moves), then a wake-up for the queue."""
+        enqueued = super().enqueue(message, delay=delay)
+        if delay is None:
+            with contextlib.suppress(redis.RedisError):  # stored anyway: the consumers' timeout finds it
+                self.client.publish(WAKEUP_CHANNEL, enqueued.queue_name)
+        return enqueued
+
+    def _wake(self, queue_name: str) -> None:
+        with self._waiters_lock:
+            events = list(self._waiters.get(queue_name, ()))
+        for event in events:
+            event.set()
+
+    def _listen(self) -> None:
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(WAKEUP_CHANNEL)
+                for item in pubsub.listen():
+                    data = item.get("data")
+                    self._wake(data.decode() if isinstance(data, bytes) else str(data))
+            except redis.RedisError as error:
+                log.debug("wakeup_subscription_lost", extra={"error": type(error).__name__})
+            finally:
+                pubsub.close()
+            time.sleep(RESUBSCRIBE_SECONDS)
+
+
+class _WakeableConsumer(_RedisConsumer):
+    def __init__(self, broker: WakeableRedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
+        self.wake = threading.Event()
+
+    def ack(self, message: Any) -> None:
+        super().ack(message)  # type: ignore[no-untyped-call]
+        self.wake.set()
+
+    def nack(self, message: Any) -> None:
+        super().nack(message)  # type: ignore[no-untyped-call]
+        self.wake.set()
+
+    def close(self) -> None:
+        self.broker.forget(self)
+        super().close()
+
+    def __next__(self) -> Any:
+        """Dramatiq's fetch loop, waiting on :attr:`wake` where it would sleep."""
+        try:
+            while True:
+                if self.message_cache:
+                    data = self.message_cache.pop(0)
+                    if data is None:
+                        continue
+                    self.misses = 0
+                    message = Message.decode(data)
+                    self.queued_message_ids.add(message.message_id)
+                    return _proxy(message)
+                self.wake.clear()
+                messages = []
+                if self.outstanding_message_count < self.prefetch:
+                    self.message_cache = messages = self.broker.do_fetch(
+                        self.queue_name, self.prefetch - self.outstanding_message_count
+                    )
+                if not messages:
+                    self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
+                    self.wake.wait(backoff_ms / 1000)
+                    return None
+        except redis.ConnectionError as error:
+            raise ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
+
+
+def _proxy(message: Message[Any]) -> Any:
+    from dramatiq.broker import MessageProxy
+
+    return MessageProxy(message)
