@@ -37,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors import metrics, runtime
 from actors.errors import GraphRejected, ItemRejected, OutcomeUnknown
+from actors.parse import STATS_KEY
 from daemon.graph import GraphError, GraphUnreachable, SendOutcomeUnknown
 from daemon.handler import InboundMessage, Outbound, call_handler
 
@@ -45,7 +46,6 @@ RetryT = TypeVar("RetryT", bound=dramatiq.Retry)
 
 ACTOR_NAME = "reply"
 OPTIONS: dict[str, Any] = {}
-STATS_KEY = "wapipe:stats"
 
 #: Seconds to wait for each throttling code without a ``Retry-After`` (131056 grows as 4^X).
 THROTTLE_SECONDS = {130429: 2.0, 131057: 60.0, 80007: 60.0, 4: 60.0}
@@ -182,14 +182,14 @@ async def _send_once(
     if not claimed:
         stored = await rt.redis.get(key) or b""
         state = stored.decode() if isinstance(stored, bytes) else str(stored)
-        if state.startswith("sent") or not replay:
-            await rt.limiter.release(message.phone_number_id, recipient)  # nothing is sent now
         if state.startswith("sent"):
+            await rt.limiter.release(message.phone_number_id, recipient)  # nothing is sent now
             log.info(
                 "reply_already_sent", extra={"actor": ACTOR_NAME, "message_id": message.id, "index": index}
             )
             return
         if not replay:
+            await rt.limiter.release(message.phone_number_id, recipient)
             raise OutcomeUnknown(
                 "an earlier attempt started this send and never finished: it may have been delivered",
                 message_id=message.id,

@@ -19,9 +19,8 @@ from actors import metrics as worker_metrics
 from daemon.config import Settings
 from daemon.graph import GraphClient
 from daemon.handler import Handler, load_handler
-from daemon.queue import AsyncQueue
+from daemon.queue import AsyncQueue, redis_client
 from daemon.ratelimit import SendLimiter
-from daemon.web import redis_client
 
 
 @dataclass(frozen=True, slots=True)

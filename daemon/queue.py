@@ -20,6 +20,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from dramatiq import Message
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 NAMESPACE = "dramatiq"
 #: Producers publish a queue's name here after enqueueing, to wake idle consumers at once.
@@ -47,6 +49,17 @@ def build_message(
         args=(),
         kwargs=kwargs,
         options=dict(options or {}),
+    )
+
+
+def redis_client(url: str, timeout: float) -> aioredis.Redis:
+    """A pooled ``redis.asyncio`` client that fails fast: a bounded timeout, one quick reconnect."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
     )
 
 

@@ -15,13 +15,11 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from aiohttp import web
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from daemon import metrics, sandbox, signature
 from daemon.config import Settings
-from daemon.queue import QUEUES, AsyncQueue, build_message
+from daemon.queue import QUEUES, AsyncQueue, build_message, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +60,6 @@ class Backpressure:
 
 
 BACKPRESSURE = web.AppKey("backpressure", Backpressure)
-
-
-def redis_client(url: str, timeout: float) -> aioredis.Redis:
-    """A pooled ``redis.asyncio`` client that fails fast: a bounded timeout, one quick reconnect."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1),
-        health_check_interval=30,
-    )
 
 
 async def handshake(request: web.Request) -> web.Response:
