@@ -40,7 +40,7 @@ def test_a_burst_over_capacity_is_shed_with_503_and_loses_nothing(
     while refused and time.monotonic() < deadline:  # Meta's retries, compressed
         refused = [i for i in refused if post(i) != 200]
         if refused:
-            time.sleep(0.2)
+            time.sleep(0.2)  # pacing: Meta waits between its retries
     assert refused == []
 
     wait_for(lambda: len(fake_graph.sends()) >= 300 and drained(rclient), timeout=120, what="every reply")
