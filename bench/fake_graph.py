@@ -14,6 +14,7 @@ import time
 from aiohttp import web
 
 received: dict[str, float] = {}
+received_all: dict[str, int] = {}
 sends: list[float] = []
 ids = itertools.count(1)
 
@@ -25,7 +26,9 @@ async def messages(request: web.Request) -> web.Response:
     now = time.time()
     sends.append(now)
     context = body.get("context") or {}
-    received.setdefault(str(context.get("message_id")), now)
+    message_id = str(context.get("message_id"))
+    received.setdefault(message_id, now)
+    received_all[message_id] = received_all.get(message_id, 0) + 1
     return web.json_response(
         {"messaging_product": "whatsapp", "messages": [{"id": f"wamid.bench.{next(ids)}"}]}
     )
@@ -34,11 +37,11 @@ async def messages(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     if request.method == "DELETE":
         received.clear()
+        received_all.clear()
         sends.clear()
         return web.json_response({})
-    return web.Response(
-        text=json.dumps({"received": received, "sends": sends}), content_type="application/json"
-    )
+    body = {"received": received, "received_all": received_all, "sends": sends}
+    return web.Response(text=json.dumps(body), content_type="application/json")
 
 
 def main() -> None:

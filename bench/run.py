@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -289,7 +290,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         end_to_end["latency_after_idle"] = {"p50_ms": ms(percentile(idle, 0.5)), "max_ms": ms(max(idle))}
         report["end_to_end"] = end_to_end
 
-        # 3. The shared per-number limiter: observed send rate against WAPIPE_SEND_RATE.
+        # 3. Backpressure: a burst of 10x the queue limit, refused with 503 and re-sent as Meta does.
+        report["overload"] = overload(args, env, tmp, stack, graph, client, rss)
+
+        # 4. The shared per-number limiter: observed send rate against WAPIPE_SEND_RATE.
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
         limited_env = {**env, "WAPIPE_SEND_RATE": str(args.limit), "WAPIPE_METRICS_PORT": str(free_port())}
@@ -310,6 +314,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def overload(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    tmp: Path,
+    stack: ExitStack,
+    graph: Graph,
+    client: Any,
+    rss: PeakRSS,
+) -> dict[str, Any]:
+    """A second web with a queue limit of ``args.overload_limit`` takes a burst of 10x that."""
+    limited = {**env, "PORT": str(free_port()), "WAPIPE_MAX_QUEUE_DEPTH": str(args.overload_limit)}
+    url = f"http://127.0.0.1:{limited['PORT']}"
+    web = stack.enter_context(process([PY, "-m", "daemon", "web"], limited, tmp / "web-overload.log"))
+    rss.watch("web_overload", web.pid)
+    wait_for(lambda: http_ok(url + "/readyz"), timeout=20, what="web with a queue limit")
+    graph.clear()
+    burst = requests("burst", args.overload_limit * 10)
+    bodies = dict(burst)
+    peak_redis = 0
+
+    def sample_redis() -> None:
+        nonlocal peak_redis
+        peak_redis = max(peak_redis, int(client.info("memory")["used_memory"]))
+
+    started = time.time()
+    results = asyncio.run(as_fast_as_possible(url + "/webhook", burst, secret=SECRET))
+    sample_redis()
+    shed = [r for r in results if r.status == 503]
+    pending = [r.message_id for r in results if r.status != 200]
+    rounds = 0
+    deadline = time.monotonic() + args.deadline
+    while pending and time.monotonic() < deadline:  # Meta re-sends what was not acknowledged
+        rounds += 1
+        time.sleep(0.2)  # pacing between Meta's retries
+        retry = asyncio.run(
+            as_fast_as_possible(url + "/webhook", [(i, bodies[i]) for i in pending], secret=SECRET)
+        )
+        sample_redis()
+        pending = [r.message_id for r in retry if r.status != 200]
+    received = graph.wait_received(set(bodies), timeout=args.deadline)
+    counts = Counter(graph.stats()["received_all"])
+    return {
+        "queue_limit": args.overload_limit,
+        "burst": len(burst),
+        "refused_503_first_pass": len(shed),
+        "resend_rounds": rounds,
+        "all_answered": len(received) == len(bodies) and not pending,
+        "answered_twice": sum(1 for i in bodies if counts.get(i, 0) > 1),
+        "seconds_to_drain": round(max(received[i] for i in bodies) - started, 1),
+        "peak_redis_mb": round(peak_redis / 2**20, 1),
+    }
+
+
 def table(report: dict[str, Any]) -> str:
     ingest, e2e, limiter = report["ingest"], report["end_to_end"], report["limiter"]
     rate_key = next(key for key in e2e if key.startswith("latency_at_"))
@@ -321,6 +378,10 @@ def table(report: dict[str, Any]) -> str:
         ("end to end (replies/s)", f"{e2e['replied_per_second']:.0f}/s", f"{e2e['messages']} text messages, ingest {e2e['ingest_per_second_with_workers']:.0f}/s meanwhile"),
         (f"reply latency {rate_key[11:]}", f"p50 {e2e[rate_key]['p50_ms']} ms", f"p95 {e2e[rate_key]['p95_ms']} ms, p99 {e2e[rate_key]['p99_ms']} ms"),
         ("reply latency after idle", f"p50 {e2e['latency_after_idle']['p50_ms']} ms", f"max {e2e['latency_after_idle']['max_ms']} ms"),
+        ("overload 10x the queue limit", f"{report['overload']['refused_503_first_pass']} x 503",
+         f"{report['overload']['burst']} posted at a limit of {report['overload']['queue_limit']}; all answered once: "
+         f"{report['overload']['all_answered'] and not report['overload']['answered_twice']}, drained in "
+         f"{report['overload']['seconds_to_drain']} s, Redis peak {report['overload']['peak_redis_mb']} MB"),
         ("limiter", f"{limiter['observed_per_second']}/s", f"limit {limiter['limit_per_second']}/s, busiest 1 s window {limiter['busiest_1s_window']}"),
         ("peak RSS", ", ".join(f"{k} {v} MB" for k, v in report["peak_rss_mb"].items()), ""),
     ]  # fmt: skip
@@ -339,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, default=8, help="lone messages after idle")
     parser.add_argument("--idle-gap", type=float, default=1.5, help="seconds of idle before each")
     parser.add_argument("--limit", type=int, default=50, help="WAPIPE_SEND_RATE for the limiter run")
+    parser.add_argument(
+        "--overload-limit", type=int, default=300, help="queue limit of the overload run (x10 posted)"
+    )
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
     parser.add_argument(
