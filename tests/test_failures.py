@@ -207,7 +207,7 @@ def test_redis_killed_and_restarted_during_a_stream_loses_nothing(
                 message_id = f"wamid.S{n}"
                 results[message_id] = post_webhook(url, text_envelope(message_id, message_id), timeout=5)
                 n += 1
-                time.sleep(0.02)  # pacing: a steady stream of about 50 webhooks per second
+                stop.wait(0.02)  # pacing: a steady stream of about 50 webhooks per second
 
         thread = threading.Thread(target=stream)
         thread.start()
