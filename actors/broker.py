@@ -13,15 +13,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import (
-    AgeLimit,
-    AsyncIO,
-    Callbacks,
-    CurrentMessage,
-    Pipelines,
-    ShutdownNotifications,
-    TimeLimit,
-)
+from dramatiq.middleware import AsyncIO, CurrentMessage, ShutdownNotifications, TimeLimit
 
 from actors import fetch_media, parse, reply, verify
 from actors.consumer import WakeableRedisBroker
@@ -45,12 +37,11 @@ TIME_LIMIT_MS = 120_000
 
 def build_broker(settings: Settings, redis_url: str) -> RedisBroker:
     """A Redis broker with wapipe's middleware and every stage declared on it."""
+    # Dramatiq's defaults minus AgeLimit, Callbacks and Pipelines, which wapipe does not use (stages
+    # hand on by enqueueing the next message themselves, so an enqueue failure fails the stage).
     middleware = [
-        AgeLimit(),
         TimeLimit(time_limit=TIME_LIMIT_MS),
         ShutdownNotifications(),
-        Callbacks(),
-        Pipelines(),
         ActorMetrics(settings.worker_threads),
         DeadLetterRecorder(),
         SafeRetries(
