@@ -8,6 +8,7 @@ fbtrace_id), the stage and the attempt count under the same Redis message id, so
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -18,7 +19,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
 from actors.errors import PermanentFailure
-from actors.reliability import ENQUEUE_LOST, write_waiting
+from actors.reliability import ENQUEUE_LOST, RedisStillDown, wait_out_outage
 from daemon.dlq import REASONS_KEY
 from daemon.graph import GraphError
 
@@ -73,9 +74,10 @@ class DeadLetterRecorder(Middleware):
         redis_message_id = message.options.get("redis_message_id")
         assert isinstance(broker, RedisBroker)
         client = broker.client
-        write_waiting(
-            lambda: client.hset(REASONS_KEY, redis_message_id, json.dumps(record)), "dead letter reason"
-        )
+        with contextlib.suppress(RedisStillDown):  # Dramatiq keeps the message; only the reason is lost
+            wait_out_outage(
+                lambda: client.hset(REASONS_KEY, redis_message_id, json.dumps(record)), "dead letter reason"
+            )
         log.warning(
             "dead_lettered",
             extra={

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import dramatiq
 import redis
@@ -40,48 +41,47 @@ ENQUEUE_LOST = "wapipe_retry_enqueue_lost"
 _stopping = threading.Event()
 
 
-class RetryEnqueueLost(Exception):
-    """The worker stopped while Redis was still unreachable to take a retry."""
+#: What an unreachable Redis raises, from redis-py directly or wrapped by Dramatiq.
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, BrokerConnectionError)
+
+T = TypeVar("T")
+
+
+class RedisStillDown(Exception):
+    """The worker is stopping and Redis is still unreachable: the operation was given up."""
+
+
+def wait_out_outage(operation: Callable[[], T], what: str) -> T:
+    """Run a Redis operation from a worker thread, retrying every second while Redis is unreachable.
+
+    Raises:
+        RedisStillDown: the worker began stopping before Redis answered.
+    """
+    warned = False
+    while True:
+        try:
+            return operation()
+        except _REDIS_DOWN as error:
+            if _stopping.is_set():
+                log.error("redis_operation_abandoned", extra={"what": what, "error": type(error).__name__})
+                raise RedisStillDown(what) from error
+            if not warned:
+                log.warning("waiting_for_redis", extra={"what": what})
+                warned = True
+            time.sleep(REENQUEUE_WAIT_SECONDS)
 
 
 class _WaitingBroker:
     """The broker as Retries sees it: ``enqueue`` waits out a Redis outage."""
 
-    def __init__(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+    def __init__(self, broker: dramatiq.Broker) -> None:
         self._broker = broker
-        self._message = message
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._broker, name)
 
     def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
-        warned = False
-        while True:
-            try:
-                return self._broker.enqueue(message, delay=delay)
-            except (redis.ConnectionError, redis.TimeoutError, BrokerConnectionError) as error:
-                if _stopping.is_set():
-                    log.error("retry_enqueue_abandoned", extra={"message_id": message.message_id})
-                    self._message.fail()
-                    raise RetryEnqueueLost("the worker stopped while Redis was unreachable") from error
-                if not warned:
-                    log.warning("retry_enqueue_waiting_for_redis", extra={"message_id": message.message_id})
-                    warned = True
-                time.sleep(REENQUEUE_WAIT_SECONDS)
-
-
-def write_waiting(write: Any, what: str) -> None:
-    """Run a Redis write from a worker thread, waiting out an outage unless the worker is stopping."""
-    while True:
-        try:
-            write()
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            if _stopping.is_set():
-                log.error("redis_write_abandoned", extra={"what": what, "error": type(error).__name__})
-                return
-            time.sleep(REENQUEUE_WAIT_SECONDS)
-        else:
-            return
+        return wait_out_outage(lambda: self._broker.enqueue(message, delay=delay), "retry enqueue")
 
 
 class SafeRetries(Retries):
@@ -97,9 +97,10 @@ class SafeRetries(Retries):
     ) -> None:
         try:
             super().after_process_message(  # type: ignore[no-untyped-call]
-                _WaitingBroker(broker, message), message, result=result, exception=exception
+                _WaitingBroker(broker), message, result=result, exception=exception
             )
-        except RetryEnqueueLost:
+        except RedisStillDown:
+            message.fail()  # dead-lettered rather than acked and lost
             message.options[ENQUEUE_LOST] = True  # the dead-letter recorder reports this reason
 
 
