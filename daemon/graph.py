@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import stamina
+from yarl import URL
 
 from daemon.config import Settings
 from daemon.media import TempFile, host_allowed
@@ -195,14 +196,7 @@ class GraphClient:
             GraphError / GraphUnreachable / SendOutcomeUnknown: after brief retries.
         """
         content_type: str | None = None
-        async for attempt in stamina.retry_context(
-            on=_read_retry_hook,
-            attempts=self._attempts,
-            timeout=None,
-            wait_initial=0.1,
-            wait_max=2.0,
-            wait_jitter=0.2,
-        ):
+        async for attempt in self._attempts_on(_read_retry_hook):
             with attempt:
                 sink.reset()
                 with self._observing("media_download"):
@@ -220,7 +214,7 @@ class GraphClient:
                     url, headers=self.auth_headers, allow_redirects=False, timeout=self._download_timeout
                 ) as response:
                     if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
-                        url = str(response.url.join(response.url.__class__(response.headers["Location"])))
+                        url = str(response.url.join(URL(response.headers["Location"])))
                         continue
                     if response.status == 404:
                         raise MediaExpired("the media URL answered 404")
@@ -248,6 +242,12 @@ class GraphClient:
                 raise SendOutcomeUnknown(f"{type(error).__name__} while downloading") from None
         raise MediaRefused("too many redirects")
 
+    def _attempts_on(self, hook: Any) -> AsyncIterator[stamina.Attempt]:
+        """stamina's brief in-process retries: ``WAPIPE_GRAPH_ATTEMPTS`` attempts, 0.1–2 s apart."""
+        return stamina.retry_context(
+            on=hook, attempts=self._attempts, timeout=None, wait_initial=0.1, wait_max=2.0, wait_jitter=0.2
+        )
+
     @contextlib.contextmanager
     def _observing(self, endpoint: str) -> Iterator[None]:
         """Time one request and count its result for ``wapipe_graph_*``."""
@@ -264,10 +264,7 @@ class GraphClient:
         except SendOutcomeUnknown:
             result = "timeout"
             raise
-        except MediaRefused:
-            result = "client_error"
-            raise
-        except MediaExpired:
+        except (MediaRefused, MediaExpired):
             result = "client_error"
             raise
         finally:
@@ -284,9 +281,7 @@ class GraphClient:
         params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         result: dict[str, Any] = {}
-        async for attempt in stamina.retry_context(
-            on=hook, attempts=self._attempts, timeout=None, wait_initial=0.1, wait_max=2.0, wait_jitter=0.2
-        ):
+        async for attempt in self._attempts_on(hook):
             with attempt, self._observing(endpoint):
                 result = await self._request(method, path, body, params)
         return result
