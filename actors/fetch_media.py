@@ -39,6 +39,8 @@ TIME_LIMIT_MS = 15 * 60 * 1000
 OPTIONS: dict[str, Any] = {"max_retries": MAX_RETRIES, "time_limit": TIME_LIMIT_MS}
 
 _TRANSIENT = (GraphUnreachable, SendOutcomeUnknown, MediaExpired)
+#: Everything a fetch can fail with that still lets the message be answered.
+_FAILURES = (MediaRefused, GraphError, *_TRANSIENT)
 
 
 async def run(item: dict[str, Any]) -> None:
@@ -49,7 +51,7 @@ async def run(item: dict[str, Any]) -> None:
     fields = {"actor": ACTOR_NAME, "message_id": message.get("id"), "type": kind}
     try:
         stored = await _fetch(rt, str(item["phone_number_id"]), media)
-    except (MediaRefused, GraphError, GraphUnreachable, SendOutcomeUnknown, MediaExpired) as error:
+    except _FAILURES as error:
         last_try = int(runtime.current_options().get("retries", 0)) >= MAX_RETRIES
         transient = isinstance(error, _TRANSIENT) or (
             isinstance(error, GraphError) and error.kind != "permanent"

@@ -105,9 +105,8 @@ def _paused_key(phone_number_id: str) -> str:
 
 def _not_counted(retry: RetryT) -> RetryT:
     """Make ``retry`` not count as one of the message's retries (Retries adds one back)."""
-    options = runtime.current_options_proxy()
-    if options is not None:
-        options["retries"] = int(options.get("retries", 0)) - 1
+    options = runtime.current_options()
+    options["retries"] = int(options.get("retries", 0)) - 1
     return retry
 
 

@@ -58,15 +58,12 @@ def current_message_id() -> str:
 
 
 def current_options() -> dict[str, Any]:
-    """A copy of the current message's options (``retries``, ``wapipe_replay``…)."""
-    message = CurrentMessage.get_current_message()
-    return {} if message is None else dict(message.options)
+    """The current message's options (``retries``, ``wapipe_replay``…); changes are seen by Retries.
 
-
-def current_options_proxy() -> dict[str, Any] | None:
-    """The current message's options themselves, for the rare change Retries must see."""
+    Outside a message: an empty dict of no consequence.
+    """
     message = CurrentMessage.get_current_message()
-    return None if message is None else message.options
+    return {} if message is None else message.options
 
 
 def _observe_graph(endpoint: str, result: str, seconds: float) -> None:

@@ -49,14 +49,15 @@ class Backpressure:
         if time.monotonic() - self._read_at >= DEPTH_CACHE_SECONDS:
             if self._reading is None:
                 self._reading = asyncio.ensure_future(self._queue.ready_depth(QUEUES))
-            reading = self._reading
-            try:
-                self._depth = await asyncio.shield(reading)
-                self._read_at = time.monotonic()
-            finally:
-                if self._reading is reading and reading.done():
-                    self._reading = None
+                self._reading.add_done_callback(self._forget_reading)
+            self._depth = await asyncio.shield(self._reading)
+            self._read_at = time.monotonic()
         return self._depth > self._limit
+
+    def _forget_reading(self, reading: asyncio.Task[int]) -> None:
+        self._reading = None
+        if not reading.cancelled():
+            reading.exception()  # its waiters may all have timed out: mark the outcome as seen
 
 
 BACKPRESSURE = web.AppKey("backpressure", Backpressure)
