@@ -4,13 +4,13 @@ and time, as fast as possible or at a fixed rate. Records send time and answer t
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 
 import aiohttp
 
 from daemon.signature import sign
+from daemon.simulate import meta_body
 
 PHONE_NUMBER_ID = "100000000000001"
 
@@ -35,7 +35,7 @@ def webhook(message_id: str, text: str = "benchmark message") -> bytes:
         "object": "whatsapp_business_account",
         "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
     }
-    return json.dumps(envelope, separators=(",", ":")).replace("/", "\\/").encode()
+    return meta_body(envelope)
 
 
 @dataclass

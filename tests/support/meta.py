@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from daemon.signature import sign
+from daemon.simulate import meta_body
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"  # copied from shared/fixtures
 
 
-def meta_bytes(obj: Any) -> bytes:
-    """Compact, ASCII-escaped JSON with ``/`` escaped as ``\\/``: the bytes Meta puts on the wire."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).replace("/", "\\/").encode("ascii")
+#: Compact, ASCII-escaped JSON with ``/`` escaped as ``\\/``: the bytes Meta puts on the wire.
+meta_bytes = meta_body
 
 
 def signed(body: bytes, secret: str) -> dict[str, str]:
