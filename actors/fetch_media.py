@@ -43,14 +43,14 @@ _TRANSIENT = (GraphUnreachable, SendOutcomeUnknown, MediaExpired)
 _FAILURES = (MediaRefused, GraphError, *_TRANSIENT)
 
 
-async def run(item: dict[str, Any]) -> None:
+def run(item: dict[str, Any]) -> None:
     rt = runtime.current()
     message = item["message"]
     kind = str(message.get("type"))
     media = message.get(kind) if isinstance(message.get(kind), dict) else {}
     fields = {"actor": ACTOR_NAME, "message_id": message.get("id"), "type": kind}
     try:
-        stored = await _fetch(rt, str(item["phone_number_id"]), media)
+        stored = rt.run(_fetch(rt, str(item["phone_number_id"]), media))
     except _FAILURES as error:
         last_try = int(runtime.current_options().get("retries", 0)) >= MAX_RETRIES
         transient = isinstance(error, _TRANSIENT) or (
@@ -61,15 +61,18 @@ async def run(item: dict[str, Any]) -> None:
         log.warning(
             "media_unavailable", extra={**fields, "error": type(error).__name__, "detail": str(error)[:200]}
         )
-        await rt.redis.hincrby(STATS_KEY, "media:failed", 1)
+        rt.redis.hincrby(STATS_KEY, "media:failed", 1)
         metrics.current().media_downloads.labels("failed").inc()
         stored = None
     if stored is not None:
+        if not stored["sha256_ok"]:
+            rt.redis.hincrby(STATS_KEY, "media:hash_mismatch", 1)
         item = {**item, "stored_media": stored}
-    await rt.queue.enqueue(build_message("reply", {"item": item}))
+    rt.queue.enqueue(build_message("reply", {"item": item}))
 
 
 async def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any]) -> dict[str, Any]:
+    """Look up, download and store the file (on the worker's event loop, where the Graph client lives)."""
     settings = rt.settings
     media_id = media.get("id")
     url = media.get("url") if isinstance(media.get("url"), str) else None
@@ -105,7 +108,6 @@ async def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any
     families.media_downloads.labels("stored" if stored.verified else "unverified").inc()
     families.media_bytes.inc(stored.size)
     if not stored.verified:
-        await rt.redis.hincrby(STATS_KEY, "media:hash_mismatch", 1)
         log.warning("media_hash_mismatch", extra={"actor": ACTOR_NAME, "stored_as": str(stored.path.name)})
     log.info("media_stored", extra={"actor": ACTOR_NAME, "bytes": stored.size, "verified": stored.verified})
     return {

@@ -14,7 +14,9 @@ Counts are kept in the Redis hash ``wapipe:stats`` (shared by every worker, kept
 
 A dedup mark records which parse attempt claimed it, so a retried parse (same Dramatiq message id)
 hands its items on again instead of taking them for duplicates; the reply ledger keeps that from
-answering twice. Retries: bounded by ``WAPIPE_RETRY_*``.
+answering twice. Claiming, handing on, recording statuses and counting happen in one Lua script
+for the whole envelope: one round trip, and all of it or none. Retries: bounded by
+``WAPIPE_RETRY_*``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 from actors import metrics, runtime
 from daemon.envelope import MEDIA_TYPES, Item, split
-from daemon.queue import build_message
+from daemon.queue import PUSH_FUNCTION, build_message, prepare
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +39,48 @@ OPTIONS: dict[str, Any] = {}
 STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3, "played": 4, "failed": 5}
 STATUS_TTL_SECONDS = 30 * 86_400
 STATS_KEY = "wapipe:stats"
+#: Stands in for the dedup mark of an item without an id (never read or written).
+UNMARKED = "wapipe:seen:-"
 
-_RECORD_STATUS = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'rank') or '0')
-if tonumber(ARGV[2]) > current then
-  redis.call('HSET', KEYS[1], 'status', ARGV[1], 'rank', ARGV[2], 'timestamp', ARGV[3])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return 1
+#: KEYS: the stats hash, then per item its dedup mark and its target (a message: the queue list and
+#: message hash it goes to; a status: its status hash). ARGV: the number of items, then 8 values
+#: per item: kind, owner, dedup TTL (s), '1' to skip the dedup check (replay, no id), then for a
+#: message ``push``'s id, data, queue and channel, for a status its status, rank, timestamp and
+#: TTL (s); then (name, count) pairs to add to the stats hash. A mark held by another owner makes
+#: the item a duplicate (counted as ``duplicate:{kind}``); a status only replaces a lower rank.
+#: Returns one flag per item: 1 handled now, 0 a duplicate.
+_CLAIM = (
+    PUSH_FUNCTION
+    + """
+local results = {}
+local k = 2
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  local a = 1 + (i - 1) * 8
+  local kind, owner, ttl = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local fresh = ARGV[a + 4] == '1'
+  if not fresh then
+    fresh = redis.call('SET', KEYS[k], owner, 'NX', 'EX', ttl) and true or redis.call('GET', KEYS[k]) == owner
+  end
+  if kind == 'message' then
+    if fresh then push(KEYS[k + 1], KEYS[k + 2], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]) end
+    k = k + 3
+  else
+    if fresh and tonumber(ARGV[a + 6]) > tonumber(redis.call('HGET', KEYS[k + 1], 'rank') or '0') then
+      redis.call('HSET', KEYS[k + 1], 'status', ARGV[a + 5], 'rank', ARGV[a + 6], 'timestamp', ARGV[a + 7])
+      redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 8])
+    end
+    k = k + 2
+  end
+  if not fresh then redis.call('HINCRBY', KEYS[1], 'duplicate:' .. kind, 1) end
+  results[i] = fresh and 1 or 0
 end
-return 0
+for j = 2 + n * 8, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[j], ARGV[j + 1])
+end
+return results
 """
+)
 
 
 def dedup_key(item: Item) -> str | None:
@@ -59,12 +93,9 @@ def dedup_key(item: Item) -> str | None:
     return f"wapipe:seen:status:{item_id}:{item.data.get('status')}"
 
 
-async def run(body: str, received_at: float, envelope_id: str) -> None:
+def run(body: str, received_at: float, envelope_id: str) -> None:
     rt = runtime.current()
-    settings = rt.settings
-    attempt_id = runtime.current_message_id()
-    replay = bool(runtime.current_options().get("wapipe_replay"))
-    allowed = settings.phone_number_ids
+    allowed = rt.settings.phone_number_ids
     work: list[tuple[int, Item]] = []
     counts: Counter[str] = Counter()
     for index, item in enumerate(split(json.loads(body))):
@@ -92,12 +123,15 @@ async def run(body: str, received_at: float, envelope_id: str) -> None:
             )
         else:
             work.append((index, item))
-
-    fresh = await _claim(rt, work, attempt_id, replay)
+    if not work and not counts:
+        return
+    keys, args = _claims(rt, work, received_at, envelope_id)
+    for name, count in counts.items():
+        args += [name, count]
+    handled = rt.redis.register_script(_CLAIM)(keys=[STATS_KEY, *keys], args=[len(work), *args])
     families = metrics.current()
-    for index, item in work:
-        if index not in fresh:
-            counts[f"duplicate:{item.kind}"] += 1
+    for (_, item), fresh in zip(work, handled, strict=True):
+        if not fresh:
             families.duplicates.labels(item.kind).inc()
             log.info(
                 "duplicate_skipped",
@@ -105,65 +139,44 @@ async def run(body: str, received_at: float, envelope_id: str) -> None:
             )
         elif item.kind == "status":
             families.statuses.labels(families.status(item.data.get("status"))).inc()
-            await _record_status(rt, item)
+            log.debug("status_recorded", extra={"actor": ACTOR_NAME, "status": item.data.get("status")})
         else:
             families.inbound.labels(families.inbound_type(item.data.get("type"))).inc()
-    if counts:
-        async with rt.redis.pipeline(transaction=False) as pipe:
-            for name, count in counts.items():
-                pipe.hincrby(STATS_KEY, name, count)
-            await pipe.execute()
-    for index, item in work:
-        if index in fresh and item.kind == "message":
-            stage = "fetch_media" if item.data.get("type") in MEDIA_TYPES else "reply"
-            await rt.queue.enqueue(build_message(stage, {"item": _handoff(item, received_at, envelope_id)}))
 
 
-async def _claim(
-    rt: runtime.Runtime, work: list[tuple[int, Item]], attempt_id: str, replay: bool
-) -> set[int]:
-    """Mark every item seen; return the indexes this parse run may hand on."""
+def _claims(
+    rt: runtime.Runtime, work: list[tuple[int, Item]], received_at: float, envelope_id: str
+) -> tuple[list[str], list[Any]]:
+    """``_CLAIM``'s keys and per-item arguments for ``work`` (items with their index in the envelope)."""
     settings = rt.settings
-    keyed = [(index, item, dedup_key(item)) for index, item in work]
-    fresh = {index for index, _, key in keyed if key is None or replay}
-    pending = [(index, item, key) for index, item, key in keyed if key is not None and not replay]
-    if not pending:
-        return fresh
-    async with rt.redis.pipeline(transaction=False) as pipe:
-        for index, item, key in pending:
-            ttl = (
-                settings.message_dedup_ttl_seconds
-                if item.kind == "message"
-                else settings.status_dedup_ttl_seconds
+    attempt_id = runtime.current_message_id()
+    replay = bool(runtime.current_options().get("wapipe_replay"))
+    keys: list[str] = []
+    args: list[Any] = []
+    for index, item in work:
+        mark = dedup_key(item)
+        skip_check = "1" if replay or mark is None else "0"
+        keys.append(mark or UNMARKED)
+        if item.kind == "message":
+            stage = "fetch_media" if item.data.get("type") in MEDIA_TYPES else "reply"
+            _, queue_keys, push_args = prepare(
+                build_message(stage, {"item": _handoff(item, received_at, envelope_id)})
             )
-            pipe.set(key, f"{attempt_id}:{index}", nx=True, ex=ttl)
-        claimed = await pipe.execute()
-    contested = [(index, key) for (index, _, key), won in zip(pending, claimed, strict=True) if not won]
-    fresh.update(index for (index, _, _), won in zip(pending, claimed, strict=True) if won)
-    if contested:
-        async with rt.redis.pipeline(transaction=False) as pipe:
-            for _, key in contested:
-                pipe.get(key)
-            owners = await pipe.execute()
-        for (index, _), owner in zip(contested, owners, strict=True):
-            if owner is not None and owner.decode() == f"{attempt_id}:{index}":
-                fresh.add(index)  # our own earlier attempt claimed it: hand it on again
-    return fresh
-
-
-async def _record_status(rt: runtime.Runtime, item: Item) -> None:
-    status = str(item.data.get("status"))
-    rank = STATUS_RANK.get(status, 0)
-    await rt.redis.eval(
-        _RECORD_STATUS,
-        1,
-        f"wapipe:status:{item.data.get('id')}",
-        status,
-        rank,
-        str(item.data.get("timestamp", "")),
-        STATUS_TTL_SECONDS,
-    )
-    log.debug("status_recorded", extra={"actor": ACTOR_NAME, "status": status})
+            keys += queue_keys
+            ttl = settings.message_dedup_ttl_seconds
+            args += ["message", f"{attempt_id}:{index}", ttl, skip_check, *push_args]
+        else:
+            status = str(item.data.get("status"))
+            keys.append(f"wapipe:status:{item.data.get('id')}")
+            ttl = settings.status_dedup_ttl_seconds
+            args += ["status", f"{attempt_id}:{index}", ttl, skip_check]
+            args += [
+                status,
+                STATUS_RANK.get(status, 0),
+                str(item.data.get("timestamp", "")),
+                STATUS_TTL_SECONDS,
+            ]
+    return keys, args
 
 
 def _handoff(item: Item, received_at: float, envelope_id: str) -> dict[str, Any]:

@@ -25,9 +25,10 @@ Worst case per message: ``WAPIPE_RETRY_MAX + 1`` runs (default 6), each up to
 
 from __future__ import annotations
 
-import asyncio
+import inspect
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import dramatiq
@@ -39,7 +40,7 @@ from actors import metrics, runtime
 from actors.errors import GraphRejected, ItemRejected, OutcomeUnknown
 from actors.parse import STATS_KEY
 from daemon.graph import GraphError, GraphUnreachable, SendOutcomeUnknown
-from daemon.handler import InboundMessage, Outbound, call_handler
+from daemon.handler import InboundMessage, Outbound, checked_outbound
 
 log = logging.getLogger(__name__)
 RetryT = TypeVar("RetryT", bound=dramatiq.Retry)
@@ -67,23 +68,23 @@ MAX_INLINE_WAIT_MS = 2_000
 LEDGER_EXTRA_SECONDS = 86_400
 
 
-async def run(item: dict[str, Any]) -> None:
+def run(item: dict[str, Any]) -> None:
     rt = runtime.current()
     if not isinstance(item.get("message"), dict) or not item["message"].get("id"):
         raise ItemRejected("inbound message has no id", envelope_id=item.get("envelope_id"))
     message = InboundMessage.from_item(item)
     fields = {"actor": ACTOR_NAME, "message_id": message.id, "type": message.type}
-    outbound = await call_handler(rt.handler, message)
+    outbound = _call_handler(rt, message)
     if not outbound:
         log.info("handled_without_reply", extra=fields)
         return
     recipient = _recipient(message)
-    probing = await _wait_if_paused(rt, message.phone_number_id)
-    await _mark_read(rt, message, fields)
+    probing = _wait_if_paused(rt, message.phone_number_id)
+    _mark_read(rt, message, fields)
     replay = bool(runtime.current_options().get("wapipe_replay"))
     for index, body in enumerate(outbound):
-        await _send_once(rt, message, index, {**recipient, **body, "messaging_product": "whatsapp"}, replay)
-    if probing and await rt.redis.delete(_paused_key(message.phone_number_id)):
+        _send_once(rt, message, index, {**recipient, **body, "messaging_product": "whatsapp"}, replay)
+    if probing and rt.redis.delete(_paused_key(message.phone_number_id)):
         log.warning(
             "sending_resumed", extra={"actor": ACTOR_NAME, "phone_number_id": message.phone_number_id}
         )
@@ -97,6 +98,18 @@ async def run(item: dict[str, Any]) -> None:
             "latency_ms": round(latency * 1000),
         },
     )
+
+
+def _call_handler(rt: runtime.Runtime, message: InboundMessage) -> list[Outbound]:
+    """Run the handler in this worker thread; an async one is awaited on the worker's event loop."""
+    result = rt.handler(message)
+    if inspect.isawaitable(result):
+        result = rt.run(_awaited(result))
+    return checked_outbound(result)
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 def _paused_key(phone_number_id: str) -> str:
@@ -115,25 +128,25 @@ def _pause_retry(rt: runtime.Runtime) -> SendingPaused:
     return _not_counted(SendingPaused(delay=rt.settings.auth_pause_ms))
 
 
-async def _wait_for_slot(rt: runtime.Runtime, message: InboundMessage, recipient: str) -> None:
+def _wait_for_slot(rt: runtime.Runtime, message: InboundMessage, recipient: str) -> None:
     """Take a send slot under the per-number and per-recipient limits, sleeping briefly if needed."""
-    slot = await rt.limiter.reserve(message.phone_number_id, recipient, max_wait_ms=MAX_INLINE_WAIT_MS)
+    slot = rt.limiter.reserve(message.phone_number_id, recipient, max_wait_ms=MAX_INLINE_WAIT_MS)
     if slot.wait_ms <= 0:
         return
     metrics.current().rate_limit_waits.labels(slot.limit).inc()
     if not slot.reserved:
         raise _not_counted(SendDeferred(delay=slot.wait_ms))
-    await asyncio.sleep(slot.wait_ms / 1000)
+    time.sleep(slot.wait_ms / 1000)
 
 
-async def _wait_if_paused(rt: runtime.Runtime, phone_number_id: str) -> bool:
+def _wait_if_paused(rt: runtime.Runtime, phone_number_id: str) -> bool:
     """While the number is paused, only one message per period goes on, as the probe.
 
     Returns True for the probe (whose success lifts the pause), False when not paused.
     """
-    if not await rt.redis.exists(_paused_key(phone_number_id)):
+    if not rt.redis.exists(_paused_key(phone_number_id)):
         return False
-    probe = await rt.redis.set(f"wapipe:probe:{phone_number_id}", "1", nx=True, px=rt.settings.auth_pause_ms)
+    probe = rt.redis.set(f"wapipe:probe:{phone_number_id}", "1", nx=True, px=rt.settings.auth_pause_ms)
     if not probe:
         raise _pause_retry(rt)
     return True
@@ -162,48 +175,48 @@ def _recipient(message: InboundMessage) -> dict[str, str]:
     raise ItemRejected("inbound message has neither from nor from_user_id", message_id=message.id)
 
 
-async def _mark_read(rt: runtime.Runtime, message: InboundMessage, fields: dict[str, Any]) -> None:
+def _mark_read(rt: runtime.Runtime, message: InboundMessage, fields: dict[str, Any]) -> None:
     try:
-        await rt.graph.mark_read(message.phone_number_id, message.id)
+        rt.run(rt.graph.mark_read(message.phone_number_id, message.id))
     except (GraphError, GraphUnreachable, SendOutcomeUnknown) as error:
         log.warning("mark_read_failed", extra={**fields, "error": str(error)[:200]})
 
 
-async def _send_once(
+def _send_once(
     rt: runtime.Runtime, message: InboundMessage, index: int, body: Outbound, replay: bool
 ) -> None:
     key = f"wapipe:reply:{message.phone_number_id}:{message.id}:{index}"
     ttl = rt.settings.message_dedup_ttl_seconds + LEDGER_EXTRA_SECONDS
     recipient = str(body.get("to") or body.get("recipient"))
-    await _wait_for_slot(rt, message, recipient)
+    _wait_for_slot(rt, message, recipient)
     claim = f"sending:{runtime.current_message_id()}:{time.time():.3f}"
-    claimed = await rt.redis.set(key, claim, nx=True, ex=ttl)
+    claimed = rt.redis.set(key, claim, nx=True, ex=ttl)
     if not claimed:
-        stored = await rt.redis.get(key) or b""
+        stored = rt.redis.get(key) or b""
         state = stored.decode() if isinstance(stored, bytes) else str(stored)
         if state.startswith("sent"):
-            await rt.limiter.release(message.phone_number_id, recipient)  # nothing is sent now
+            rt.limiter.release(message.phone_number_id, recipient)  # nothing is sent now
             log.info(
                 "reply_already_sent", extra={"actor": ACTOR_NAME, "message_id": message.id, "index": index}
             )
             return
         if not replay:
-            await rt.limiter.release(message.phone_number_id, recipient)
+            rt.limiter.release(message.phone_number_id, recipient)
             raise OutcomeUnknown(
                 "an earlier attempt started this send and never finished: it may have been delivered",
                 message_id=message.id,
                 index=index,
             )
-        await rt.redis.set(key, claim, ex=ttl)  # an operator's replay takes the send over
+        rt.redis.set(key, claim, ex=ttl)  # an operator's replay takes the send over
     try:
-        result = await rt.graph.send_message(message.phone_number_id, body)
+        result = rt.run(rt.graph.send_message(message.phone_number_id, body))
     except SendOutcomeUnknown as error:
         raise OutcomeUnknown(str(error), message_id=message.id, index=index) from None
     except GraphError as error:
-        await rt.redis.delete(key)
-        await rt.limiter.release(message.phone_number_id, recipient)
+        rt.redis.delete(key)
+        rt.limiter.release(message.phone_number_id, recipient)
         if error.kind == "auth":
-            await _pause(rt, message.phone_number_id, error)
+            _pause(rt, message.phone_number_id, error)
             raise _pause_retry(rt) from None
         if error.kind == "retry_later":
             delay = _throttle_delay_ms(rt, error)
@@ -229,25 +242,25 @@ async def _send_once(
             ) from None
         raise
     except GraphUnreachable:
-        await rt.redis.delete(key)
-        await rt.limiter.release(message.phone_number_id, recipient)
+        rt.redis.delete(key)
+        rt.limiter.release(message.phone_number_id, recipient)
         raise
-    await _mark_sent(rt, key, f"sent:{result.message_id}", ttl)
+    _mark_sent(rt, key, f"sent:{result.message_id}", ttl)
 
 
-async def _mark_sent(rt: runtime.Runtime, key: str, value: str, ttl: int) -> None:
+def _mark_sent(rt: runtime.Runtime, key: str, value: str, ttl: int) -> None:
     """Record a send that happened; worth waiting for Redis (up to 60 s) rather than leave it "in doubt"."""
-    async for attempt in stamina.retry_context(
+    for attempt in stamina.retry_context(
         on=(RedisConnectionError, RedisTimeoutError), attempts=None, timeout=60.0, wait_max=2.0
     ):
         with attempt:
-            await rt.redis.set(key, value, ex=ttl)
+            rt.redis.set(key, value, ex=ttl)
 
 
-async def _pause(rt: runtime.Runtime, phone_number_id: str, error: GraphError) -> None:
+def _pause(rt: runtime.Runtime, phone_number_id: str, error: GraphError) -> None:
     """Pause sending for the number: loud, counted, lifted by the next success."""
-    await rt.redis.set(_paused_key(phone_number_id), str(error.code), ex=86_400)
-    await rt.redis.hincrby(STATS_KEY, f"auth_failed:{error.code}", 1)
+    rt.redis.set(_paused_key(phone_number_id), str(error.code), ex=86_400)
+    rt.redis.hincrby(STATS_KEY, f"auth_failed:{error.code}", 1)
     log.critical(
         "graph_token_refused_sending_paused",
         extra={

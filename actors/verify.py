@@ -27,7 +27,7 @@ ACTOR_NAME = "verify"
 OPTIONS: dict[str, Any] = {}
 
 
-async def run(body: str, signature: str, received_at: float) -> None:
+def run(body: str, signature: str, received_at: float) -> None:
     rt = runtime.current()
     envelope_id = runtime.current_message_id()
     try:
@@ -42,7 +42,7 @@ async def run(body: str, signature: str, received_at: float) -> None:
     if changes == 0:
         log.info("envelope_empty", extra={"actor": ACTOR_NAME, "envelope_id": envelope_id})
         return
-    await rt.queue.enqueue(
+    rt.queue.enqueue(
         build_message("parse", {"body": body, "received_at": received_at, "envelope_id": envelope_id})
     )
     log.debug(

@@ -111,6 +111,7 @@ class Settings:
     retry_max_backoff_ms: int = 300_000
     heartbeat_timeout_ms: int = 60_000
     worker_poll_ms: int = 100
+    worker_cpu_affinity: str = "spread"
     shutdown_timeout_seconds: float = 30.0
     auth_pause_ms: int = 30_000
     pair_interval_ms: int = 6_000
@@ -179,6 +180,7 @@ class Settings:
             retry_max_backoff_ms=env.integer("WAPIPE_RETRY_MAX_BACKOFF_MS", 300_000, minimum=1),
             heartbeat_timeout_ms=env.integer("WAPIPE_HEARTBEAT_TIMEOUT_MS", 60_000, minimum=1_000),
             worker_poll_ms=env.integer("WAPIPE_WORKER_POLL_MS", 100, minimum=1, maximum=10_000),
+            worker_cpu_affinity=env.choice("WAPIPE_WORKER_CPU_AFFINITY", "spread", ("spread", "none")),
             shutdown_timeout_seconds=env.number("WAPIPE_SHUTDOWN_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             auth_pause_ms=env.integer("WAPIPE_AUTH_PAUSE_MS", 30_000, minimum=10),
             pair_interval_ms=env.integer("WAPIPE_PAIR_INTERVAL_MS", 6_000, minimum=0),

@@ -240,6 +240,15 @@ async def call_handler(handler: Handler, message: InboundMessage) -> list[Outbou
     result = handler(message)
     if inspect.isawaitable(result):
         result = await result
+    return checked_outbound(result)
+
+
+def checked_outbound(result: Sequence[Outbound] | None) -> list[Outbound]:
+    """A handler's result as a list, checked to hold only dicts with a ``type``.
+
+    Raises:
+        TypeError: anything else.
+    """
     outbound = list(result or ())
     for item in outbound:
         if not isinstance(item, dict) or "type" not in item:

@@ -1,10 +1,11 @@
-"""The pipeline's queues in Redis, written in Dramatiq's own format without blocking an event loop.
+"""The pipeline's queues in Redis, written in Dramatiq's own format.
 
 Dramatiq's Redis broker enqueues with its Lua script ``dispatch.lua``: ``HSET <queue>.msgs id
-data`` then ``RPUSH <queue> id``. The web edge and the async actors do exactly that, atomically in
-one small script through ``redis.asyncio``, so a message they enqueue is what ``actor.send()``
-would have written, without the blocking redis-py call ``send()`` makes (and without registering
-the producer as a worker in Dramatiq's heartbeat set, which only workers need).
+data`` then ``RPUSH <queue> id``. wapipe's producers do exactly that, atomically in one small
+script, so a message they enqueue is what ``actor.send()`` would have written: the web edge through
+``redis.asyncio`` (:class:`AsyncQueue`, never blocking its event loop), the actors from their
+worker threads with redis-py (:class:`Queue`). Neither registers the producer as a worker in
+Dramatiq's heartbeat set, which only consumers need.
 
 Queue layout: the text path (verify → parse → reply) shares one queue so that a hop never waits
 for another queue's idle poll; media downloads have their own queue so that slow media never
@@ -18,7 +19,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
+import redis.retry
 from dramatiq import Message
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -63,6 +66,17 @@ def redis_client(url: str, timeout: float) -> aioredis.Redis:
     )
 
 
+def thread_redis_client(url: str, timeout: float) -> redis.Redis:
+    """The same, for threads: redis-py's thread-safe pool (about half the CPU per command here)."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=redis.retry.Retry(NoBackoff(), 1),
+        health_check_interval=30,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class QueueStats:
     """One queue's figures, read in a single round trip (see DRAMATIQ.md §1.2)."""
@@ -77,13 +91,36 @@ class QueueStats:
 #: Enqueue exactly as Dramatiq's ``dispatch.lua`` does (``HSET <q>.msgs id data``, ``RPUSH <q> id``),
 #: then wake idle consumers (publishing on every push measured better p99 latency at 100 msg/s
 #: than publishing only when the queue was empty, at no throughput cost).
+#: ``PUSH`` is a Lua function other scripts prepend to enqueue the same way (see ``actors.parse``).
+PUSH_FUNCTION = """
+local function push(queue_key, messages_key, id, data, queue, channel)
+  redis.call('HSET', messages_key, id, data)
+  redis.call('RPUSH', queue_key, id)
+  redis.call('PUBLISH', channel, queue)
+end
+"""
 #: KEYS: the queue list, its message hash. ARGV: id, data, queue name, wake-up channel.
-_ENQUEUE = """
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[4], ARGV[3])
+_ENQUEUE = (
+    PUSH_FUNCTION
+    + """
+push(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
+)
+
+
+def prepare(message: Message[Any]) -> tuple[Message[Any], list[str], list[str | bytes]]:
+    """The stored copy of ``message`` (with a fresh ``redis_message_id``), the queue's two keys,
+    and ``push``'s four arguments."""
+    stored = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+    key = f"{NAMESPACE}:{stored.queue_name}"
+    args: list[str | bytes] = [
+        stored.options["redis_message_id"],
+        stored.encode(),
+        stored.queue_name,
+        WAKEUP_CHANNEL,
+    ]
+    return stored, [key, f"{key}.msgs"], args
 
 
 class AsyncQueue:
@@ -104,12 +141,8 @@ class AsyncQueue:
             redis.RedisError: when Redis did not accept it. Nothing is half-written: the script
                 is atomic.
         """
-        stored = message.copy(options={"redis_message_id": str(uuid.uuid4())})
-        key = f"{NAMESPACE}:{stored.queue_name}"
-        await self._enqueue(
-            keys=[key, f"{key}.msgs"],
-            args=[stored.options["redis_message_id"], stored.encode(), stored.queue_name, WAKEUP_CHANNEL],
-        )
+        stored, keys, args = prepare(message)
+        await self._enqueue(keys=keys, args=args)
         return stored
 
     async def ready_depth(self, queues: tuple[str, ...] = QUEUES) -> int:
@@ -144,3 +177,24 @@ class AsyncQueue:
             dead=int(dead),
             oldest_age_seconds=oldest,
         )
+
+
+class Queue:
+    """Enqueue Dramatiq messages from a thread (the actors), exactly as :class:`AsyncQueue` does.
+
+    Args:
+        client: a thread-safe ``redis.Redis`` owned by the caller's lifecycle.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._enqueue = client.register_script(_ENQUEUE)
+
+    def enqueue(self, message: Message[Any]) -> Message[Any]:
+        """Write ``message`` to its queue; return the stored copy.
+
+        Raises:
+            redis.RedisError: when Redis did not accept it (nothing is half-written).
+        """
+        stored, keys, args = prepare(message)
+        self._enqueue(keys=keys, args=args)
+        return stored

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
+import redis
 
 #: KEYS: the limiter keys. ARGV: the longest wait worth reserving (µs), then per key its interval
 #: (µs) and burst (slots allowed ahead of time). Reserves one slot on every key at the same
@@ -76,7 +76,7 @@ class SendLimiter:
     """Reserve send slots per business number and per recipient.
 
     Args:
-        client: ``redis.asyncio`` client owned by the caller.
+        client: a (thread-safe) redis-py client owned by the caller.
         per_number_rate: sends per second per business number; 0 disables that limit.
         pair_interval_ms: average spacing of messages to one recipient; 0 disables that limit.
         pair_burst: messages to one recipient allowed back to back.
@@ -84,7 +84,7 @@ class SendLimiter:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: redis.Redis,
         *,
         per_number_rate: int,
         pair_interval_ms: int = PAIR_INTERVAL_MS,
@@ -96,21 +96,21 @@ class SendLimiter:
         self.pair_interval_ms = pair_interval_ms
         self.pair_burst = pair_burst
 
-    async def reserve(self, phone_number_id: str, recipient: str, *, max_wait_ms: int) -> Reservation:
+    def reserve(self, phone_number_id: str, recipient: str, *, max_wait_ms: int) -> Reservation:
         """Reserve the next slot for one send if it comes within ``max_wait_ms``."""
         keys, args, names = self._limits(phone_number_id, recipient)
         if not keys:
             return Reservation(0, "", reserved=True)
-        wait_us, by, reserved = await self._script(keys=keys, args=[max_wait_ms * 1000, *args])
+        wait_us, by, reserved = self._script(keys=keys, args=[max_wait_ms * 1000, *args])
         wait_ms = -(-int(wait_us) // 1000)
         limit = names[int(by) - 1] if int(by) > 0 and wait_ms > 0 else ""
         return Reservation(wait_ms, limit, reserved=bool(int(reserved)))
 
-    async def release(self, phone_number_id: str, recipient: str) -> None:
+    def release(self, phone_number_id: str, recipient: str) -> None:
         """Give back a reserved slot whose send surely did not happen (refused, unreachable)."""
         keys, args, _ = self._limits(phone_number_id, recipient)
         if keys:
-            await self._release(keys=keys, args=args[0::2])
+            self._release(keys=keys, args=args[0::2])
 
     def _limits(self, phone_number_id: str, recipient: str) -> tuple[list[str], list[int], list[str]]:
         """The limiter keys, their (interval µs, burst) pairs and names, for one send."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 from dramatiq import Message
 
@@ -338,3 +340,24 @@ def test_messages_forged_into_redis_are_refused_by_verify(
     assert fake_graph.requests == []
     assert Message.decode(stored.encode()).message_id == letter["message"]["message_id"]
     assert stack["worker"].alive()
+
+
+def test_worker_processes_run_on_one_cpu_each(pipeline: Callable[..., dict[str, Any]]) -> None:
+    """WAPIPE_WORKER_CPU_AFFINITY=spread (the default) runs two worker processes on two CPUs, one
+    each, and leaves the web process alone; with `none` the workers keep every CPU."""
+    cpus = os.sched_getaffinity(0)
+    stack = pipeline(WAPIPE_WORKER_PROCESSES="2")
+
+    def pinned() -> list[set[int]] | None:
+        found = [set(child.cpu_affinity()) for child in stack["worker"].children()]
+        single = [affinity for affinity in found if len(affinity) == 1]
+        return single if len(single) == 2 else None
+
+    if len(cpus) >= 2:
+        first, second = wait_for(pinned, timeout=30, what="two pinned worker processes")
+        assert first != second
+    assert set(psutil.Process(stack["web"].pid).cpu_affinity()) == cpus
+    stack["worker"].stop()
+    free = pipeline(WAPIPE_WORKER_PROCESSES="2", WAPIPE_WORKER_CPU_AFFINITY="none")
+    wait_for(lambda: len(free["worker"].children()) >= 2, timeout=30, what="two worker processes")
+    assert all(set(child.cpu_affinity()) == cpus for child in free["worker"].children())

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 
 from daemon.ratelimit import SendLimiter
 from tests.pipeline_helpers import dead_letters, drained, post_webhook
@@ -17,76 +16,77 @@ from tests.support.meta import envelope
 from tests.support.waiting import free_port, wait_for
 
 
-async def test_reservations_space_sends_by_the_rate(redis_url: str) -> None:
+def test_reservations_space_sends_by_the_rate(redis_url: str) -> None:
     """At 10/s per number the n-th immediate reservation waits about n × 100 ms; other numbers are free."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url)
     try:
         limiter = SendLimiter(client, per_number_rate=10, pair_interval_ms=0)
-        waits = [(await limiter.reserve("111", f"+{n}", max_wait_ms=10_000)).wait_ms for n in range(5)]
+        waits = [(limiter.reserve("111", f"+{n}", max_wait_ms=10_000)).wait_ms for n in range(5)]
         assert waits[0] == 0
         for n, wait in enumerate(waits[1:], start=1):
             assert n * 100 - 20 <= wait <= n * 100 + 5, waits
-        other = await limiter.reserve("222", "+1", max_wait_ms=10_000)
+        other = limiter.reserve("222", "+1", max_wait_ms=10_000)
         assert (other.wait_ms, other.limit, other.reserved) == (0, "", True)
     finally:
-        await client.aclose()
+        client.close()
 
 
-async def test_the_pair_limit_allows_a_burst_then_spaces(redis_url: str) -> None:
+def test_the_pair_limit_allows_a_burst_then_spaces(redis_url: str) -> None:
     """Per recipient: `burst` sends at once, then one per interval; a wait beyond max_wait takes no slot."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url)
     try:
         limiter = SendLimiter(client, per_number_rate=0, pair_interval_ms=1000, pair_burst=3)
-        first = [await limiter.reserve("111", "+1", max_wait_ms=5_000) for _ in range(3)]
+        first = [limiter.reserve("111", "+1", max_wait_ms=5_000) for _ in range(3)]
         assert [r.wait_ms for r in first] == [0, 0, 0]
-        fourth = await limiter.reserve("111", "+1", max_wait_ms=5_000)
+        fourth = limiter.reserve("111", "+1", max_wait_ms=5_000)
         assert fourth.limit == "pair"
         assert 900 <= fourth.wait_ms <= 1005
-        refused = await limiter.reserve("111", "+1", max_wait_ms=500)
+        refused = limiter.reserve("111", "+1", max_wait_ms=500)
         assert not refused.reserved
         assert 1900 <= refused.wait_ms <= 2005
-        again = await limiter.reserve("111", "+1", max_wait_ms=500)
+        again = limiter.reserve("111", "+1", max_wait_ms=500)
         assert abs(again.wait_ms - refused.wait_ms) <= 10  # the refused one took nothing
-        assert (await limiter.reserve("111", "+2", max_wait_ms=0)).wait_ms == 0
+        assert (limiter.reserve("111", "+2", max_wait_ms=0)).wait_ms == 0
     finally:
-        await client.aclose()
+        client.close()
 
 
-async def test_a_released_slot_is_given_back(redis_url: str) -> None:
+def test_a_released_slot_is_given_back(redis_url: str) -> None:
     """A send that did not happen gives its slot back: the next reservation does not wait for it."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url)
     try:
         limiter = SendLimiter(client, per_number_rate=0, pair_interval_ms=1000, pair_burst=1)
-        assert (await limiter.reserve("111", "+1", max_wait_ms=5_000)).wait_ms == 0
-        await limiter.release("111", "+1")
-        assert (await limiter.reserve("111", "+1", max_wait_ms=5_000)).wait_ms == 0
-        assert (await limiter.reserve("111", "+1", max_wait_ms=5_000)).wait_ms >= 900
+        assert (limiter.reserve("111", "+1", max_wait_ms=5_000)).wait_ms == 0
+        limiter.release("111", "+1")
+        assert (limiter.reserve("111", "+1", max_wait_ms=5_000)).wait_ms == 0
+        assert (limiter.reserve("111", "+1", max_wait_ms=5_000)).wait_ms >= 900
     finally:
-        await client.aclose()
+        client.close()
 
 
-async def test_concurrent_reservations_never_exceed_the_rate(redis_url: str) -> None:
-    """200 reservations from 4 clients at once (as from several workers): slots are unique and spaced."""
-    clients = [aioredis.Redis.from_url(redis_url) for _ in range(4)]
+def test_concurrent_reservations_never_exceed_the_rate(redis_url: str) -> None:
+    """200 reservations from 4 clients in 8 threads at once (as from several workers): slots are unique and spaced."""
+    clients = [redis.Redis.from_url(redis_url) for _ in range(4)]
     try:
         limiters = [SendLimiter(c, per_number_rate=100, pair_interval_ms=0) for c in clients]
-        seconds, micros = await clients[0].time()
+        seconds, micros = clients[0].time()
         began_us = seconds * 1_000_000 + micros
-        results = await asyncio.gather(
-            *(limiters[n % 4].reserve("111", f"+{n}", max_wait_ms=60_000) for n in range(200))
-        )
-        seconds, micros = await clients[0].time()
+        with ThreadPoolExecutor(8) as pool:
+            results = list(
+                pool.map(lambda n: limiters[n % 4].reserve("111", f"+{n}", max_wait_ms=60_000), range(200))
+            )
+        seconds, micros = clients[0].time()
         ended_us = seconds * 1_000_000 + micros
         assert all(r.reserved for r in results)
         # Each reservation moved the schedule on by exactly one 10 ms slot: 200 slots, none shared.
-        schedule_us = int(await clients[0].get("wapipe:rate:number:111"))
+        schedule_us = int(clients[0].get("wapipe:rate:number:111"))
         assert began_us + 200 * 10_000 <= schedule_us <= ended_us + 200 * 10_000
         waits = sorted(r.wait_ms for r in results)
         assert waits[0] == 0
         assert 1980 - (ended_us - began_us) / 1000 <= waits[-1] <= 1995
     finally:
         for client in clients:
-            await client.aclose()
+            client.close()
 
 
 def test_two_worker_processes_share_the_per_number_limit(
