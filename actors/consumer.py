@@ -9,8 +9,16 @@ waits up to that cap at every hop, and a busy consumer can sleep while its threa
   enqueue (the web edge, the actors, Dramatiq's retries and delayed-message moves), and
 - by the consumer's own acks and nacks, which free prefetch room.
 
-Fetching, acking, heartbeats, requeueing and dead letters are Dramatiq's, unchanged; the timeout
-keeps the old polling as the fallback, so a lost wake-up only costs what polling always cost.
+The timeout keeps the old polling as the fallback, so a lost wake-up only costs what polling
+always cost.
+
+Acks are batched: a worker thread's ack is noted and wakes the consumer thread, which sends the
+noted acks and its next fetch in one pipelined round trip, instead of one round trip per ack in
+the worker thread and another for the fetch. Each is still Dramatiq's own ``dispatch.lua``
+command; only the transport changed. An ack not yet sent when the process dies leaves the message
+in this worker's ack set, so Dramatiq's maintenance redelivers it after ``heartbeat_timeout``, as
+for a worker killed just before its ack: wapipe's dedup marks and reply ledger make that harmless.
+Nacks, heartbeats, requeueing and dead letters are Dramatiq's, unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from typing import Any
 
 import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import compute_backoff
+from dramatiq.common import compute_backoff, current_millis
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
@@ -44,6 +52,9 @@ class WakeableRedisBroker(RedisBroker):
         self._waiters: dict[str, set[threading.Event]] = defaultdict(set)
         self._waiters_lock = threading.Lock()
         self._listener: threading.Thread | None = None
+        #: Redis message ids acked by worker threads, per queue, not yet sent to Redis.
+        self._acks: dict[str, list[str]] = defaultdict(list)
+        self._acks_lock = threading.Lock()
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -69,6 +80,58 @@ class WakeableRedisBroker(RedisBroker):
             with contextlib.suppress(redis.RedisError):  # stored anyway: the consumers' timeout finds it
                 self.client.publish(WAKEUP_CHANNEL, enqueued.queue_name)
         return enqueued
+
+    def note_ack(self, queue_name: str, redis_message_id: str) -> None:
+        with self._acks_lock:
+            self._acks[queue_name].append(redis_message_id)
+
+    def ack_and_fetch(self, queue_name: str, prefetch: int) -> list[bytes | None]:
+        """Send the noted acks of ``queue_name`` and, when ``prefetch`` > 0, fetch up to that many
+        messages, in one round trip (one ``dispatch.lua`` call each, pipelined).
+
+        Raises:
+            redis.ConnectionError: the acks stay noted, to be sent by the next call.
+        """
+        with self._acks_lock:
+            acks, self._acks[queue_name] = self._acks[queue_name], []
+        if not acks:
+            return self.do_fetch(queue_name, prefetch) if prefetch > 0 else []
+        calls: list[tuple[str, tuple[Any, ...]]] = [("ack", (message_id,)) for message_id in acks]
+        if prefetch > 0:
+            calls.append(("fetch", (prefetch,)))
+        try:
+            try:
+                results = self._dispatch_pipelined(queue_name, calls)
+            except redis.exceptions.NoScriptError:  # Redis restarted, or its scripts were flushed
+                self.client.script_load(self.scripts["dispatch"].script)
+                results = self._dispatch_pipelined(queue_name, calls)
+        except BaseException:
+            with self._acks_lock:
+                self._acks[queue_name][:0] = acks
+            raise
+        return list(results[-1]) if prefetch > 0 else []
+
+    def _dispatch_pipelined(self, queue_name: str, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """Dramatiq's ``do_<command>(queue_name, *args)`` for each call, in one pipeline: the same
+        script with the same arguments (see ``RedisBroker._dispatch``)."""
+        sha = self.scripts["dispatch"].sha
+        with self.client.pipeline(transaction=False) as pipe:
+            for command, args in calls:
+                pipe.evalsha(
+                    sha,
+                    1,
+                    self.namespace,
+                    command,
+                    current_millis(),
+                    queue_name,
+                    self.broker_id,
+                    self.heartbeat_timeout,
+                    self.dead_message_ttl,
+                    self._should_do_maintenance(command),
+                    self._max_unpack_size(),  # type: ignore[no-untyped-call]
+                    *args,
+                )
+            return list(pipe.execute())
 
     def _wake(self, queue_name: str) -> None:
         with self._waiters_lock:
@@ -97,7 +160,9 @@ class _WakeableConsumer(_RedisConsumer):
         self.wake = threading.Event()
 
     def ack(self, message: Any) -> None:
-        super().ack(message)  # type: ignore[no-untyped-call]
+        """Note the ack for the consumer thread's next round trip (see the module docstring)."""
+        self.broker.note_ack(self.queue_name, message.options["redis_message_id"])
+        self.queued_message_ids.discard(message.message_id)
         self.wake.set()
 
     def nack(self, message: Any) -> None:
@@ -106,6 +171,12 @@ class _WakeableConsumer(_RedisConsumer):
 
     def close(self) -> None:
         self.broker.forget(self)
+        try:
+            self.broker.ack_and_fetch(self.queue_name, 0)
+        except redis.RedisError as error:
+            # Still noted: the queue's next consumer sends them. If the process ends first, the
+            # messages are redelivered after the heartbeat timeout and the dedup marks absorb it.
+            log.warning("acks_deferred", extra={"queue": self.queue_name, "error": type(error).__name__})
         super().close()
 
     def __next__(self) -> Any:
@@ -121,11 +192,8 @@ class _WakeableConsumer(_RedisConsumer):
                     self.queued_message_ids.add(message.message_id)
                     return _proxy(message)
                 self.wake.clear()
-                messages = []
-                if self.outstanding_message_count < self.prefetch:
-                    self.message_cache = messages = self.broker.do_fetch(
-                        self.queue_name, self.prefetch - self.outstanding_message_count
-                    )
+                room = self.prefetch - self.outstanding_message_count
+                self.message_cache = messages = self.broker.ack_and_fetch(self.queue_name, max(room, 0))
                 if not messages:
                     self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
                     self.wake.wait(backoff_ms / 1000)

@@ -28,7 +28,7 @@ from typing import Any
 
 from actors import metrics, runtime
 from daemon.envelope import MEDIA_TYPES, Item, split
-from daemon.queue import PUSH_FUNCTION, build_message, prepare
+from daemon.queue import PUSH_FUNCTION, WAKEUP_CHANNEL, build_message, prepare
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def _claims(
             )
             keys += queue_keys
             ttl = settings.message_dedup_ttl_seconds
-            args += ["message", f"{attempt_id}:{index}", ttl, skip_check, *push_args]
+            args += ["message", f"{attempt_id}:{index}", ttl, skip_check, *push_args, WAKEUP_CHANNEL]
         else:
             status = str(item.data.get("status"))
             keys.append(f"wapipe:status:{item.data.get('id')}")

@@ -118,6 +118,37 @@ class Graph:
         return wait_for(done, timeout=timeout, interval=0.2, what=f"{len(ids)} replies")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children so far."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return total
+    for proc in family:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+class CPUShare:
+    """CPU milliseconds per message spent by each process of the run (where the 2 cores go)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self.before["load_generator"] = time.process_time()
+
+    def per_message(self, messages: int) -> dict[str, float]:
+        after = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        after["load_generator"] = time.process_time()
+        return {name: round((after[name] - self.before[name]) * 1000 / messages, 2) for name in after}
+
+
 class PeakRSS:
     """Samples the resident memory of process trees every 200 ms; keeps the peak per name."""
 
@@ -205,7 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.callback(redis_server.kill)
         client = redis_server.client()
         graph_port = free_port()
-        stack.enter_context(
+        fake_graph = stack.enter_context(
             process([PY, "-m", "bench.fake_graph", str(graph_port)], dict(os.environ), tmp / "graph.log")
         )
         wait_for(lambda: port_open(graph_port), timeout=20, what="fake graph")
@@ -260,6 +291,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         graph.wait_received({i for i, _ in warm}, timeout=60)
         graph.clear()
         batch = requests("e2e", args.messages)
+        assert redis_server.process is not None
+        cpu = CPUShare(
+            {"web": web.pid, "workers": worker.pid, "redis": redis_server.process.pid, "fake_graph": fake_graph.pid}
+        )
         started = time.time()
         posted = asyncio.run(as_fast_as_possible(web_url + "/webhook", batch, secret=SECRET))
         accepted = {r.message_id for r in posted if r.status == 200}
@@ -268,6 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "messages": len(accepted),
             "replied_per_second": round(len(accepted) / (max(received[i] for i in accepted) - started), 1),
             "ingest_per_second_with_workers": summarize_ingest(posted)["per_second"],
+            "cpu_ms_per_message": cpu.per_message(len(accepted)),
         }
         graph.clear()
         steady = requests("steady", int(args.rate * args.rate_seconds))
@@ -376,6 +412,7 @@ def table(report: dict[str, Any]) -> str:
         ("ingest: wapipe web", f"{ingest['wapipe']['per_second']:.0f}/s", f"p50 {ingest['wapipe']['ack_p50_ms']} ms, p99 {ingest['wapipe']['ack_p99_ms']} ms; {ingest['wapipe_vs_hmac_lpush']}x the HMAC+LPUSH baseline"),
         ("Redis per queued webhook", f"{ingest['redis_bytes_per_queued_message']} B", ""),
         ("end to end (replies/s)", f"{e2e['replied_per_second']:.0f}/s", f"{e2e['messages']} text messages, ingest {e2e['ingest_per_second_with_workers']:.0f}/s meanwhile"),
+        ("CPU per replied message", f"{sum(e2e['cpu_ms_per_message'].values()):.1f} ms", ", ".join(f"{k} {v}" for k, v in e2e["cpu_ms_per_message"].items())),
         (f"reply latency {rate_key[11:]}", f"p50 {e2e[rate_key]['p50_ms']} ms", f"p95 {e2e[rate_key]['p95_ms']} ms, p99 {e2e[rate_key]['p99_ms']} ms"),
         ("reply latency after idle", f"p50 {e2e['latency_after_idle']['p50_ms']} ms", f"max {e2e['latency_after_idle']['max_ms']} ms"),
         ("overload 10x the queue limit", f"{report['overload']['refused_503_first_pass']} x 503",

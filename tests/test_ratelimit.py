@@ -126,6 +126,8 @@ def test_the_pair_limit_defers_without_dead_letters(
     assert post_webhook(stack["url"], envelope(messages)) == 200
     sends = fake_graph.wait_sends(8, timeout=30)
     times = sorted(record.at for record in sends)
-    assert times[-1] - times[0] >= (8 - 2) * 0.3 - 0.05
+    # Two go at once; the other six are 300 ms apart. Measured from the first spaced send, whose
+    # own delay (the connection is warm by then) is like the last one's.
+    assert times[-1] - times[2] >= (8 - 3) * 0.3 - 0.05
     wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
     assert dead_letters(rclient) == []

@@ -100,6 +100,25 @@ async def test_accepted_webhook_is_in_redis_when_200_arrives(
     assert before <= message.kwargs["received_at"] <= time.time()
 
 
+async def test_concurrent_webhooks_share_writes_and_each_200_means_stored(
+    client: TestClient[Any, Any], rclient: redis.Redis
+) -> None:
+    """200 webhooks at once: every 200 has its own message in Redis, and the enqueues were
+    group-committed (fewer script calls than messages), each batch waking the queue once."""
+
+    def evalsha_calls() -> int:
+        return int(rclient.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    bodies = [meta_bytes(text_envelope(f"wamid.G{n}", f"m{n}")) for n in range(200)]
+    before = evalsha_calls()
+    results = await asyncio.gather(*(post(client, body, signed(body, APP_SECRET)) for body in bodies))
+    calls = evalsha_calls() - before
+    assert [status for status, _ in results] == [200] * 200
+    stored = sorted(message.kwargs["body"].encode("utf-8") for message in enqueued(rclient))
+    assert stored == sorted(bodies)
+    assert 1 <= calls < 200, calls
+
+
 async def test_empty_entry_list_is_accepted(client: TestClient[Any, Any], rclient: redis.Redis) -> None:
     """`"entry": []` is a valid webhook: 200 and enqueued."""
     body = meta_bytes({"object": "whatsapp_business_account", "entry": []})
