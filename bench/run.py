@@ -293,7 +293,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batch = requests("e2e", args.messages)
         assert redis_server.process is not None
         cpu = CPUShare(
-            {"web": web.pid, "workers": worker.pid, "redis": redis_server.process.pid, "fake_graph": fake_graph.pid}
+            {
+                "web": web.pid,
+                "workers": worker.pid,
+                "redis": redis_server.process.pid,
+                "fake_graph": fake_graph.pid,
+            }
         )
         started = time.time()
         posted = asyncio.run(as_fast_as_possible(web_url + "/webhook", batch, secret=SECRET))
