@@ -252,7 +252,8 @@ async def test_queue_over_its_limit_gets_503_then_accepts_again(
 async def test_redis_down_gets_503_fast_and_readyz_fails(
     tmp_path: Any, make_client: Callable[..., Any]
 ) -> None:
-    """With Redis stopped: POST 503 within about a second, /readyz 503, /healthz still 200."""
+    """With Redis stopped: POST 503 within about a second (20 at once too: a failed group write
+    fails each of its webhooks), /readyz 503, /healthz still 200."""
     server = RedisServer(tmp_path / "r")
     server.start()
     client = await make_client(url=server.url)
@@ -262,6 +263,10 @@ async def test_redis_down_gets_503_fast_and_readyz_fails(
         server.stop()
         started = time.monotonic()
         assert (await post(client, body, signed(body, APP_SECRET)))[0] == 503
+        assert time.monotonic() - started < 1.5
+        started = time.monotonic()
+        burst = await asyncio.gather(*(post(client, body, signed(body, APP_SECRET)) for _ in range(20)))
+        assert [status for status, _ in burst] == [503] * 20
         assert time.monotonic() - started < 1.5
         async with client.get("/readyz") as response:
             assert response.status == 503
@@ -278,7 +283,8 @@ async def test_redis_down_gets_503_fast_and_readyz_fails(
 
 
 async def test_redis_hanging_gets_503_within_the_timeout(make_client: Callable[..., Any]) -> None:
-    """A Redis that accepts connections but never answers: 503 after about WAPIPE_REDIS_TIMEOUT_SECONDS."""
+    """A Redis that accepts connections but never answers: 503 after about WAPIPE_REDIS_TIMEOUT_SECONDS,
+    for one webhook and for 20 at once."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
@@ -288,6 +294,10 @@ async def test_redis_hanging_gets_503_within_the_timeout(make_client: Callable[.
         body = meta_bytes(text_envelope("wamid.F1"))
         started = time.monotonic()
         assert (await post(client, body, signed(body, APP_SECRET)))[0] == 503
+        assert time.monotonic() - started < 1.5
+        started = time.monotonic()
+        burst = await asyncio.gather(*(post(client, body, signed(body, APP_SECRET)) for _ in range(20)))
+        assert [status for status, _ in burst] == [503] * 20
         assert time.monotonic() - started < 1.5
     finally:
         await client.close()
