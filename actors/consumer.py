@@ -5,9 +5,13 @@ whenever a fetch comes back empty or its prefetch is full, so a message enqueued
 waits up to that cap at every hop, and a busy consumer can sleep while its threads are idle
 (DRAMATIQ.md §11). Here the consumer waits on an event with the same timeout, and the event is set
 
-- by a ``PUBLISH wapipe:wakeup <queue>`` that every wapipe producer sends atomically with its
-  enqueue (the web edge, the actors, Dramatiq's retries and delayed-message moves), and
+- by a ``PUBLISH wapipe:wakeup <queue>`` that wapipe's producers (the web edge, the actors) send
+  atomically with an enqueue onto an empty queue, and Dramatiq's retries and delayed-message moves
+  after every enqueue, and
 - by the consumer's own acks and nacks, which free prefetch room.
+
+A consumer sleeps only after a fetch found its queue empty, or while its prefetch is full, so a
+push onto a non-empty queue has no consumer to wake that its own acks would not.
 
 The timeout keeps the old polling as the fallback, so a lost wake-up only costs what polling
 always cost.

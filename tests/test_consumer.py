@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +14,7 @@ import redis
 from dramatiq import Message
 
 from actors.consumer import WakeableRedisBroker
+from daemon.queue import WAKEUP_CHANNEL, AsyncQueue, Queue, build_message, redis_client
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_for
 
@@ -110,3 +114,61 @@ def test_a_worker_acks_everything_it_processed(broker: WakeableRedisBroker, rcli
     finally:
         worker.stop()
     assert sorted(done) == list(range(200))
+
+
+def test_an_idle_consumer_is_woken_by_an_enqueue_onto_its_empty_queue(
+    broker: WakeableRedisBroker, rclient: redis.Redis
+) -> None:
+    """A consumer idle at its longest poll (10 s here) gets a message enqueued by wapipe's writer
+    within a second: the enqueue onto the empty queue published a wake-up."""
+    consumer = broker.consume("wapipe", prefetch=4, timeout=10_000)
+    wait_for(lambda: dict(rclient.pubsub_numsub(WAKEUP_CHANNEL))[WAKEUP_CHANNEL.encode()] >= 1, timeout=10)
+    consumer.misses = 100  # as after a long idle: the next empty fetch waits the whole 10 s
+    got: list[Any] = []
+
+    def consume() -> None:
+        deadline = time.monotonic() + 15
+        while not got and time.monotonic() < deadline:
+            message = next(consumer)
+            if message is not None:
+                got.append(message)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    time.sleep(0.3)  # let it fetch nothing and start its 10 s wait
+    enqueued_at = time.monotonic()
+    Queue(rclient).enqueue(build_message("reply", {"item": {}}))
+    thread.join(timeout=20)
+    assert got, "the consumer never got the message"
+    assert time.monotonic() - enqueued_at < 1.0
+    consumer.close()
+
+
+def test_only_an_enqueue_onto_an_empty_queue_publishes(rclient: redis.Redis, redis_url: str) -> None:
+    """Consumers sleep only after finding their queue empty, so only a push onto an empty queue
+    wakes them: one publish for a batch of five concurrent enqueues, none while messages wait."""
+    pubsub = rclient.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(WAKEUP_CHANNEL)
+    pubsub.get_message(timeout=1)  # the subscription confirmation
+
+    def published() -> int:
+        count = 0
+        while pubsub.get_message(timeout=0.2) is not None:
+            count += 1
+        return count
+
+    async def five_at_once() -> None:
+        client = redis_client(redis_url, 1.0)
+        queue = AsyncQueue(client)
+        await asyncio.gather(*(queue.enqueue(build_message("reply", {"item": {"n": n}})) for n in range(5)))
+        await client.aclose()
+
+    asyncio.run(five_at_once())
+    assert rclient.llen("dramatiq:wapipe") == 5
+    assert published() == 1
+    Queue(rclient).enqueue(build_message("reply", {"item": {}}))
+    assert published() == 0
+    rclient.delete("dramatiq:wapipe")
+    Queue(rclient).enqueue(build_message("reply", {"item": {}}))
+    assert published() == 1
+    pubsub.close()
