@@ -25,10 +25,8 @@ Worst case per message: ``WAPIPE_RETRY_MAX + 1`` runs (default 6), each up to
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
-from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import dramatiq
@@ -40,7 +38,7 @@ from actors import metrics, runtime
 from actors.errors import GraphRejected, ItemRejected, OutcomeUnknown
 from actors.parse import STATS_KEY
 from daemon.graph import GraphError, GraphUnreachable, SendOutcomeUnknown
-from daemon.handler import InboundMessage, Outbound, checked_outbound
+from daemon.handler import InboundMessage, Outbound, call_handler
 
 log = logging.getLogger(__name__)
 RetryT = TypeVar("RetryT", bound=dramatiq.Retry)
@@ -74,7 +72,8 @@ def run(item: dict[str, Any]) -> None:
         raise ItemRejected("inbound message has no id", envelope_id=item.get("envelope_id"))
     message = InboundMessage.from_item(item)
     fields = {"actor": ACTOR_NAME, "message_id": message.id, "type": message.type}
-    outbound = _call_handler(rt, message)
+    # A sync handler runs in this worker thread; an async one on the worker's event loop.
+    outbound = call_handler(rt.handler, message, rt.run)
     if not outbound:
         log.info("handled_without_reply", extra=fields)
         return
@@ -98,18 +97,6 @@ def run(item: dict[str, Any]) -> None:
             "latency_ms": round(latency * 1000),
         },
     )
-
-
-def _call_handler(rt: runtime.Runtime, message: InboundMessage) -> list[Outbound]:
-    """Run the handler in this worker thread; an async one is awaited on the worker's event loop."""
-    result = rt.handler(message)
-    if inspect.isawaitable(result):
-        result = rt.run(_awaited(result))
-    return checked_outbound(result)
-
-
-async def _awaited(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
 
 
 def _paused_key(phone_number_id: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,12 +235,19 @@ def load_handler(spec: str | None) -> Handler:
     return handler  # type: ignore[no-any-return]
 
 
-async def call_handler(handler: Handler, message: InboundMessage) -> list[Outbound]:
-    """Run a sync or async handler and check that it returned a list of objects."""
+def call_handler(
+    handler: Handler, message: InboundMessage, run_async: Callable[[Coroutine[Any, Any, Any]], Any]
+) -> list[Outbound]:
+    """Run a sync handler here, an async one through ``run_async`` (e.g. on the worker's event
+    loop), and check that it returned a list of objects."""
     result = handler(message)
     if inspect.isawaitable(result):
-        result = await result
+        result = run_async(_awaited(result))
     return checked_outbound(result)
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 def checked_outbound(result: Sequence[Outbound] | None) -> list[Outbound]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -121,14 +122,23 @@ def test_load_handler_errors_are_named() -> None:
     assert load_handler(None) is default_handler
 
 
-async def test_call_handler_checks_the_result() -> None:
-    """Sync and async handlers work; a handler returning garbage is a TypeError (retried, then dead-lettered)."""
+def test_call_handler_checks_the_result() -> None:
+    """Sync handlers run in place and async ones through the given runner; a handler returning
+    garbage is a TypeError (retried, then dead-lettered)."""
     message = InboundMessage.from_item(item({"type": "text", "text": {"body": "x"}}))
 
     async def good(_: InboundMessage) -> list[dict[str, Any]]:
         return [{"type": "text", "text": {"body": "y"}}]
 
-    assert await call_handler(good, message) == [{"type": "text", "text": {"body": "y"}}]
-    assert await call_handler(lambda _: None, message) == []  # type: ignore[arg-type,return-value]
+    ran: list[object] = []
+
+    def runner(coroutine: Any) -> Any:
+        ran.append(coroutine)
+        return asyncio.run(coroutine)
+
+    assert call_handler(good, message, runner) == [{"type": "text", "text": {"body": "y"}}]
+    assert len(ran) == 1
+    assert call_handler(lambda _: None, message, runner) == []  # type: ignore[arg-type,return-value]
     with pytest.raises(TypeError):
-        await call_handler(lambda _: ["nope"], message)  # type: ignore[arg-type,list-item,return-value]
+        call_handler(lambda _: ["nope"], message, runner)  # type: ignore[arg-type,list-item,return-value]
+    assert len(ran) == 1  # sync handlers never went through the runner
