@@ -128,7 +128,7 @@ def run(body: str, received_at: float, envelope_id: str) -> None:
     keys, args = _claims(rt, work, received_at, envelope_id)
     for name, count in counts.items():
         args += [name, count]
-    handled = rt.redis.register_script(_CLAIM)(keys=[STATS_KEY, *keys], args=[len(work), *args])
+    handled = rt.script(_CLAIM)(keys=[STATS_KEY, *keys], args=[len(work), *args])
     families = metrics.current()
     for (_, item), fresh in zip(work, handled, strict=True):
         if not fresh:

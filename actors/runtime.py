@@ -10,7 +10,7 @@ client, are awaited on the one event loop thread of Dramatiq's ``AsyncIO`` middl
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
@@ -18,6 +18,7 @@ import dramatiq
 import redis
 from dramatiq.asyncio import EventLoopThread, get_event_loop_thread
 from dramatiq.middleware import CurrentMessage
+from redis.commands.core import Script
 
 from actors import metrics as worker_metrics
 from daemon.config import Settings
@@ -40,6 +41,14 @@ class Runtime:
     handler: Handler
     limiter: SendLimiter
     loop: EventLoopThread
+    _scripts: dict[str, Script] = field(default_factory=dict)
+
+    def script(self, source: str) -> Script:
+        """The Lua ``source`` registered with :attr:`redis`, once per process (not per message)."""
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts.setdefault(source, self.redis.register_script(source))
+        return script
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Await ``coroutine`` on the worker's event loop (where :attr:`graph` lives) and return
