@@ -135,7 +135,8 @@ def test_an_idle_consumer_is_woken_by_an_enqueue_onto_its_empty_queue(
 
     thread = threading.Thread(target=consume)
     thread.start()
-    time.sleep(0.3)  # let it fetch nothing and start its 10 s wait
+    # An empty fetch counts a miss; the 10 s wait follows it at once.
+    wait_for(lambda: consumer.misses > 100, timeout=10, what="the consumer to find its queue empty")
     enqueued_at = time.monotonic()
     Queue(rclient).enqueue(build_message("reply", {"item": {}}))
     thread.join(timeout=20)

@@ -16,52 +16,40 @@ from tests.support.meta import envelope
 from tests.support.waiting import free_port, wait_for
 
 
-def test_reservations_space_sends_by_the_rate(redis_url: str) -> None:
+def test_reservations_space_sends_by_the_rate(rclient: redis.Redis) -> None:
     """At 10/s per number the n-th immediate reservation waits about n × 100 ms; other numbers are free."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        limiter = SendLimiter(client, per_number_rate=10, pair_interval_ms=0)
-        waits = [(limiter.reserve("111", f"+{n}", max_wait_ms=10_000)).wait_ms for n in range(5)]
-        assert waits[0] == 0
-        for n, wait in enumerate(waits[1:], start=1):
-            assert n * 100 - 20 <= wait <= n * 100 + 5, waits
-        other = limiter.reserve("222", "+1", max_wait_ms=10_000)
-        assert (other.wait_ms, other.limit, other.reserved) == (0, "", True)
-    finally:
-        client.close()
+    limiter = SendLimiter(rclient, per_number_rate=10, pair_interval_ms=0)
+    waits = [limiter.reserve("111", f"+{n}", max_wait_ms=10_000).wait_ms for n in range(5)]
+    assert waits[0] == 0
+    for n, wait in enumerate(waits[1:], start=1):
+        assert n * 100 - 20 <= wait <= n * 100 + 5, waits
+    other = limiter.reserve("222", "+1", max_wait_ms=10_000)
+    assert (other.wait_ms, other.limit, other.reserved) == (0, "", True)
 
 
-def test_the_pair_limit_allows_a_burst_then_spaces(redis_url: str) -> None:
+def test_the_pair_limit_allows_a_burst_then_spaces(rclient: redis.Redis) -> None:
     """Per recipient: `burst` sends at once, then one per interval; a wait beyond max_wait takes no slot."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        limiter = SendLimiter(client, per_number_rate=0, pair_interval_ms=1000, pair_burst=3)
-        first = [limiter.reserve("111", "+1", max_wait_ms=5_000) for _ in range(3)]
-        assert [r.wait_ms for r in first] == [0, 0, 0]
-        fourth = limiter.reserve("111", "+1", max_wait_ms=5_000)
-        assert fourth.limit == "pair"
-        assert 900 <= fourth.wait_ms <= 1005
-        refused = limiter.reserve("111", "+1", max_wait_ms=500)
-        assert not refused.reserved
-        assert 1900 <= refused.wait_ms <= 2005
-        again = limiter.reserve("111", "+1", max_wait_ms=500)
-        assert abs(again.wait_ms - refused.wait_ms) <= 10  # the refused one took nothing
-        assert (limiter.reserve("111", "+2", max_wait_ms=0)).wait_ms == 0
-    finally:
-        client.close()
+    limiter = SendLimiter(rclient, per_number_rate=0, pair_interval_ms=1000, pair_burst=3)
+    first = [limiter.reserve("111", "+1", max_wait_ms=5_000) for _ in range(3)]
+    assert [r.wait_ms for r in first] == [0, 0, 0]
+    fourth = limiter.reserve("111", "+1", max_wait_ms=5_000)
+    assert fourth.limit == "pair"
+    assert 900 <= fourth.wait_ms <= 1005
+    refused = limiter.reserve("111", "+1", max_wait_ms=500)
+    assert not refused.reserved
+    assert 1900 <= refused.wait_ms <= 2005
+    again = limiter.reserve("111", "+1", max_wait_ms=500)
+    assert abs(again.wait_ms - refused.wait_ms) <= 10  # the refused one took nothing
+    assert limiter.reserve("111", "+2", max_wait_ms=0).wait_ms == 0
 
 
-def test_a_released_slot_is_given_back(redis_url: str) -> None:
+def test_a_released_slot_is_given_back(rclient: redis.Redis) -> None:
     """A send that did not happen gives its slot back: the next reservation does not wait for it."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        limiter = SendLimiter(client, per_number_rate=0, pair_interval_ms=1000, pair_burst=1)
-        assert (limiter.reserve("111", "+1", max_wait_ms=5_000)).wait_ms == 0
-        limiter.release("111", "+1")
-        assert (limiter.reserve("111", "+1", max_wait_ms=5_000)).wait_ms == 0
-        assert (limiter.reserve("111", "+1", max_wait_ms=5_000)).wait_ms >= 900
-    finally:
-        client.close()
+    limiter = SendLimiter(rclient, per_number_rate=0, pair_interval_ms=1000, pair_burst=1)
+    assert limiter.reserve("111", "+1", max_wait_ms=5_000).wait_ms == 0
+    limiter.release("111", "+1")
+    assert limiter.reserve("111", "+1", max_wait_ms=5_000).wait_ms == 0
+    assert limiter.reserve("111", "+1", max_wait_ms=5_000).wait_ms >= 900
 
 
 def test_concurrent_reservations_never_exceed_the_rate(redis_url: str) -> None:
