@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import stamina
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 #: Called after every request with (endpoint, result, seconds).
 Observer = Callable[[str, str, float], None]
+#: stamina's ``on=``: whether (True, or a back-off in seconds) or not (False) to retry an error.
+RetryHook = Callable[[Exception], bool | float]
+T = TypeVar("T")
 
 #: Longest ``Retry-After`` honoured inside one attempt (longer waits go back to the queue).
 RETRY_AFTER_CAP_SECONDS = 5.0
@@ -195,13 +198,13 @@ class GraphClient:
             MediaExpired: 404 on the URL.
             GraphError / GraphUnreachable / SendOutcomeUnknown: after brief retries.
         """
-        content_type: str | None = None
-        async for attempt in self._attempts_on(_read_retry_hook):
-            with attempt:
-                sink.reset()
-                with self._observing("media_download"):
-                    content_type = await self._download_once(url, sink, max_bytes, hosts)
-        return content_type
+
+        async def attempt() -> str | None:
+            sink.reset()
+            with self._observing("media_download"):
+                return await self._download_once(url, sink, max_bytes, hosts)
+
+        return await self._with_retries(_read_retry_hook, attempt)
 
     async def _download_once(
         self, url: str, sink: TempFile, max_bytes: int, hosts: tuple[str, ...]
@@ -242,11 +245,31 @@ class GraphClient:
                 raise SendOutcomeUnknown(f"{type(error).__name__} while downloading") from None
         raise MediaRefused("too many redirects")
 
-    def _attempts_on(self, hook: Any) -> AsyncIterator[stamina.Attempt]:
-        """stamina's brief in-process retries: ``WAPIPE_GRAPH_ATTEMPTS`` attempts, 0.1–2 s apart."""
-        return stamina.retry_context(
+    async def _with_retries(self, hook: RetryHook, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()`` under stamina's brief in-process retries: ``WAPIPE_GRAPH_ATTEMPTS``
+        attempts, 0.1–2 s apart, on the errors ``hook`` accepts.
+
+        The first attempt runs before stamina's retry context is built: building it costs more
+        CPU than a request (≈ 125 µs against ≈ 200 µs per send, measured on the benchmark
+        machine), and almost every request succeeds at once. A first failure that ``hook``
+        accepts is handed to stamina as its own first attempt's failure, so the back-off,
+        the attempt count and stamina's instrumentation are exactly those of stamina alone.
+        """
+        try:
+            return await attempt()
+        except Exception as error:
+            if hook(error) is False:
+                raise
+            first_failure: Exception | None = error
+        async for retry in stamina.retry_context(
             on=hook, attempts=self._attempts, timeout=None, wait_initial=0.1, wait_max=2.0, wait_jitter=0.2
-        )
+        ):
+            with retry:
+                if first_failure is not None:
+                    failure, first_failure = first_failure, None
+                    raise failure
+                return await attempt()
+        raise AssertionError("unreachable: stamina re-raises the last failure")
 
     @contextlib.contextmanager
     def _observing(self, endpoint: str) -> Iterator[None]:
@@ -273,18 +296,19 @@ class GraphClient:
 
     async def _retrying(
         self,
-        hook: Any,
+        hook: RetryHook,
         endpoint: str,
         method: str,
         path: str,
         body: dict[str, Any] | None,
         params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        async for attempt in self._attempts_on(hook):
-            with attempt, self._observing(endpoint):
-                result = await self._request(method, path, body, params)
-        return result
+
+        async def attempt() -> dict[str, Any]:
+            with self._observing(endpoint):
+                return await self._request(method, path, body, params)
+
+        return await self._with_retries(hook, attempt)
 
     async def _request(
         self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, str] | None
