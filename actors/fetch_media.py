@@ -50,7 +50,7 @@ def run(item: dict[str, Any]) -> None:
     media = message.get(kind) if isinstance(message.get(kind), dict) else {}
     fields = {"actor": ACTOR_NAME, "message_id": message.get("id"), "type": kind}
     try:
-        stored = rt.run(_fetch(rt, str(item["phone_number_id"]), media))
+        stored = _fetch(rt, str(item["phone_number_id"]), media)
     except _FAILURES as error:
         last_try = int(runtime.current_options().get("retries", 0)) >= MAX_RETRIES
         transient = isinstance(error, _TRANSIENT) or (
@@ -71,8 +71,8 @@ def run(item: dict[str, Any]) -> None:
     rt.queue.enqueue(build_message("reply", {"item": item}))
 
 
-async def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any]) -> dict[str, Any]:
-    """Look up, download and store the file (on the worker's event loop, where the Graph client lives)."""
+def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any]) -> dict[str, Any]:
+    """Look up, download and store the file."""
     settings = rt.settings
     media_id = media.get("id")
     url = media.get("url") if isinstance(media.get("url"), str) else None
@@ -89,10 +89,10 @@ async def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any
             if url is None:
                 if not media_id:
                     raise MediaRefused("the message has neither a usable url nor a media id")
-                info = await rt.graph.media_info(str(media_id), phone_number_id)
+                info = rt.graph.media_info(str(media_id), phone_number_id)
                 url = str(info.get("url") or "")
             try:
-                content_type = await rt.graph.download(
+                content_type = rt.graph.download(
                     url, sink, max_bytes=settings.media_max_bytes, hosts=settings.media_hosts
                 )
                 break

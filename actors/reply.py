@@ -164,7 +164,7 @@ def _recipient(message: InboundMessage) -> dict[str, str]:
 
 def _mark_read(rt: runtime.Runtime, message: InboundMessage, fields: dict[str, Any]) -> None:
     try:
-        rt.run(rt.graph.mark_read(message.phone_number_id, message.id))
+        rt.graph.mark_read(message.phone_number_id, message.id)
     except (GraphError, GraphUnreachable, SendOutcomeUnknown) as error:
         log.warning("mark_read_failed", extra={**fields, "error": str(error)[:200]})
 
@@ -196,7 +196,7 @@ def _send_once(
             )
         rt.redis.set(key, claim, ex=ttl)  # an operator's replay takes the send over
     try:
-        result = rt.run(rt.graph.send_message(message.phone_number_id, body))
+        result = rt.graph.send_message(message.phone_number_id, body)
     except SendOutcomeUnknown as error:
         raise OutcomeUnknown(str(error), message_id=message.id, index=index) from None
     except GraphError as error:

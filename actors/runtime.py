@@ -1,10 +1,11 @@
 """Per-process resources of a worker: created after the worker boots, closed at shutdown.
 
-The actors are plain functions run by Dramatiq's worker threads (its native model). Their Redis
-work goes through redis-py's thread-safe pool, which costs about half the CPU per command of
-``redis.asyncio`` on the same machine; only the Graph API calls, where aiohttp is the cheaper
-client, are awaited on the one event loop thread of Dramatiq's ``AsyncIO`` middleware
-(:meth:`Runtime.run`), where the aiohttp session is created and lives.
+The actors are plain functions run by Dramatiq's worker threads (its native model), and their I/O
+blocks those threads: Redis through redis-py's thread-safe pool (about half the CPU per command
+of ``redis.asyncio`` on the same machine), the Graph API through the keep-alive pool of
+:mod:`daemon.http_pool` (a third of aiohttp's CPU per request, once the hand-off to an event loop
+thread is counted). Only an ``async`` custom reply handler is awaited, on the one event loop
+thread of Dramatiq's ``AsyncIO`` middleware (:meth:`Runtime.run`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiohttp
 import dramatiq
 import redis
 from dramatiq.asyncio import EventLoopThread, get_event_loop_thread
@@ -51,8 +51,9 @@ class Runtime:
         return script
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Await ``coroutine`` on the worker's event loop (where :attr:`graph` lives) and return
-        its result. An interrupt (time limit, shutdown) cancels it, as for Dramatiq's async actors.
+        """Await ``coroutine`` on the worker's event loop and return its result.
+
+        An interrupt (time limit, shutdown) cancels it, as for Dramatiq's async actors.
         """
         return self.loop.run_coroutine(coroutine)
 
@@ -94,22 +95,13 @@ def _observe_graph(endpoint: str, result: str, seconds: float) -> None:
     metrics.graph_duration.labels(endpoint).observe(seconds)
 
 
-async def _open_graph(settings: Settings) -> GraphClient:
-    session = aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=settings.graph_timeout_seconds),
-        connector=aiohttp.TCPConnector(limit=100, limit_per_host=64),
-        headers={"User-Agent": "wapipe/0.1"},
-    )
-    return GraphClient(session, settings, observe=_observe_graph)
-
-
 def _open(settings: Settings, redis_url: str, loop: EventLoopThread) -> Runtime:
     client = thread_redis_client(redis_url, settings.redis_timeout_seconds)
     return Runtime(
         settings=settings,
         redis=client,
         queue=Queue(client),
-        graph=loop.run_coroutine(_open_graph(settings)),
+        graph=GraphClient(settings, observe=_observe_graph),
         handler=load_handler(settings.handler),
         limiter=SendLimiter(
             client,
@@ -122,7 +114,7 @@ def _open(settings: Settings, redis_url: str, loop: EventLoopThread) -> Runtime:
 
 
 def _close(runtime: Runtime) -> None:
-    runtime.loop.run_coroutine(runtime.graph.close())
+    runtime.graph.close()
     runtime.redis.close()
 
 

@@ -1,4 +1,6 @@
-"""The one Graph API client of a worker process: pooled aiohttp session, bearer token, retries.
+"""The one Graph API client of a worker process: pooled keep-alive connections, bearer token,
+retries. Its calls block; Dramatiq's worker threads make them (see :mod:`daemon.http_pool` for why
+not aiohttp).
 
 ``stamina`` retries, in-process and briefly, only what cannot have been delivered: a connection
 that could not be made, or an answer of 5xx / 429. A send that may have reached Meta (a timeout
@@ -9,17 +11,19 @@ never retried here. Meta's error codes are classified as WHATSAPP_API.md §F say
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlencode, urljoin
 
-import aiohttp
 import stamina
-from yarl import URL
 
 from daemon.config import Settings
+from daemon.http_pool import ConnectFailed, HTTPPool
 from daemon.media import TempFile, host_allowed
 
 log = logging.getLogger(__name__)
@@ -113,6 +117,9 @@ class MediaRefused(Exception):
 #: Redirects followed on a download, each to a host in ``WHATSAPP_MEDIA_HOSTS``.
 MAX_REDIRECTS = 3
 DOWNLOAD_CHUNK = 65_536
+#: The most of an error answer's body read to find the Graph error object in it.
+ERROR_BODY_LIMIT = 65_536
+USER_AGENT = "wapipe/0.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,30 +147,24 @@ def _read_retry_hook(error: Exception) -> bool | float:
 
 
 class GraphClient:
-    """Calls to ``{WHATSAPP_GRAPH_URL}/{WHATSAPP_API_VERSION}``; owns its aiohttp session."""
+    """Calls to ``{WHATSAPP_GRAPH_URL}/{WHATSAPP_API_VERSION}`` from worker threads; owns its pool."""
 
-    def __init__(
-        self, session: aiohttp.ClientSession, settings: Settings, observe: Observer | None = None
-    ) -> None:
-        self.session = session
+    def __init__(self, settings: Settings, observe: Observer | None = None) -> None:
+        self.pool = HTTPPool(timeout=settings.graph_timeout_seconds, headers={"User-Agent": USER_AGENT})
         self._observe = observe
         self.base = settings.graph_base
         self._token = settings.access_token
         self._attempts = settings.graph_attempts
-        # A large file may take minutes: bound the connection and each read, not the whole download.
-        self._download_timeout = aiohttp.ClientTimeout(
-            total=None, connect=settings.graph_timeout_seconds, sock_read=settings.graph_timeout_seconds
-        )
 
     @property
     def auth_headers(self) -> dict[str, str]:
         token = self._token.get() if self._token is not None else "sandbox"
         return {"Authorization": f"Bearer {token}"}
 
-    async def close(self) -> None:
-        await self.session.close()
+    def close(self) -> None:
+        self.pool.close()
 
-    async def send_message(self, phone_number_id: str, body: dict[str, Any]) -> SendResult:
+    def send_message(self, phone_number_id: str, body: dict[str, Any]) -> SendResult:
         """``POST /{phone_number_id}/messages``; returns the new message id.
 
         Raises:
@@ -171,24 +172,22 @@ class GraphClient:
             GraphUnreachable: no connection could be made (after brief retries).
             SendOutcomeUnknown: it may have been sent; do not resend blindly.
         """
-        data = await self._retrying(_retry_hook, "send", "POST", f"/{phone_number_id}/messages", body)
+        data = self._retrying(_retry_hook, "send", "POST", f"/{phone_number_id}/messages", body)
         messages = data.get("messages")
         message_id = messages[0].get("id") if isinstance(messages, list) and messages else None
         return SendResult(message_id=message_id, body=data)
 
-    async def mark_read(self, phone_number_id: str, message_id: str) -> None:
+    def mark_read(self, phone_number_id: str, message_id: str) -> None:
         """Mark an inbound message read (idempotent on Meta's side)."""
         body = {"messaging_product": "whatsapp", "status": "read", "message_id": message_id}
-        await self._retrying(_retry_hook, "mark_read", "POST", f"/{phone_number_id}/messages", body)
+        self._retrying(_retry_hook, "mark_read", "POST", f"/{phone_number_id}/messages", body)
 
-    async def media_info(self, media_id: str, phone_number_id: str | None = None) -> dict[str, Any]:
+    def media_info(self, media_id: str, phone_number_id: str | None = None) -> dict[str, Any]:
         """``GET /{media_id}``: url, mime_type, sha256, file_size."""
         params = {"phone_number_id": phone_number_id} if phone_number_id else None
-        return await self._retrying(_read_retry_hook, "media_info", "GET", f"/{media_id}", None, params)
+        return self._retrying(_read_retry_hook, "media_info", "GET", f"/{media_id}", None, params)
 
-    async def download(
-        self, url: str, sink: TempFile, *, max_bytes: int, hosts: tuple[str, ...]
-    ) -> str | None:
+    def download(self, url: str, sink: TempFile, *, max_bytes: int, hosts: tuple[str, ...]) -> str | None:
         """Stream ``url`` into ``sink`` with the bearer token; return the Content-Type.
 
         The token only goes to hosts in ``hosts``; redirects are followed only to such hosts.
@@ -199,76 +198,63 @@ class GraphClient:
             GraphError / GraphUnreachable / SendOutcomeUnknown: after brief retries.
         """
 
-        async def attempt() -> str | None:
+        def attempt() -> str | None:
             sink.reset()
             with self._observing("media_download"):
-                return await self._download_once(url, sink, max_bytes, hosts)
+                return self._download_once(url, sink, max_bytes, hosts)
 
-        return await self._with_retries(_read_retry_hook, attempt)
+        return self._with_retries(_read_retry_hook, attempt)
 
-    async def _download_once(
-        self, url: str, sink: TempFile, max_bytes: int, hosts: tuple[str, ...]
-    ) -> str | None:
+    def _download_once(self, url: str, sink: TempFile, max_bytes: int, hosts: tuple[str, ...]) -> str | None:
         for _ in range(MAX_REDIRECTS + 1):
             if not host_allowed(url, hosts):
                 raise MediaRefused("media host is not in WHATSAPP_MEDIA_HOSTS")
-            try:
-                async with self.session.get(
-                    url, headers=self.auth_headers, allow_redirects=False, timeout=self._download_timeout
-                ) as response:
-                    if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
-                        url = str(response.url.join(URL(response.headers["Location"])))
-                        continue
-                    if response.status == 404:
-                        raise MediaExpired("the media URL answered 404")
-                    if response.status >= 400:
-                        raise _graph_error(response, None)
-                    if response.content_length is not None and response.content_length > max_bytes:
-                        raise MediaRefused(
-                            f"media is {response.content_length} bytes, over WAPIPE_MEDIA_MAX_BYTES"
-                        )
-                    async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
-                        if sink.size + len(chunk) > max_bytes:
-                            raise MediaRefused(
-                                "media is over WAPIPE_MEDIA_MAX_BYTES (stopped while streaming)"
-                            )
+            with (
+                _network_errors("downloading"),
+                self.pool.request("GET", url, headers=self.auth_headers) as response,
+            ):
+                location = response.getheader("Location")
+                if response.status in (301, 302, 303, 307, 308) and location:
+                    url = urljoin(url, location)
+                    continue
+                if response.status == 404:
+                    raise MediaExpired("the media URL answered 404")
+                if response.status >= 400:
+                    raise _graph_error(response, _json_or_none(response.read(ERROR_BODY_LIMIT)))
+                if response.length is not None and response.length > max_bytes:
+                    raise MediaRefused(f"media is {response.length} bytes, over WAPIPE_MEDIA_MAX_BYTES")
+                while chunk := response.read(DOWNLOAD_CHUNK):
+                    if sink.size + len(chunk) > max_bytes:
+                        raise MediaRefused("media is over WAPIPE_MEDIA_MAX_BYTES (stopped while streaming)")
+                    with _not_network():
                         sink.write(chunk)
-                    return response.headers.get("Content-Type")
-            except aiohttp.ClientConnectorError as error:
-                raise GraphUnreachable(f"{type(error).__name__}: cannot connect to the media host") from None
-            except (
-                TimeoutError,
-                aiohttp.ServerDisconnectedError,
-                aiohttp.ClientOSError,
-                aiohttp.ClientPayloadError,
-            ) as error:
-                raise SendOutcomeUnknown(f"{type(error).__name__} while downloading") from None
+                return response.getheader("Content-Type")
         raise MediaRefused("too many redirects")
 
-    async def _with_retries(self, hook: RetryHook, attempt: Callable[[], Awaitable[T]]) -> T:
+    def _with_retries(self, hook: RetryHook, attempt: Callable[[], T]) -> T:
         """``attempt()`` under stamina's brief in-process retries: ``WAPIPE_GRAPH_ATTEMPTS``
         attempts, 0.1–2 s apart, on the errors ``hook`` accepts.
 
-        The first attempt runs before stamina's retry context is built: building it costs more
-        CPU than a request (≈ 125 µs against ≈ 200 µs per send, measured on the benchmark
-        machine), and almost every request succeeds at once. A first failure that ``hook``
-        accepts is handed to stamina as its own first attempt's failure, so the back-off,
-        the attempt count and stamina's instrumentation are exactly those of stamina alone.
+        The first attempt runs before stamina's retry context is built: building it costs about
+        as much CPU as a request (measured on the benchmark machine), and almost every request
+        succeeds at once. A first failure that ``hook`` accepts is handed to stamina as its own
+        first attempt's failure, so the back-off, the attempt count and stamina's
+        instrumentation are exactly those of stamina alone.
         """
         try:
-            return await attempt()
+            return attempt()
         except Exception as error:
             if hook(error) is False:
                 raise
             first_failure: Exception | None = error
-        async for retry in stamina.retry_context(
+        for retry in stamina.retry_context(
             on=hook, attempts=self._attempts, timeout=None, wait_initial=0.1, wait_max=2.0, wait_jitter=0.2
         ):
             with retry:
                 if first_failure is not None:
                     failure, first_failure = first_failure, None
                     raise failure
-                return await attempt()
+                return attempt()
         raise AssertionError("unreachable: stamina re-raises the last failure")
 
     @contextlib.contextmanager
@@ -294,7 +280,7 @@ class GraphClient:
             if self._observe is not None:
                 self._observe(endpoint, result, time.perf_counter() - started)
 
-    async def _retrying(
+    def _retrying(
         self,
         hook: RetryHook,
         endpoint: str,
@@ -303,34 +289,65 @@ class GraphClient:
         body: dict[str, Any] | None,
         params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-
-        async def attempt() -> dict[str, Any]:
+        def attempt() -> dict[str, Any]:
             with self._observing(endpoint):
-                return await self._request(method, path, body, params)
+                return self._request(method, path, body, params)
 
-        return await self._with_retries(hook, attempt)
+        return self._with_retries(hook, attempt)
 
-    async def _request(
+    def _request(
         self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, str] | None
     ) -> dict[str, Any]:
-        url = self.base + path
-        try:
-            async with self.session.request(
-                method, url, json=body, params=params, headers=self.auth_headers, allow_redirects=False
-            ) as response:
-                try:
-                    data = await response.json(content_type=None)
-                except ValueError:
-                    data = None
-                if response.status >= 400 or not isinstance(data, dict):
-                    raise _graph_error(response, data)
-                return data
-        except aiohttp.ClientConnectorError as error:
-            raise GraphUnreachable(f"{type(error).__name__}: cannot connect to the Graph API") from None
-        except (TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
-            raise SendOutcomeUnknown(f"{type(error).__name__} after the request was sent") from None
-        except aiohttp.ClientPayloadError as error:
-            raise SendOutcomeUnknown(f"{type(error).__name__}: the answer was cut off") from None
+        url = self.base + path + (f"?{urlencode(params)}" if params else "")
+        headers = self.auth_headers
+        payload = None
+        if body is not None:
+            payload = json.dumps(body, separators=(",", ":")).encode()
+            headers["Content-Type"] = "application/json"
+        with (
+            _network_errors("after the request was sent"),
+            self.pool.request(method, url, body=payload, headers=headers) as response,
+        ):
+            data = _json_or_none(response.read())
+        if response.status >= 400 or not isinstance(data, dict):
+            raise _graph_error(response, data)
+        return data
+
+
+class _NotNetwork(Exception):
+    """Carries an error of local origin (e.g. writing the media file) past :func:`_network_errors`."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+@contextlib.contextmanager
+def _not_network() -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        raise _NotNetwork(error) from error
+
+
+@contextlib.contextmanager
+def _network_errors(when: str) -> Iterator[None]:
+    """Map the pool's errors: no connection → :class:`GraphUnreachable`; anything after the
+    request began to go out → :class:`SendOutcomeUnknown` (it may have taken effect)."""
+    try:
+        yield
+    except _NotNetwork as wrapped:
+        raise wrapped.error from None
+    except ConnectFailed as error:
+        raise GraphUnreachable(f"{error} (Graph API or media host)") from None
+    except (OSError, http.client.HTTPException) as error:
+        raise SendOutcomeUnknown(f"{type(error).__name__} {when}") from None
+
+
+def _json_or_none(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
 
 
 def _result_of(error: GraphError) -> str:
@@ -341,8 +358,8 @@ def _result_of(error: GraphError) -> str:
     return "server_error" if error.http_status >= 500 else "client_error"
 
 
-def _graph_error(response: aiohttp.ClientResponse, data: object) -> GraphError:
-    retry_after = _retry_after(response.headers.get("Retry-After"))
+def _graph_error(response: http.client.HTTPResponse, data: object) -> GraphError:
+    retry_after = _retry_after(response.getheader("Retry-After"))
     error = data.get("error") if isinstance(data, dict) else None
     if not isinstance(error, dict):
         return GraphError(

@@ -57,6 +57,8 @@ class Recorded:
     headers: dict[str, str]
     json: Any
     at: float = 0.0
+    #: The client's address and port: one per connection.
+    peer: str = ""
 
 
 def media_bytes(media_id: str) -> bytes:
@@ -177,6 +179,7 @@ class FakeGraph:
                     dict(request.headers),
                     body,
                     time.time(),
+                    str(request.transport.get_extra_info("peername") if request.transport else ""),
                 )
             )
             queue = self.scripts.get(kind)
