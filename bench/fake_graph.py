@@ -1,5 +1,7 @@
 """A lean fake Graph API for the benchmark: answers sends and read receipts, records when each
 reply arrived (by the inbound id it quotes). ``GET /stats`` returns them; ``DELETE /stats`` clears.
+``PUT /delay?ms=N`` makes every later ``/messages`` answer wait N ms, as a real Graph API would
+(the overload step uses it so that the burst outruns the workers whatever their speed).
 
 It speaks just enough HTTP/1.1 (keep-alive, ``Content-Length`` bodies) on a bare asyncio protocol,
 so that the fake costs the shared two cores as little as possible: with aiohttp's server it took
@@ -21,6 +23,8 @@ received: dict[str, float] = {}
 received_all: dict[str, int] = {}
 sends: list[float] = []
 ids = itertools.count(1)
+#: Seconds each ``/messages`` answer waits (``PUT /delay?ms=N``).
+delay = 0.0
 
 READ_OK = b'{"success":true}'
 
@@ -31,6 +35,10 @@ def response(status: str, body: bytes) -> bytes:
 
 
 def handle(method: str, path: str, body: bytes) -> bytes:
+    global delay
+    if method == "PUT" and path.startswith("/delay?ms="):
+        delay = float(path.partition("=")[2]) / 1000
+        return response("200 OK", b"{}")
     if path == "/stats":
         if method == "DELETE":
             received.clear()
@@ -80,7 +88,11 @@ class GraphProtocol(asyncio.Protocol):
             body = self.buffer[end + 4 : end + 4 + length]
             self.buffer = self.buffer[end + 4 + length :]
             assert self.transport is not None
-            self.transport.write(handle(method, path, body))
+            answer = handle(method, path, body)
+            if delay and path.endswith("/messages"):
+                asyncio.get_running_loop().call_later(delay, self.transport.write, answer)
+            else:
+                self.transport.write(answer)
 
 
 async def serve(port: int) -> None:

@@ -105,6 +105,12 @@ class Graph:
         with urllib.request.urlopen(self.url + "/stats", timeout=10) as response:
             return json.loads(response.read())  # type: ignore[no-any-return]
 
+    def set_delay(self, ms: float) -> None:
+        """Every later ``/messages`` answer waits ``ms`` milliseconds."""
+        urllib.request.urlopen(
+            urllib.request.Request(f"{self.url}/delay?ms={ms:g}", method="PUT"), timeout=10
+        ).read()
+
     def clear(self) -> None:
         urllib.request.urlopen(
             urllib.request.Request(self.url + "/stats", method="DELETE"), timeout=10
@@ -176,6 +182,15 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         return {name: round(peak / 2**20, 1) for name, peak in self.peaks.items()}
+
+
+def lone_after_idle(url: str, args: argparse.Namespace, prefix: str) -> list[Result]:
+    """``args.idle`` webhooks posted one at a time, each after ``args.idle_gap`` s of silence."""
+    results: list[Result] = []
+    for n in range(args.idle):
+        time.sleep(args.idle_gap)  # the idle period is what this measures
+        results += asyncio.run(as_fast_as_possible(url, requests(f"{prefix}{n}", 1), secret=SECRET))
+    return results
 
 
 def wapipe_env(redis_url: str, graph_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
@@ -256,6 +271,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ingest[mode] = summarize_ingest(
                     asyncio.run(as_fast_as_possible(f"http://127.0.0.1:{port}/webhook", batch, secret=SECRET))
                 )
+                if mode == "bare":
+                    bare_idle = lone_after_idle(f"http://127.0.0.1:{port}/webhook", args, "bare-idle")
         client.flushall()
         env = wapipe_env(
             redis_server.url, graph.url, tmp / "data", PORT=str(free_port()), WAPIPE_METRICS_PORT=str(free_port()),
@@ -320,15 +337,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "p95_ms": ms(percentile(latencies, 0.95)),
             "p99_ms": ms(percentile(latencies, 0.99)),
         }
-        idle: list[float] = []
-        for n in range(args.idle):
-            time.sleep(args.idle_gap)  # the idle period is what this measures
-            [(message_id, body)] = requests(f"idle{n}", 1)
-            [result] = asyncio.run(
-                as_fast_as_possible(web_url + "/webhook", [(message_id, body)], secret=SECRET)
-            )
-            idle.append(graph.wait_received({message_id}, timeout=30)[message_id] - result.sent_at)
-        end_to_end["latency_after_idle"] = {"p50_ms": ms(percentile(idle, 0.5)), "max_ms": ms(max(idle))}
+        idle = [
+            graph.wait_received({result.message_id}, timeout=30)[result.message_id] - result.sent_at
+            for result in lone_after_idle(web_url + "/webhook", args, "idle")
+        ]
+        bare_acks = [result.answered_at - result.sent_at for result in bare_idle]
+        end_to_end["latency_after_idle"] = {
+            "p50_ms": ms(percentile(idle, 0.5)),
+            "p95_ms": ms(percentile(idle, 0.95)),
+            "p99_ms": ms(percentile(idle, 0.99)),
+            "max_ms": ms(max(idle)),
+            # The same lone request to the bare aiohttp handler: what waking this machine up costs.
+            "bare_handler_ack_p50_ms": ms(percentile(bare_acks, 0.5)),
+        }
         report["end_to_end"] = end_to_end
 
         # 3. Backpressure: a burst of 10x the queue limit, refused with 503 and re-sent as Meta does.
@@ -364,13 +385,26 @@ def overload(
     client: Any,
     rss: PeakRSS,
 ) -> dict[str, Any]:
-    """A second web with a queue limit of ``args.overload_limit`` takes a burst of 10x that."""
+    """A second web with a queue limit of ``args.overload_limit`` takes a burst of 10x that.
+
+    The fake Graph API answers after ``args.overload_graph_ms`` here, as a real one does, which
+    holds the workers to about threads / (2 x that) messages/s: the burst outruns them however
+    fast they are, so the limit is really reached.
+    """
     limited = {**env, "PORT": str(free_port()), "WAPIPE_MAX_QUEUE_DEPTH": str(args.overload_limit)}
     url = f"http://127.0.0.1:{limited['PORT']}"
     web = stack.enter_context(process([PY, "-m", "daemon", "web"], limited, tmp / "web-overload.log"))
     rss.watch("web_overload", web.pid)
     wait_for(lambda: http_ok(url + "/readyz"), timeout=20, what="web with a queue limit")
     graph.clear()
+    graph.set_delay(args.overload_graph_ms)
+    try:
+        return _overload_burst(args, url, graph, client)
+    finally:
+        graph.set_delay(0)
+
+
+def _overload_burst(args: argparse.Namespace, url: str, graph: Graph, client: Any) -> dict[str, Any]:
     burst = requests("burst", args.overload_limit * 10)
     bodies = dict(burst)
     peak_redis = 0
@@ -398,6 +432,7 @@ def overload(
     counts = Counter(graph.stats()["received_all"])
     return {
         "queue_limit": args.overload_limit,
+        "graph_delay_ms": args.overload_graph_ms,
         "burst": len(burst),
         "refused_503_first_pass": len(shed),
         "resend_rounds": rounds,
@@ -419,9 +454,10 @@ def table(report: dict[str, Any]) -> str:
         ("end to end (replies/s)", f"{e2e['replied_per_second']:.0f}/s", f"{e2e['messages']} text messages, ingest {e2e['ingest_per_second_with_workers']:.0f}/s meanwhile"),
         ("CPU per replied message", f"{sum(e2e['cpu_ms_per_message'].values()):.1f} ms", ", ".join(f"{k} {v}" for k, v in e2e["cpu_ms_per_message"].items())),
         (f"reply latency {rate_key[11:]}", f"p50 {e2e[rate_key]['p50_ms']} ms", f"p95 {e2e[rate_key]['p95_ms']} ms, p99 {e2e[rate_key]['p99_ms']} ms"),
-        ("reply latency after idle", f"p50 {e2e['latency_after_idle']['p50_ms']} ms", f"max {e2e['latency_after_idle']['max_ms']} ms"),
+        ("reply latency after idle", f"p50 {e2e['latency_after_idle']['p50_ms']} ms", f"max {e2e['latency_after_idle']['max_ms']} ms; the bare aiohttp handler's ack after the same idle: p50 {e2e['latency_after_idle']['bare_handler_ack_p50_ms']} ms"),
         ("overload 10x the queue limit", f"{report['overload']['refused_503_first_pass']} x 503",
-         f"{report['overload']['burst']} posted at a limit of {report['overload']['queue_limit']}; all answered once: "
+         f"{report['overload']['burst']} posted at a limit of {report['overload']['queue_limit']} (Graph answers in "
+         f"{report['overload']['graph_delay_ms']:g} ms); all answered once: "
          f"{report['overload']['all_answered'] and not report['overload']['answered_twice']}, drained in "
          f"{report['overload']['seconds_to_drain']} s, Redis peak {report['overload']['peak_redis_mb']} MB"),
         ("limiter", f"{limiter['observed_per_second']}/s", f"limit {limiter['limit_per_second']}/s, busiest 1 s window {limiter['busiest_1s_window']}"),
@@ -444,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=50, help="WAPIPE_SEND_RATE for the limiter run")
     parser.add_argument(
         "--overload-limit", type=int, default=300, help="queue limit of the overload run (x10 posted)"
+    )
+    parser.add_argument(
+        "--overload-graph-ms", type=float, default=20.0, help="Graph API answer delay in the overload run"
     )
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
