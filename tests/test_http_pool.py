@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +108,68 @@ def test_only_absolute_http_urls(pool: HTTPPool) -> None:
     """A URL without an http(s) scheme and host is refused before any connection."""
     with pytest.raises(ValueError, match="not an absolute"), pool.request("GET", "ftp://example.com/x"):
         pass
+
+
+TLS = Path(__file__).parent / "fixtures" / "tls"
+
+
+class _Answer(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    peers: list[tuple[str, int]] = []
+
+    def do_GET(self) -> None:
+        self.peers.append(self.client_address)
+        body = b'{"ok":true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def tls_server() -> Iterator[tuple[str, list[tuple[str, int]]]]:
+    """An HTTPS server on loopback with the self-signed test certificate (tests/fixtures/tls)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(TLS / "cert.pem", TLS / "key.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    peers: list[tuple[str, int]] = []
+    _Answer.peers = peers
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/", peers
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_https_with_a_trusted_certificate_keeps_its_connection(
+    tls_server: tuple[str, list[tuple[str, int]]],
+) -> None:
+    """Over TLS (certificate checked against the given CA) two requests share one connection."""
+    url, peers = tls_server
+    pool = HTTPPool(timeout=2.0, ssl_context=ssl.create_default_context(cafile=str(TLS / "cert.pem")))
+    try:
+        for _ in range(2):
+            with pool.request("GET", url) as response:
+                assert json.loads(response.read()) == {"ok": True}
+    finally:
+        pool.close()
+    assert len(peers) == 2
+    assert peers[0] == peers[1]
+
+
+def test_https_with_an_untrusted_certificate_sends_nothing(
+    pool: HTTPPool, tls_server: tuple[str, list[tuple[str, int]]]
+) -> None:
+    """The default context verifies certificates: a self-signed one is ConnectFailed, no request made."""
+    url, peers = tls_server
+    with pytest.raises(ConnectFailed, match="SSLCertVerificationError"), pool.request("GET", url):
+        pass
+    assert peers == []
