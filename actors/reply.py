@@ -30,13 +30,13 @@ import time
 from typing import Any, TypeVar
 
 import dramatiq
-import stamina
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors import metrics, runtime
 from actors.errors import GraphRejected, ItemRejected, OutcomeUnknown
 from actors.parse import STATS_KEY
+from daemon import retrying
 from daemon.graph import GraphError, GraphUnreachable, SendOutcomeUnknown
 from daemon.handler import InboundMessage, Outbound, call_handler
 
@@ -237,11 +237,13 @@ def _send_once(
 
 def _mark_sent(rt: runtime.Runtime, key: str, value: str, ttl: int) -> None:
     """Record a send that happened; worth waiting for Redis (up to 60 s) rather than leave it "in doubt"."""
-    for attempt in stamina.retry_context(
-        on=(RedisConnectionError, RedisTimeoutError), attempts=None, timeout=60.0, wait_max=2.0
-    ):
-        with attempt:
-            rt.redis.set(key, value, ex=ttl)
+    retrying.call(
+        lambda: rt.redis.set(key, value, ex=ttl),
+        on=(RedisConnectionError, RedisTimeoutError),
+        attempts=None,
+        timeout=60.0,
+        wait_max=2.0,
+    )
 
 
 def _pause(rt: runtime.Runtime, phone_number_id: str, error: GraphError) -> None:

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urljoin
 
-import stamina
-
+from daemon import retrying
 from daemon.config import Settings
 from daemon.http_pool import ConnectFailed, HTTPPool
 from daemon.media import TempFile, host_allowed
@@ -233,29 +232,17 @@ class GraphClient:
 
     def _with_retries(self, hook: RetryHook, attempt: Callable[[], T]) -> T:
         """``attempt()`` under stamina's brief in-process retries: ``WAPIPE_GRAPH_ATTEMPTS``
-        attempts, 0.1–2 s apart, on the errors ``hook`` accepts.
-
-        The first attempt runs before stamina's retry context is built: building it costs about
-        as much CPU as a request (measured on the benchmark machine), and almost every request
-        succeeds at once. A first failure that ``hook`` accepts is handed to stamina as its own
-        first attempt's failure, so the back-off, the attempt count and stamina's
-        instrumentation are exactly those of stamina alone.
-        """
-        try:
-            return attempt()
-        except Exception as error:
-            if hook(error) is False:
-                raise
-            first_failure: Exception | None = error
-        for retry in stamina.retry_context(
-            on=hook, attempts=self._attempts, timeout=None, wait_initial=0.1, wait_max=2.0, wait_jitter=0.2
-        ):
-            with retry:
-                if first_failure is not None:
-                    failure, first_failure = first_failure, None
-                    raise failure
-                return attempt()
-        raise AssertionError("unreachable: stamina re-raises the last failure")
+        attempts, 0.1–2 s apart, on the errors ``hook`` accepts (the first attempt before
+        stamina's context is built: :mod:`daemon.retrying`)."""
+        return retrying.call(
+            attempt,
+            on=hook,
+            attempts=self._attempts,
+            timeout=None,
+            wait_initial=0.1,
+            wait_max=2.0,
+            wait_jitter=0.2,
+        )
 
     @contextlib.contextmanager
     def _observing(self, endpoint: str) -> Iterator[None]:

@@ -1,12 +1,11 @@
-"""The Graph API client's brief retries: stamina's policy, with the first attempt made before
-stamina's retry context is built (see ``GraphClient._with_retries``)."""
+"""The Graph API client against the fake Graph API: what is retried in-process (stamina, through
+``daemon.retrying``), what is an unknown outcome, and connection reuse."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-import stamina
 from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 
 from daemon.config import Settings
@@ -99,18 +98,6 @@ def test_attempts_are_bounded_and_the_last_failure_is_raised(
     assert raised.value.http_status == 504
     assert len(fake_graph.sends()) == 3
     assert [r.retry_num for r in retries_seen] == [1, 2]
-
-
-def test_stamina_deactivated_means_one_attempt(graph: GraphClient, fake_graph: FakeGraph) -> None:
-    """``stamina.set_active(False)`` turns retries off for the first failure too."""
-    fake_graph.script("send", Reply(503))
-    stamina.set_active(False)
-    try:
-        with pytest.raises(GraphError):
-            graph.send_message("1", BODY)
-    finally:
-        stamina.set_active(True)
-    assert len(fake_graph.sends()) == 1
 
 
 def test_an_unreachable_graph_api_is_retried_then_reported_unreachable(
