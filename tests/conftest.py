@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 
 from daemon.config import Settings
 from tests.support.fake_graph import FakeGraph
@@ -57,6 +58,17 @@ def fake_graph() -> Iterator[FakeGraph]:
         yield graph
     finally:
         graph.stop()
+
+
+@pytest.fixture
+def retries_seen() -> Iterator[list[RetryDetails]]:
+    """What stamina's instrumentation reports, instead of its default logging/metrics hooks."""
+    seen: list[RetryDetails] = []
+    set_on_retry_hooks([seen.append])
+    try:
+        yield seen
+    finally:
+        set_on_retry_hooks(None)
 
 
 def pipeline_env(redis_url: str, graph_url: str, data_dir: Path, **extra: str) -> dict[str, str]:

@@ -6,23 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from stamina.instrumentation import RetryDetails, set_on_retry_hooks
+from stamina.instrumentation import RetryDetails
 
 from daemon.config import Settings
 from daemon.graph import GraphClient, GraphError, GraphUnreachable, SendOutcomeUnknown
 from tests.conftest import ACCESS_TOKEN, APP_SECRET, VERIFY_TOKEN
 from tests.support.fake_graph import FakeGraph, Reply, graph_error
-
-
-@pytest.fixture
-def retries_seen() -> Iterator[list[RetryDetails]]:
-    """What stamina's instrumentation reports, instead of its default logging/metrics hooks."""
-    seen: list[RetryDetails] = []
-    set_on_retry_hooks([seen.append])
-    try:
-        yield seen
-    finally:
-        set_on_retry_hooks(None)
 
 
 def settings_for(fake_graph: FakeGraph, **extra: str) -> Settings:

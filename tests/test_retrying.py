@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import stamina
-from stamina.instrumentation import RetryDetails, set_on_retry_hooks
+from stamina.instrumentation import RetryDetails
 
 from daemon import retrying
-
-
-@pytest.fixture
-def retries_seen() -> Iterator[list[RetryDetails]]:
-    seen: list[RetryDetails] = []
-    set_on_retry_hooks([seen.append])
-    try:
-        yield seen
-    finally:
-        set_on_retry_hooks(None)
 
 
 def flaky(*failures: Exception) -> tuple[list[int], Callable[[], int]]:
