@@ -19,8 +19,9 @@ messages wait (``WAPIPE_AUTH_PAUSE_MS``) without using up retries, one of them p
 each period, and the first success resumes sending. Nothing is dead-lettered for a bad token.
 
 Worst case per message: ``WAPIPE_RETRY_MAX + 1`` runs (default 6), each up to
-``WAPIPE_GRAPH_ATTEMPTS`` calls (default 3), each given up after ``WAPIPE_GRAPH_TIMEOUT_SECONDS``
-(10 s) of silence, 0.1–2 s apart, separated by back-offs of 1–2, 2–4, 4–8, 8–16, 16–32 s: about 3 minutes in all.
+``WAPIPE_GRAPH_ATTEMPTS`` calls (default 3) 0.1–2 s apart, each given up after
+``WAPIPE_GRAPH_TIMEOUT_SECONDS`` (10 s) of silence; the runs separated by back-offs of 1–2, 2–4,
+4–8, 8–16, 16–32 s: about 3 minutes in all.
 """
 
 from __future__ import annotations
