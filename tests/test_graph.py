@@ -4,12 +4,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from stamina.instrumentation import RetryDetails
 
 from daemon.config import Settings
-from daemon.graph import GraphClient, GraphError, GraphUnreachable, SendOutcomeUnknown
+from daemon.graph import (
+    GraphClient,
+    GraphError,
+    GraphUnreachable,
+    MediaExpired,
+    MediaRefused,
+    SendOutcomeUnknown,
+)
+from daemon.media import TempFile
 from tests.conftest import ACCESS_TOKEN, APP_SECRET, VERIFY_TOKEN
 from tests.support.fake_graph import FakeGraph, Reply, graph_error
 
@@ -132,3 +141,58 @@ def test_requests_reuse_one_keep_alive_connection(graph: GraphClient, fake_graph
     peers = {r.peer for r in fake_graph.of_kind("read")}
     assert len(fake_graph.of_kind("read")) == 20
     assert len(peers) == 1
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[TempFile]:
+    temp = TempFile(tmp_path)
+    try:
+        yield temp
+    finally:
+        temp.discard()
+
+
+def test_a_download_follows_a_redirect_to_an_allowed_host(
+    graph: GraphClient, fake_graph: FakeGraph, sink: TempFile
+) -> None:
+    """302 to another path on a listed host: followed, the file streamed whole with its type."""
+    fake_graph.add_media("m2", b"x" * 200_000, "image/png", chunked=True)
+    fake_graph.script("download", Reply(302, headers={"Location": "/download/m2"}))
+    content_type = graph.download(
+        f"{fake_graph.url}/download/m1", sink, max_bytes=1_000_000, hosts=("127.0.0.1",)
+    )
+    assert content_type == "image/png"
+    assert sink.size == 200_000
+    assert [r.path for r in fake_graph.of_kind("download")] == ["/download/m1", "/download/m2"]
+    assert all(r.headers["Authorization"] == f"Bearer {ACCESS_TOKEN}" for r in fake_graph.of_kind("download"))
+
+
+def test_a_redirect_to_an_unlisted_host_is_refused_before_contacting_it(
+    graph: GraphClient, fake_graph: FakeGraph, sink: TempFile
+) -> None:
+    """302 to a host not in WHATSAPP_MEDIA_HOSTS: MediaRefused, the token never sent there."""
+    fake_graph.add_media("m3")
+    other = f"http://localhost:{fake_graph.port}/download/m3"
+    fake_graph.script("download", Reply(302, headers={"Location": other}))
+    with pytest.raises(MediaRefused, match="not in WHATSAPP_MEDIA_HOSTS"):
+        graph.download(f"{fake_graph.url}/download/m1", sink, max_bytes=1_000_000, hosts=("127.0.0.1",))
+    assert len(fake_graph.of_kind("download")) == 1
+
+
+def test_a_download_over_the_cap_is_stopped_while_streaming(
+    graph: GraphClient, fake_graph: FakeGraph, sink: TempFile
+) -> None:
+    """No Content-Length (chunked) and more bytes than allowed: refused once past the cap."""
+    fake_graph.add_media("big", b"y" * 300_000, chunked=True)
+    with pytest.raises(MediaRefused, match="stopped while streaming"):
+        graph.download(f"{fake_graph.url}/download/big", sink, max_bytes=100_000, hosts=("127.0.0.1",))
+    assert sink.size <= 100_000
+
+
+def test_an_expired_media_url_is_media_expired(
+    graph: GraphClient, fake_graph: FakeGraph, sink: TempFile
+) -> None:
+    """404 on the URL means a fresh URL is needed: MediaExpired, not retried in-process."""
+    with pytest.raises(MediaExpired):
+        graph.download(f"{fake_graph.url}/download/gone", sink, max_bytes=1_000_000, hosts=("127.0.0.1",))
+    assert len(fake_graph.of_kind("download")) == 1
