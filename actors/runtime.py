@@ -10,6 +10,7 @@ thread of Dramatiq's ``AsyncIO`` middleware (:meth:`Runtime.run`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -31,24 +32,76 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
+class _ThreadRedis:
+    """A worker thread's own Redis client (one connection) and what is built on it."""
+
+    client: redis.Redis
+    queue: Queue
+    limiter: SendLimiter
+    scripts: dict[str, Script] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Runtime:
-    """What actors use: settings, Redis, the queue writer, the Graph API client, the handler."""
+    """What actors use: settings, Redis, the queue writer, the Graph API client, the handler.
+
+    :attr:`redis`, :attr:`queue`, :attr:`limiter` and :meth:`script` are the calling thread's:
+    each worker thread talks to Redis on a connection of its own (see
+    :func:`daemon.queue.thread_redis_client`), opened at its first use and closed with the runtime.
+    """
 
     settings: Settings
-    redis: redis.Redis
-    queue: Queue
+    redis_url: str
     graph: GraphClient
     handler: Handler
-    limiter: SendLimiter
     loop: EventLoopThread
-    _scripts: dict[str, Script] = field(default_factory=dict)
+    _local: threading.local = field(default_factory=threading.local)
+    _opened: list[redis.Redis] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _mine(self) -> _ThreadRedis:
+        mine: _ThreadRedis | None = getattr(self._local, "redis", None)
+        if mine is None:
+            settings = self.settings
+            client = thread_redis_client(self.redis_url, settings.redis_timeout_seconds)
+            limiter = SendLimiter(
+                client,
+                per_number_rate=settings.send_rate,
+                pair_interval_ms=settings.pair_interval_ms,
+                pair_burst=settings.pair_burst,
+            )
+            mine = self._local.redis = _ThreadRedis(client, Queue(client), limiter)
+            with self._lock:
+                self._opened.append(client)
+        return mine
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self._mine().client
+
+    @property
+    def queue(self) -> Queue:
+        return self._mine().queue
+
+    @property
+    def limiter(self) -> SendLimiter:
+        return self._mine().limiter
 
     def script(self, source: str) -> Script:
-        """The Lua ``source`` registered with :attr:`redis`, once per process (not per message)."""
-        script = self._scripts.get(source)
+        """The Lua ``source`` registered with :attr:`redis`, once per thread (not per message)."""
+        scripts = self._mine().scripts
+        script = scripts.get(source)
         if script is None:
-            script = self._scripts.setdefault(source, self.redis.register_script(source))
+            script = scripts[source] = self.redis.register_script(source)
         return script
+
+    def close(self) -> None:
+        """Close the Graph client and every thread's Redis connection."""
+        self.graph.close()
+        with self._lock:
+            opened, self._opened[:] = list(self._opened), []
+        for client in opened:
+            client.close()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Await ``coroutine`` on the worker's event loop and return its result.
@@ -96,26 +149,13 @@ def _observe_graph(endpoint: str, result: str, seconds: float) -> None:
 
 
 def _open(settings: Settings, redis_url: str, loop: EventLoopThread) -> Runtime:
-    client = thread_redis_client(redis_url, settings.redis_timeout_seconds)
     return Runtime(
         settings=settings,
-        redis=client,
-        queue=Queue(client),
+        redis_url=redis_url,
         graph=GraphClient(settings, observe=_observe_graph),
         handler=load_handler(settings.handler),
-        limiter=SendLimiter(
-            client,
-            per_number_rate=settings.send_rate,
-            pair_interval_ms=settings.pair_interval_ms,
-            pair_burst=settings.pair_burst,
-        ),
         loop=loop,
     )
-
-
-def _close(runtime: Runtime) -> None:
-    runtime.graph.close()
-    runtime.redis.close()
 
 
 class RuntimeMiddleware(dramatiq.Middleware):
@@ -139,5 +179,5 @@ class RuntimeMiddleware(dramatiq.Middleware):
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         global _current
         if _current is not None:
-            _close(_current)
+            _current.close()
         _current = None
