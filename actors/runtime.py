@@ -1,8 +1,8 @@
 """Per-process resources of a worker: created after the worker boots, closed at shutdown.
 
 The actors are plain functions run by Dramatiq's worker threads (its native model), and their I/O
-blocks those threads: Redis through redis-py's thread-safe pool (about half the CPU per command
-of ``redis.asyncio`` on the same machine), the Graph API through the keep-alive pool of
+blocks those threads: Redis through redis-py's blocking client, on a connection of each thread's
+own (:func:`daemon.queue.thread_redis_client`), the Graph API through the keep-alive pool of
 :mod:`daemon.http_pool` (a third of aiohttp's CPU per request, once the hand-off to an event loop
 thread is counted). Only an ``async`` custom reply handler is awaited, on the one event loop
 thread of Dramatiq's ``AsyncIO`` middleware (:meth:`Runtime.run`).
