@@ -239,7 +239,8 @@ class Queue:
     """Enqueue Dramatiq messages from a thread (the actors), exactly as :class:`AsyncQueue` does.
 
     Args:
-        client: a thread-safe ``redis.Redis`` owned by the caller's lifecycle.
+        client: a ``redis.Redis`` owned by the caller's lifecycle (in the worker, the calling
+            thread's own, see :func:`thread_redis_client`).
     """
 
     def __init__(self, client: redis.Redis) -> None:
