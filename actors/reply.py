@@ -7,7 +7,8 @@ is marked read (a failure is logged and does not stop the reply), then each outb
 sent from the envelope's own ``phone_number_id``.
 
 At most once: before each send a ledger key ``wapipe:reply:{phone_number_id}:{id}:{n}`` is claimed
-in Redis. A send that surely did not happen (no connection, 5xx / 429, a Graph error) releases the
+in Redis. When the message is done, ``wapipe:handled:{phone_number_id}:{id}`` records how many
+messages answered it (``0``: handled without reply), with the last ledger mark. A send that surely did not happen (no connection, 5xx / 429, a Graph error) releases the
 claim and is retried; a send that may have happened (timeout after the request went out, a worker
 that died mid-send) keeps the claim and is dead-lettered as "unknown outcome", never resent.
 
@@ -40,6 +41,7 @@ from actors.parse import STATS_KEY
 from daemon import retrying
 from daemon.graph import GraphError, GraphUnreachable, SendOutcomeUnknown
 from daemon.handler import InboundMessage, Outbound, call_handler
+from daemon.keys import handled_key, ledger_key
 
 log = logging.getLogger(__name__)
 RetryT = TypeVar("RetryT", bound=dramatiq.Retry)
@@ -75,7 +77,9 @@ def run(item: dict[str, Any]) -> None:
     fields = {"actor": ACTOR_NAME, "message_id": message.id, "type": message.type}
     # A sync handler runs in this worker thread; an async one on the worker's event loop.
     outbound = call_handler(rt.handler, message, rt.run)
+    ttl = rt.settings.message_dedup_ttl_seconds + LEDGER_EXTRA_SECONDS
     if not outbound:
+        _record(rt, [(handled_key(message.phone_number_id, message.id), "0")], ttl)
         log.info("handled_without_reply", extra=fields)
         return
     recipient = _recipient(message)
@@ -83,7 +87,15 @@ def run(item: dict[str, Any]) -> None:
     _mark_read(rt, message, fields)
     replay = bool(runtime.current_options().get("wapipe_replay"))
     for index, body in enumerate(outbound):
-        _send_once(rt, message, index, {**recipient, **body, "messaging_product": "whatsapp"}, replay)
+        done = (handled_key(message.phone_number_id, message.id), str(len(outbound)))
+        _send_once(
+            rt,
+            message,
+            index,
+            {**recipient, **body, "messaging_product": "whatsapp"},
+            replay,
+            also=[done] if index == len(outbound) - 1 else [],
+        )
     if probing and rt.redis.delete(_paused_key(message.phone_number_id)):
         log.warning(
             "sending_resumed", extra={"actor": ACTOR_NAME, "phone_number_id": message.phone_number_id}
@@ -171,9 +183,15 @@ def _mark_read(rt: runtime.Runtime, message: InboundMessage, fields: dict[str, A
 
 
 def _send_once(
-    rt: runtime.Runtime, message: InboundMessage, index: int, body: Outbound, replay: bool
+    rt: runtime.Runtime,
+    message: InboundMessage,
+    index: int,
+    body: Outbound,
+    replay: bool,
+    also: list[tuple[str, str]],
 ) -> None:
-    key = f"wapipe:reply:{message.phone_number_id}:{message.id}:{index}"
+    """Claim the ledger entry, send, mark it sent (with the ``also`` keys, in the same round trip)."""
+    key = ledger_key(message.phone_number_id, message.id, index)
     ttl = rt.settings.message_dedup_ttl_seconds + LEDGER_EXTRA_SECONDS
     recipient = str(body.get("to") or body.get("recipient"))
     _wait_for_slot(rt, message, recipient)
@@ -187,6 +205,8 @@ def _send_once(
             log.info(
                 "reply_already_sent", extra={"actor": ACTOR_NAME, "message_id": message.id, "index": index}
             )
+            if also:
+                _record(rt, also, ttl)
             return
         if not replay:
             rt.limiter.release(message.phone_number_id, recipient)
@@ -197,7 +217,7 @@ def _send_once(
             )
         rt.redis.set(key, claim, ex=ttl)  # an operator's replay takes the send over
     try:
-        result = rt.graph.send_message(message.phone_number_id, body)
+        result = rt.graph.send_message(message.phone_number_id, body, in_reply_to=message.id)
     except SendOutcomeUnknown as error:
         raise OutcomeUnknown(str(error), message_id=message.id, index=index) from None
     except GraphError as error:
@@ -233,13 +253,24 @@ def _send_once(
         rt.redis.delete(key)
         rt.limiter.release(message.phone_number_id, recipient)
         raise
-    _mark_sent(rt, key, f"sent:{result.message_id}", ttl)
+    _record(rt, [(key, f"sent:{result.message_id}"), *also], ttl)
 
 
-def _mark_sent(rt: runtime.Runtime, key: str, value: str, ttl: int) -> None:
-    """Record a send that happened; worth waiting for Redis (up to 60 s) rather than leave it "in doubt"."""
+def _record(rt: runtime.Runtime, values: list[tuple[str, str]], ttl: int) -> None:
+    """Set each key to its value, in one round trip. Used for a send that happened: worth waiting for
+    Redis (up to 60 s) rather than leave it "in doubt"."""
+
+    def write() -> None:
+        if len(values) == 1:
+            rt.redis.set(values[0][0], values[0][1], ex=ttl)
+            return
+        with rt.redis.pipeline(transaction=False) as pipe:
+            for key, value in values:
+                pipe.set(key, value, ex=ttl)
+            pipe.execute()
+
     retrying.call(
-        lambda: rt.redis.set(key, value, ex=ttl),
+        write,
         on=(RedisConnectionError, RedisTimeoutError),
         attempts=None,
         timeout=60.0,

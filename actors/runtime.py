@@ -23,10 +23,11 @@ from redis.commands.core import Script
 
 from actors import metrics as worker_metrics
 from daemon.config import Settings
-from daemon.graph import GraphClient
+from daemon.graph import GraphClient, emulator_endpoint
 from daemon.handler import Handler, load_handler
 from daemon.queue import Queue, thread_redis_client
 from daemon.ratelimit import SendLimiter
+from daemon.sandbox_link import EmulatorLink
 
 T = TypeVar("T")
 
@@ -55,6 +56,7 @@ class Runtime:
     graph: GraphClient
     handler: Handler
     loop: EventLoopThread
+    emulator: EmulatorLink | None = None
     _local: threading.local = field(default_factory=threading.local)
     _opened: list[redis.Redis] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -98,6 +100,8 @@ class Runtime:
     def close(self) -> None:
         """Close the Graph client and every thread's Redis connection."""
         self.graph.close()
+        if self.emulator is not None:
+            self.emulator.close()
         with self._lock:
             opened, self._opened[:] = list(self._opened), []
         for client in opened:
@@ -149,12 +153,23 @@ def _observe_graph(endpoint: str, result: str, seconds: float) -> None:
 
 
 def _open(settings: Settings, redis_url: str, loop: EventLoopThread) -> Runtime:
+    emulator = None
+    if settings.sandbox:
+        # The deployment's own emulator, found through Redis (never guessed from PORT).
+        client = redis.Redis.from_url(redis_url, socket_timeout=settings.redis_timeout_seconds)
+        emulator = EmulatorLink(client, timeout=settings.graph_timeout_seconds)
+        graph = GraphClient(
+            settings, observe=_observe_graph, endpoint=emulator_endpoint(emulator, settings.api_version)
+        )
+    else:
+        graph = GraphClient(settings, observe=_observe_graph)
     return Runtime(
         settings=settings,
         redis_url=redis_url,
-        graph=GraphClient(settings, observe=_observe_graph),
+        graph=graph,
         handler=load_handler(settings.handler),
         loop=loop,
+        emulator=emulator,
     )
 
 

@@ -1,78 +1,76 @@
 """``wapipe``: the command line of every wapipe process.
 
-Exit codes: 0 ok, 1 failure at run time, 2 bad configuration or usage, 3 Redis unreachable at start.
+Every command reads its configuration the same way (:func:`daemon.config.load`: the environment
+over ``.env`` in the working directory) and reports a user's mistake in one line on stderr, never
+a traceback. Exit codes: 0 ok, 1 failure at run time, 2 bad configuration or usage, 3 Redis
+unreachable at start.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
-from daemon import logs
-from daemon.config import ConfigError, Settings, load_environment, redact_url
+from daemon import config, logs
+from daemon.config import ConfigError, Settings, redact_url
+from daemon.startup import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_REDIS,
+    StartupError,
+    listen_error,
+    resolve_redis_url,
+    wait_for_redis,
+    writable_dir,
+)
 
 log = logging.getLogger("daemon.cli")
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
-EXIT_REDIS = 3
-
-#: How long a starting worker waits for Redis before giving up.
-REDIS_START_WAIT_SECONDS = 30.0
+__all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "EXIT_REDIS", "main"]
 
 
-class CommandError(Exception):
-    """A command cannot go on; ``code`` is the exit code, ``str()`` the one-line reason."""
+def version() -> str:
+    """The installed distribution's version (the source tree's when run from a checkout)."""
+    try:
+        return metadata.version("wapipe")
+    except metadata.PackageNotFoundError:
+        from daemon import __version__
 
-    def __init__(self, message: str, code: int = EXIT_CONFIG) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def embedded_socket(settings: Settings) -> Path:
-    """Where ``wapipe run``'s embedded Redis listens."""
-    return settings.data_dir / "redis.sock"
+        return __version__
 
 
-def resolve_redis_url(settings: Settings) -> str:
-    """``REDIS_URL``, else the embedded Redis of a running ``wapipe run`` in the same data dir.
+def _log_warnings(settings: Settings) -> None:
+    for warning in settings.warnings:
+        log.warning("configuration_warning", extra={"warning": warning})
 
-    Raises:
-        CommandError: neither is available.
-    """
-    if settings.redis_url:
-        return settings.redis_url
-    sock = embedded_socket(settings)
-    if sock.exists():
-        import redis
 
-        url = f"unix://{sock.resolve()}"
-        try:
-            redis.Redis.from_url(url, socket_timeout=1).ping()
-        except redis.RedisError:
-            pass
-        else:
-            return url
-    raise CommandError(
-        "REDIS_URL is not set and no `wapipe run` is running in WAPIPE_DATA_DIR "
-        f"({settings.data_dir}): set REDIS_URL or use `wapipe run`"
-    )
+def load_handler_or_fail(settings: Settings) -> None:
+    """Import ``WAPIPE_HANDLER`` from the working directory now, so a mistake is one line at start."""
+    from daemon.handler import HandlerError, load_handler
+
+    try:
+        load_handler(settings.handler)
+    except HandlerError as error:
+        raise StartupError(f"WAPIPE_HANDLER={settings.handler}: {error}") from None
 
 
 def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
-    from aiohttp import web
+    import asyncio
 
-    from daemon.web import make_app
+    from daemon.web import serve
 
     redis_url = resolve_redis_url(settings)
+    wait_for_redis(settings, redis_url)
+    _log_warnings(settings)
     log.info(
         "web_starting",
         extra={
@@ -82,104 +80,59 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
             "sandbox": settings.sandbox,
         },
     )
-    web.run_app(
-        make_app(settings, redis_url),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_timeout_seconds,
-        print=None,
-        access_log=None,
-    )
+    asyncio.run(serve(settings, redis_url))
     return EXIT_OK
 
 
-def _check_worker_redis(settings: Settings, redis_url: str) -> None:
-    import redis
-
-    from daemon.redis_check import VolatileRedis, check_persistence
-
-    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
-    deadline = time.monotonic() + REDIS_START_WAIT_SECONDS
-    try:
-        while True:
-            try:
-                check_persistence(client, allow_volatile=settings.allow_volatile_redis)
-            except VolatileRedis as error:
-                raise CommandError(str(error)) from None
-            except redis.RedisError as error:
-                if time.monotonic() >= deadline:
-                    raise CommandError(
-                        f"cannot reach Redis at {redact_url(redis_url)}: {error}", EXIT_REDIS
-                    ) from None
-                log.warning("redis_waiting", extra={"error": type(error).__name__})
-                time.sleep(1.0)
-            else:
-                return
-    finally:
-        client.close()
-
-
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.handler import HandlerError, load_handler
-    from daemon.queue import QUEUES
-
-    try:
-        load_handler(settings.handler)
-    except HandlerError as error:
-        raise CommandError(f"WAPIPE_HANDLER: {error}") from None
+    load_handler_or_fail(settings)
+    writable_dir(settings.data_dir, "WAPIPE_DATA_DIR")
+    writable_dir(settings.media_dir, "WAPIPE_MEDIA_DIR")
     redis_url = resolve_redis_url(settings)
-    _check_worker_redis(settings, redis_url)
-    # Read by dramatiq.worker when it is first imported, which happens just below.
-    os.environ["dramatiq_worker_timeout"] = str(settings.worker_poll_ms)  # noqa: SIM112 - dramatiq's name
-    os.environ["WAPIPE_RESOLVED_REDIS_URL"] = redis_url
-    metrics_dir = _own_metrics_dir(settings)
-    # Must be set before prometheus_client is first imported, here and in the forked processes.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    from dramatiq import cli as dramatiq_cli
+    wait_for_redis(settings, redis_url)
+    _log_warnings(settings)
 
-    from daemon.worker_metrics import serve_worker_metrics
+    from daemon.media import remove_abandoned_parts
+    from daemon.worker_metrics import MetricsDir, bind_metrics, serve
 
-    try:
-        server = serve_worker_metrics(metrics_dir, settings.host, settings.metrics_port)
-    except OSError as error:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        raise CommandError(
-            f"WAPIPE_METRICS_PORT: cannot listen on {settings.metrics_port}: {error.strerror}"
-        ) from None
+    with contextlib.ExitStack() as cleanup:  # undone in reverse order, however the worker ends
+        metrics_dir = MetricsDir.claim(settings.data_dir)
+        cleanup.callback(metrics_dir.remove)
+        # Read by prometheus-client when it is first imported (just below), here and in the forked
+        # worker processes: their metrics go to this worker's own directory.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.path)
+        wanted = settings.metrics_port
+        try:
+            server = bind_metrics(metrics_dir.path, settings.host, wanted)
+        except OSError as error:
+            raise listen_error("WAPIPE_METRICS_PORT", settings.host, wanted, error) from None
+        cleanup.callback(server.server_close)
+        port = int(server.server_address[1])
+        if wanted not in (0, port):
+            log.warning("metrics_port_taken", extra={"wanted": wanted, "port": port})
+        removed = remove_abandoned_parts(settings.media_dir)
+        if removed:
+            log.info("abandoned_downloads_removed", extra={"files": removed})
 
-    argv = [
-        "actors.broker:setup",
-        "--processes",
-        str(settings.worker_processes),
-        "--threads",
-        str(settings.worker_threads),
-        "--worker-shutdown-timeout",
-        str(int(settings.shutdown_timeout_seconds * 1000)),
-        "--skip-logging",
-        "--queues",
-        *QUEUES,
-    ]
-    log.info(
-        "worker_starting",
-        extra={
-            "processes": settings.worker_processes,
-            "threads": settings.worker_threads,
-            "redis": redact_url(redis_url),
-        },
-    )
-    parser = dramatiq_cli.make_argument_parser()  # type: ignore[no-untyped-call]
-    try:
-        return int(dramatiq_cli.main(parser.parse_args(argv)))  # type: ignore[no-untyped-call]
-    finally:
-        server.shutdown()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        from actors.supervisor import Supervisor
 
-
-def _own_metrics_dir(settings: Settings) -> Path:
-    """A fresh directory for this ``wapipe worker`` only: another worker never shares or wipes it."""
-    base = settings.data_dir / "metrics"
-    base.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"worker-{os.getpid()}-", dir=base))
+        supervisor = Supervisor(settings, redis_url, first_cpu=metrics_dir.slot * settings.worker_processes)
+        supervisor.start()  # fork before any thread of this process starts
+        serve(server)
+        cleanup.callback(server.shutdown)
+        metrics_dir.advertise(settings.host, port)
+        log.info(
+            "worker_starting",
+            extra={
+                "processes": settings.worker_processes,
+                "threads": settings.worker_threads,
+                "redis": redact_url(redis_url),
+                "metrics_port": port,
+                "slot": metrics_dir.slot,
+                "sandbox": settings.sandbox,
+            },
+        )
+        return supervisor.wait()
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -189,22 +142,49 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         return supervise(settings)
     except (RedisServerNotFound, EmbeddedRedisError) as error:
-        raise CommandError(str(error)) from None
+        raise StartupError(str(error)) from None
 
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from daemon.simulate import SimulateError, simulate
+    from daemon.simulate import SimulateError, render, simulate
 
+    if not settings.sandbox:
+        raise StartupError(
+            "simulate works in sandbox mode only: WHATSAPP_ACCESS_TOKEN is set, so the simulated "
+            "message would be answered to a real phone number"
+        )
+    redis_url = resolve_redis_url(settings)
     try:
-        reply = asyncio.run(
-            simulate(settings, text=args.text, image=args.image, url=args.url, wait_seconds=args.timeout)
+        answer = asyncio.run(
+            simulate(
+                settings,
+                redis_url,
+                text=args.text,
+                image=args.image,
+                url=args.url,
+                wait_seconds=args.timeout,
+                sender=args.sender,
+            )
         )
     except SimulateError as error:
-        raise CommandError(str(error), EXIT_FAILURE) from None
-    print(reply)
+        raise StartupError(str(error), error.code) from None
+    if not answer:
+        print("(no reply: the handler answered nothing)")
+    for sent in answer:
+        print(render(sent))
     return EXIT_OK
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.check import run_checks
+
+    failed = False
+    for result in run_checks(settings):
+        print(f"{result.status:<5} {result.name:<14} {result.detail}")
+        failed = failed or result.status == "FAIL"
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
@@ -239,7 +219,7 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
             )
         elif args.action == "replay":
             if args.all == (args.id is not None):
-                raise CommandError("dlq replay takes one ID, or --all")
+                raise StartupError("dlq replay takes one ID, or --all")
             letters = dlq.all_letters(client) if args.all else [dlq.find(client, args.id)]
             for letter in letters:
                 dlq.replay(client, letter)
@@ -248,26 +228,48 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
             older = None if args.all else settings.dlq_retention_days * 86_400
             print(f"purged {dlq.purge(client, older_than_seconds=older)} dead letter(s)")
     except dlq.NotFound as error:
-        raise CommandError(str(error), EXIT_FAILURE) from None
+        raise StartupError(str(error), EXIT_FAILURE) from None
     except redis.RedisError as error:
-        raise CommandError(f"Redis: {error}", EXIT_REDIS) from None
+        raise StartupError(f"Redis: {error}", EXIT_REDIS) from None
     finally:
         client.close()
     return EXIT_OK
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (exit 2), like every other wapipe error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 3600:
+        raise ValueError(value)
+    return number
+
+
+_positive.__name__ = "seconds (0 to 3600)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wapipe", description="WhatsApp Cloud API webhook pipeline.")
+    parser = _Parser(prog="wapipe", description="WhatsApp Cloud API webhook pipeline.")
+    parser.add_argument("--version", action="version", version=f"wapipe {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("web", help="serve the webhook, health, readiness and metrics on $PORT")
-    commands.add_parser("worker", help="run the pipeline's actors (Dramatiq worker processes)")
+    commands.add_parser("worker", help="run the pipeline's actors (worker processes × threads)")
     commands.add_parser("run", help="one machine: embedded Redis (unless REDIS_URL), web and worker")
-    sim = commands.add_parser("simulate", help="post a signed test webhook and print the reply (sandbox)")
+    commands.add_parser("check", help="check configuration, Redis, the Graph API token, directories, handler")
+    sim = commands.add_parser("simulate", help="sandbox: post a signed test message, print what was answered")
     what = sim.add_mutually_exclusive_group(required=True)
     what.add_argument("--text", help="send a text message")
     what.add_argument("--image", type=Path, help="upload this image to the emulator and send it")
-    sim.add_argument("--url", help="webhook URL (default http://127.0.0.1:$PORT/webhook)")
-    sim.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply (default 10)")
+    sim.add_argument("--from", dest="sender", default=None, help="the simulated user's number (digits)")
+    sim.add_argument("--url", help="webhook URL (default: the address the web recorded in Redis)")
+    sim.add_argument(
+        "--timeout", type=_positive, default=10.0, help="seconds to wait for the answer (default 10)"
+    )
     dead = commands.add_parser("dlq", help="list, show, replay or purge dead letters")
     actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="every dead letter: id, time, stage, what, reason")
@@ -281,21 +283,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"web": cmd_web, "worker": cmd_worker, "run": cmd_run, "simulate": cmd_simulate, "dlq": cmd_dlq}
+COMMANDS = {
+    "web": cmd_web,
+    "worker": cmd_worker,
+    "run": cmd_run,
+    "simulate": cmd_simulate,
+    "check": cmd_check,
+    "dlq": cmd_dlq,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings.from_env(load_environment(os.environ))
+        settings = config.load()
     except ConfigError as error:
         print(f"wapipe: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     logs.configure(settings.log_level, settings.log_format)
     try:
         return COMMANDS[args.command](settings, args)
-    except CommandError as error:
-        print(f"wapipe: {error}", file=sys.stderr)
+    except StartupError as error:
+        print(f"wapipe {args.command}: {error}", file=sys.stderr)
         return error.code
     except KeyboardInterrupt:
         return EXIT_OK

@@ -1,8 +1,16 @@
-"""Configuration: one frozen :class:`Settings` built once at start from the environment.
+"""Configuration: one frozen :class:`Settings` built once at start by :func:`load`.
+
+Every process (web, each worker process, run, dlq, simulate, check) resolves its configuration
+through :func:`load`: the real environment over ``.env`` in the working directory. Worker processes
+are forked from ``wapipe worker`` after it loaded the settings and receive that same object.
 
 Every variable is documented in ``.env.example`` and the README. Bad values raise
 :class:`ConfigError`, which names the variable and what is wrong without echoing a secret; the
 CLI turns it into one line on stderr and exit code 2.
+
+Sandbox mode is on only when none of :data:`META_VARIABLES` is set. Any of them without the access
+token is a half-configured production, refused at start: wapipe never falls back to the sandbox
+(which has public secrets) because a token was forgotten.
 """
 
 from __future__ import annotations
@@ -15,16 +23,24 @@ from pathlib import Path
 from typing import overload
 from urllib.parse import urlsplit
 
-#: Sandbox mode (no ``WHATSAPP_ACCESS_TOKEN``) uses these fixed, public secrets.
-SANDBOX_APP_SECRET = "sandbox-app-secret"  # noqa: S105 - public by design (DESIGN.md)
+#: Sandbox mode (no Meta setting at all) uses these fixed, public secrets.
+SANDBOX_APP_SECRET = "sandbox-app-secret"  # noqa: S105 - public by design
 SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"  # noqa: S105 - public by design
 SANDBOX_GRAPH_PATH = "/sandbox/graph"
+#: Setting any of these means "production, against Meta": the access token is then required.
+META_VARIABLES = (
+    "WHATSAPP_ACCESS_TOKEN",
+    "WHATSAPP_APP_SECRET",
+    "WHATSAPP_VERIFY_TOKEN",
+    "WHATSAPP_GRAPH_URL",
+)
+#: Where the sandbox listens unless ``WAPIPE_HOST`` is set: its app secret is public.
+SANDBOX_HOST = "127.0.0.1"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 DEFAULT_GRAPH_URL = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v25.0"
 DEFAULT_MEDIA_HOSTS = ("lookaside.fbsbx.com",)
-#: In sandbox mode media comes from the emulator on this machine.
-SANDBOX_MEDIA_HOSTS = ("127.0.0.1",)
 DEFAULT_MAX_BODY_BYTES = 3_670_016
 DEFAULT_MAX_QUEUE_DEPTH = 100_000
 DEFAULT_SEND_RATE = 80
@@ -80,7 +96,8 @@ class Settings:
     app_secret: Secret
     verify_token: Secret
     access_token: Secret | None
-    graph_url: str
+    #: None in sandbox mode: the worker finds the emulator of its deployment at run time.
+    graph_url: str | None
     api_version: str
     media_hosts: tuple[str, ...]
     redis_url: str | None
@@ -118,15 +135,24 @@ class Settings:
     pair_burst: int = 20
     message_dedup_ttl_seconds: int = 8 * DAY_SECONDS
     status_dedup_ttl_seconds: int = DAY_SECONDS
+    redis_start_wait_seconds: float = 30.0
+    #: Start-up warnings about the configuration, logged by every process that serves.
+    warnings: tuple[str, ...] = ()
 
     @property
     def sandbox(self) -> bool:
-        """True when no access token is configured: the Graph API is the built-in emulator."""
+        """True when no Meta setting is given: the Graph API is the web's built-in emulator."""
         return self.access_token is None
 
     @property
     def graph_base(self) -> str:
-        """``{graph_url}/{api_version}``, the prefix of every Graph API call."""
+        """``{graph_url}/{api_version}``, the prefix of every Graph API call (not in sandbox mode).
+
+        Raises:
+            RuntimeError: in sandbox mode, where the emulator's address is found at run time.
+        """
+        if self.graph_url is None:
+            raise RuntimeError("sandbox mode has no fixed Graph API URL: find the emulator in Redis")
         return f"{self.graph_url.rstrip('/')}/{self.api_version}"
 
     @classmethod
@@ -137,27 +163,50 @@ class Settings:
             ConfigError: naming the first variable that is missing or malformed.
         """
         env = _Env(environ)
+        given = [name for name in META_VARIABLES if env.raw(name) is not None]
+        sandbox = not given
         access_token = env.secret("WHATSAPP_ACCESS_TOKEN", required=False)
-        sandbox = access_token is None
+        if access_token is None and given:
+            raise ConfigError(
+                "WHATSAPP_ACCESS_TOKEN",
+                f"is required: {' and '.join(given)} {'is' if len(given) == 1 else 'are'} set, which means "
+                "production against Meta (leave every WHATSAPP_* setting unset for sandbox mode)",
+            )
         port = env.integer("PORT", 8080, minimum=0, maximum=65535)
         data_dir = Path(env.text("WAPIPE_DATA_DIR", "./var")).expanduser()
-        graph_default = f"http://127.0.0.1:{port}{SANDBOX_GRAPH_PATH}" if sandbox else DEFAULT_GRAPH_URL
         app_secret = env.secret("WHATSAPP_APP_SECRET", required=not sandbox)
         verify_token = env.secret("WHATSAPP_VERIFY_TOKEN", required=not sandbox)
+        warnings: list[str] = []
+        explicit_host = env.text("WAPIPE_HOST", None)
+        if sandbox:
+            host = explicit_host or SANDBOX_HOST
+            if host not in LOOPBACK_HOSTS:
+                warnings.append(
+                    f"WAPIPE_HOST={host} in sandbox mode: anyone who reaches this address can post webhooks "
+                    "signed with the public sandbox secret"
+                )
+            if env.raw("WHATSAPP_MEDIA_HOSTS") is not None:
+                warnings.append(
+                    "WHATSAPP_MEDIA_HOSTS is ignored in sandbox mode: media comes from the emulator"
+                )
+            media_hosts: tuple[str, ...] = ()
+        else:
+            host = explicit_host or "0.0.0.0"  # noqa: S104 - a server's documented default
+            media_hosts = env.hosts("WHATSAPP_MEDIA_HOSTS", DEFAULT_MEDIA_HOSTS)
         return cls(
             app_secret=app_secret or Secret(SANDBOX_APP_SECRET),
             verify_token=verify_token or Secret(SANDBOX_VERIFY_TOKEN),
             access_token=access_token,
-            graph_url=env.url("WHATSAPP_GRAPH_URL", graph_default, schemes=("http", "https")),
+            graph_url=None
+            if sandbox
+            else env.url("WHATSAPP_GRAPH_URL", DEFAULT_GRAPH_URL, schemes=("http", "https")),
             api_version=env.pattern("WHATSAPP_API_VERSION", DEFAULT_API_VERSION, _API_VERSION, "like v25.0"),
-            media_hosts=env.hosts(
-                "WHATSAPP_MEDIA_HOSTS", SANDBOX_MEDIA_HOSTS if sandbox else DEFAULT_MEDIA_HOSTS
-            ),
+            media_hosts=media_hosts,
             redis_url=env.url("REDIS_URL", None, schemes=("redis", "rediss", "unix")),
             data_dir=data_dir,
             media_dir=Path(env.text("WAPIPE_MEDIA_DIR", str(data_dir / "media"))).expanduser(),
             port=port,
-            host=env.text("WAPIPE_HOST", "0.0.0.0"),  # noqa: S104 - a server's documented default
+            host=host,
             metrics_port=env.integer("WAPIPE_METRICS_PORT", 9191, minimum=0, maximum=65535),
             handler=env.pattern("WAPIPE_HANDLER", None, _HANDLER, "module:function"),
             phone_number_ids=env.phone_number_ids("WAPIPE_PHONE_NUMBER_IDS"),
@@ -189,6 +238,8 @@ class Settings:
                 "WAPIPE_MESSAGE_DEDUP_TTL_SECONDS", 8 * DAY_SECONDS, minimum=1
             ),
             status_dedup_ttl_seconds=env.integer("WAPIPE_STATUS_DEDUP_TTL_SECONDS", DAY_SECONDS, minimum=1),
+            redis_start_wait_seconds=env.number("WAPIPE_REDIS_START_WAIT_SECONDS", 30.0, minimum=0.0),
+            warnings=tuple(warnings),
         )
 
 
@@ -333,7 +384,11 @@ def redact_url(url: str | None) -> str | None:
     return None if url is None else _redact_url(url)
 
 
-def load_environment(environ: Mapping[str, str], env_file: Path = Path(".env")) -> dict[str, str]:
+#: The file every process reads, in the directory it was started from.
+ENV_FILE = Path(".env")
+
+
+def load_environment(environ: Mapping[str, str], env_file: Path = ENV_FILE) -> dict[str, str]:
     """The process environment merged over ``.env`` (when present): real variables win."""
     merged: dict[str, str] = {}
     if env_file.is_file():
@@ -342,3 +397,14 @@ def load_environment(environ: Mapping[str, str], env_file: Path = Path(".env")) 
         merged.update({key: value for key, value in dotenv_values(env_file).items() if value is not None})
     merged.update(environ)
     return merged
+
+
+def load(environ: Mapping[str, str] | None = None, env_file: Path = ENV_FILE) -> Settings:
+    """The settings of this process: ``environ`` (default: the real environment) over ``.env``.
+
+    The one way every wapipe process resolves its configuration.
+
+    Raises:
+        ConfigError: naming the first variable that is missing or malformed.
+    """
+    return Settings.from_env(load_environment(os.environ if environ is None else environ, env_file))

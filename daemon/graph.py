@@ -18,12 +18,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlencode, urljoin
+from urllib.parse import urlencode, urljoin, urlsplit
 
 from daemon import retrying
 from daemon.config import Settings
 from daemon.http_pool import ConnectFailed, HTTPPool
 from daemon.media import TempFile, host_allowed
+from daemon.sandbox_link import IN_REPLY_TO_HEADER, PROOF_HEADER, EmulatorLink, EmulatorNotFound, proof
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,57 @@ class SendResult:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where Graph calls go and with what token; which media URLs may be fetched with that token.
+
+    In production: ``WHATSAPP_GRAPH_URL``, the access token and ``WHATSAPP_MEDIA_HOSTS``. In sandbox
+    mode: the deployment's emulator (found through Redis), its token, media from its own origin only,
+    and every answer must carry its proof header.
+    """
+
+    base: str
+    token: str
+    media_hosts: tuple[str, ...] = ()
+    media_origin: str | None = None
+    proof: str | None = None
+
+    def media_allowed(self, url: str) -> bool:
+        if self.media_origin is not None:
+            parts = urlsplit(url)
+            return f"{parts.scheme}://{parts.netloc}" == self.media_origin
+        return host_allowed(url, self.media_hosts)
+
+
+def meta_endpoint(settings: Settings) -> Endpoint:
+    """Production: Meta's Graph API (or ``WHATSAPP_GRAPH_URL``) with the access token."""
+    assert settings.access_token is not None, "sandbox mode has no fixed endpoint"
+    return Endpoint(
+        base=settings.graph_base, token=settings.access_token.get(), media_hosts=settings.media_hosts
+    )
+
+
+def emulator_endpoint(link: EmulatorLink, api_version: str) -> Callable[[], Endpoint]:
+    """Sandbox mode: the emulator of this deployment, as recorded in Redis and verified.
+
+    A missing or unproven emulator is :class:`GraphUnreachable`: nothing was sent, try again later.
+    """
+
+    def current() -> Endpoint:
+        try:
+            record = link.current()
+        except EmulatorNotFound as error:
+            raise GraphUnreachable(str(error)) from None
+        return Endpoint(
+            base=f"{record.graph_url}/{api_version}",
+            token=record.token,
+            media_origin=record.web_url,
+            proof=proof(record.token),
+        )
+
+    return current
+
+
 def _retry_hook(error: Exception) -> bool | float:
     """stamina's ``on=``: retry unreachable and 5xx/429, honouring a clamped ``Retry-After``."""
     if isinstance(error, GraphUnreachable):
@@ -146,32 +198,56 @@ def _read_retry_hook(error: Exception) -> bool | float:
 
 
 class GraphClient:
-    """Calls to ``{WHATSAPP_GRAPH_URL}/{WHATSAPP_API_VERSION}`` from worker threads; owns its pool."""
+    """Calls to ``{WHATSAPP_GRAPH_URL}/{WHATSAPP_API_VERSION}`` (or the sandbox emulator) from worker
+    threads; owns its pool.
 
-    def __init__(self, settings: Settings, observe: Observer | None = None) -> None:
+    Args:
+        endpoint: where calls go, asked before each request (default: :func:`meta_endpoint`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        observe: Observer | None = None,
+        endpoint: Callable[[], Endpoint] | None = None,
+    ) -> None:
         self.pool = HTTPPool(timeout=settings.graph_timeout_seconds, headers={"User-Agent": USER_AGENT})
         self._observe = observe
-        self.base = settings.graph_base
-        self._token = settings.access_token
-        self._attempts = settings.graph_attempts
+        if endpoint is None:
+            fixed = meta_endpoint(settings)
 
-    @property
-    def auth_headers(self) -> dict[str, str]:
-        token = self._token.get() if self._token is not None else "sandbox"
-        return {"Authorization": f"Bearer {token}"}
+            def endpoint() -> Endpoint:
+                return fixed
+
+        self.endpoint: Callable[[], Endpoint] = endpoint
+        self._attempts = settings.graph_attempts
 
     def close(self) -> None:
         self.pool.close()
 
-    def send_message(self, phone_number_id: str, body: dict[str, Any]) -> SendResult:
+    def media_allowed(self, url: str) -> bool:
+        """Whether the bearer token may go to ``url`` (``WHATSAPP_MEDIA_HOSTS``, or the emulator).
+
+        Raises:
+            GraphUnreachable: sandbox mode, and the emulator cannot be found now.
+        """
+        return self.endpoint().media_allowed(url)
+
+    def send_message(
+        self, phone_number_id: str, body: dict[str, Any], *, in_reply_to: str | None = None
+    ) -> SendResult:
         """``POST /{phone_number_id}/messages``; returns the new message id.
+
+        ``in_reply_to`` (the inbound message id) is passed to the sandbox emulator, for its outbox.
 
         Raises:
             GraphError: Meta refused it (after brief retries of 5xx / 429).
             GraphUnreachable: no connection could be made (after brief retries).
             SendOutcomeUnknown: it may have been sent; do not resend blindly.
         """
-        data = self._retrying(_retry_hook, "send", "POST", f"/{phone_number_id}/messages", body)
+        data = self._retrying(
+            _retry_hook, "send", "POST", f"/{phone_number_id}/messages", body, in_reply_to=in_reply_to
+        )
         messages = data.get("messages")
         message_id = messages[0].get("id") if isinstance(messages, list) and messages else None
         return SendResult(message_id=message_id, body=data)
@@ -186,10 +262,10 @@ class GraphClient:
         params = {"phone_number_id": phone_number_id} if phone_number_id else None
         return self._retrying(_read_retry_hook, "media_info", "GET", f"/{media_id}", None, params)
 
-    def download(self, url: str, sink: TempFile, *, max_bytes: int, hosts: tuple[str, ...]) -> str | None:
+    def download(self, url: str, sink: TempFile, *, max_bytes: int) -> str | None:
         """Stream ``url`` into ``sink`` with the bearer token; return the Content-Type.
 
-        The token only goes to hosts in ``hosts``; redirects are followed only to such hosts.
+        The token only goes where :meth:`media_allowed` says; redirects are followed only there.
 
         Raises:
             MediaRefused: a host not allowed, or more than ``max_bytes`` (stopped while streaming).
@@ -200,18 +276,20 @@ class GraphClient:
         def attempt() -> str | None:
             sink.reset()
             with self._observing("media_download"):
-                return self._download_once(url, sink, max_bytes, hosts)
+                return self._download_once(url, sink, max_bytes)
 
         return self._with_retries(_read_retry_hook, attempt)
 
-    def _download_once(self, url: str, sink: TempFile, max_bytes: int, hosts: tuple[str, ...]) -> str | None:
+    def _download_once(self, url: str, sink: TempFile, max_bytes: int) -> str | None:
+        endpoint = self.endpoint()
         for _ in range(MAX_REDIRECTS + 1):
-            if not host_allowed(url, hosts):
+            if not endpoint.media_allowed(url):
                 raise MediaRefused("media host is not in WHATSAPP_MEDIA_HOSTS")
             with (
                 _network_errors("downloading"),
-                self.pool.request("GET", url, headers=self.auth_headers) as response,
+                self.pool.request("GET", url, headers=_auth(endpoint)) as response,
             ):
+                _check_proof(endpoint, response)
                 location = response.getheader("Location")
                 if response.status in (301, 302, 303, 307, 308) and location:
                     url = urljoin(url, location)
@@ -275,18 +353,27 @@ class GraphClient:
         path: str,
         body: dict[str, Any] | None,
         params: dict[str, str] | None = None,
+        in_reply_to: str | None = None,
     ) -> dict[str, Any]:
         def attempt() -> dict[str, Any]:
             with self._observing(endpoint):
-                return self._request(method, path, body, params)
+                return self._request(method, path, body, params, in_reply_to)
 
         return self._with_retries(hook, attempt)
 
     def _request(
-        self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, str] | None
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        params: dict[str, str] | None,
+        in_reply_to: str | None = None,
     ) -> dict[str, Any]:
-        url = self.base + path + (f"?{urlencode(params)}" if params else "")
-        headers = self.auth_headers
+        endpoint = self.endpoint()
+        url = endpoint.base + path + (f"?{urlencode(params)}" if params else "")
+        headers = _auth(endpoint)
+        if in_reply_to is not None and endpoint.proof is not None:
+            headers[IN_REPLY_TO_HEADER] = in_reply_to
         payload = None
         if body is not None:
             payload = json.dumps(body, separators=(",", ":")).encode()
@@ -295,10 +382,22 @@ class GraphClient:
             _network_errors("after the request was sent"),
             self.pool.request(method, url, body=payload, headers=headers) as response,
         ):
+            _check_proof(endpoint, response)
             data = _json_or_none(response.read())
         if response.status >= 400 or not isinstance(data, dict):
             raise _graph_error(response, data)
         return data
+
+
+def _auth(endpoint: Endpoint) -> dict[str, str]:
+    return {"Authorization": f"Bearer {endpoint.token}"}
+
+
+def _check_proof(endpoint: Endpoint, response: http.client.HTTPResponse) -> None:
+    """In sandbox mode, an answer without the emulator's proof came from another program: to the
+    sandbox nothing was delivered (only the emulator's outbox counts), so it is unreachable."""
+    if endpoint.proof is not None and response.getheader(PROOF_HEADER) != endpoint.proof:
+        raise GraphUnreachable("the sandbox emulator's address answered without its proof (another program?)")
 
 
 class _NotNetwork(Exception):

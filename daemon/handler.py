@@ -6,15 +6,19 @@ Each outbound is the type-specific part of a Graph ``/messages`` body, e.g.
 recipient (``to`` / ``recipient``) unless the handler set them. Returning nothing means
 "handled without reply": no read receipt is sent either.
 
-Set ``WAPIPE_HANDLER=module:function`` to replace the default.
+Set ``WAPIPE_HANDLER=module:function`` to replace the default. The module is looked for in the
+directory the command was started from (as Dramatiq's ``--path .`` does), then in the installed
+packages, under every command.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from daemon.envelope import MEDIA_TYPES
@@ -216,23 +220,43 @@ class HandlerError(Exception):
     """``WAPIPE_HANDLER`` names something that cannot be imported or called."""
 
 
-def load_handler(spec: str | None) -> Handler:
-    """Import ``module:function``; None gives the default handler.
+def load_handler(spec: str | None, directory: Path | None = None) -> Handler:
+    """Import ``module:function`` from ``directory`` (default: the working directory) or the
+    installed packages; None gives the default handler.
 
     Raises:
-        HandlerError: the module or the function does not exist, or is not callable.
+        HandlerError: one line saying which module could not be found where, what its import
+            raised, or that the function is missing or not callable.
     """
     if spec is None:
         return default_handler
     module_name, _, attribute = spec.partition(":")
+    where = str((directory or Path.cwd()).resolve())
+    if where not in sys.path:
+        sys.path.insert(0, where)
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise HandlerError(f"cannot import module {module_name!r}: {error}") from None
+    except ModuleNotFoundError as error:
+        if error.name is not None and (module_name == error.name or module_name.startswith(error.name + ".")):
+            raise HandlerError(f"no module {module_name!r} in {where} or the installed packages") from None
+        raise HandlerError(f"importing {module_name!r} failed: {error}") from None
+    except Exception as error:  # noqa: BLE001 - a bot's module may raise anything while it loads
+        raise HandlerError(f"importing {module_name!r} failed: {_one_line(error)}") from None
     handler = getattr(module, attribute, None)
     if handler is None or not callable(handler):
-        raise HandlerError(f"module {module_name!r} has no callable {attribute!r}")
+        raise HandlerError(f"module {module_name!r} ({_origin(module)}) has no callable {attribute!r}")
     return handler  # type: ignore[no-any-return]
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    if isinstance(error, SyntaxError) and error.filename:
+        return f"SyntaxError in {error.filename} line {error.lineno}: {error.msg}"
+    return f"{type(error).__name__}: {text}"[:300]
+
+
+def _origin(module: object) -> str:
+    return str(getattr(module, "__file__", None) or "built in")
 
 
 def call_handler(

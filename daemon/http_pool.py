@@ -107,6 +107,7 @@ class HTTPPool:
         )
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         connection = self._checkout(origin)
+        response: http.client.HTTPResponse | None = None
         reusable = False
         try:
             connection.request(method, target, body=body, headers={**self.headers, **(headers or {})})
@@ -117,6 +118,8 @@ class HTTPPool:
             if reusable:
                 self._checkin(origin, connection)
             else:
+                if response is not None:
+                    response.close()  # its buffered reader holds the socket open otherwise
                 connection.close()
 
     def close(self) -> None:

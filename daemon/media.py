@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import hashlib
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -87,12 +89,22 @@ class Stored:
     verified: bool
 
 
+PART_PREFIX = ".part-"
+#: A partial file this young is never taken for abandoned (its writer may not have locked it yet).
+PART_GRACE_SECONDS = 10.0
+
+
 class TempFile:
-    """A temporary file beside the destination, hashed while written; removed unless stored."""
+    """A temporary file beside the destination, hashed while written; removed unless stored.
+
+    Its writer holds an exclusive ``flock`` on it, so :func:`remove_abandoned_parts` can tell a
+    download in progress (in any process) from the leftover of a killed one.
+    """
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".part-", dir=directory)
+        fd, name = tempfile.mkstemp(prefix=PART_PREFIX, dir=directory)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.path = Path(name)
         self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
@@ -132,3 +144,27 @@ class TempFile:
         if not self._file.closed:
             self._file.close()
         self.path.unlink(missing_ok=True)
+
+
+def remove_abandoned_parts(media_dir: Path) -> int:
+    """Delete the partial downloads nobody is writing (left by a killed worker); return how many.
+
+    Run when a worker starts. A partial file is abandoned when no process holds its lock and it is
+    older than :data:`PART_GRACE_SECONDS`.
+    """
+    removed = 0
+    now = time.time()
+    for part in media_dir.glob(f"*/{PART_PREFIX}*"):
+        try:
+            if now - part.stat().st_mtime < PART_GRACE_SECONDS:
+                continue
+            with part.open("rb") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a download in progress
+                part.unlink()
+                removed += 1
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return removed

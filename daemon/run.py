@@ -1,10 +1,10 @@
 """``wapipe run``: one machine, one command.
 
 Starts the embedded Redis when ``REDIS_URL`` is unset, then ``wapipe web`` and ``wapipe worker``
-with the environment they need (``REDIS_URL`` and, in sandbox mode, the emulator's Graph URL are
-passed explicitly), prefixes their output, and stops everything — Redis last — on Ctrl-C or
-SIGTERM. A child that dies is reported and the others are stopped, rather than leaving half a
-system running.
+with ``REDIS_URL`` passed explicitly (in sandbox mode the worker finds the web's emulator through
+Redis, as under any Procfile runner), prefixes their output, and stops everything — Redis last —
+on Ctrl-C or SIGTERM. A child that dies is reported and the others are stopped, rather than
+leaving half a system running; a child's configuration or Redis error code (2, 3) is passed on.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import IO
 
 from daemon.config import Settings, redact_url
 from daemon.embedded import EmbeddedRedis, die_with_parent, find_redis_server
+from daemon.startup import EXIT_CONFIG, EXIT_FAILURE, EXIT_REDIS
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,7 @@ def supervise(settings: Settings, out: IO[str] | None = None) -> int:
         else:
             say(f"Redis at {redact_url(settings.redis_url)}")
         if settings.sandbox:
-            env["WHATSAPP_GRAPH_URL"] = settings.graph_url
-            say(f"sandbox mode: Graph API emulator at {settings.graph_url}, outbox at /sandbox/outbox")
+            say("sandbox mode: the web serves the Graph API emulator and /sandbox/outbox")
         if stop.is_set():
             return 0
         children = [Child("web", ["web"], env), Child("worker", ["worker"], env)]
@@ -122,7 +122,8 @@ def supervise(settings: Settings, out: IO[str] | None = None) -> int:
                     say(
                         f"{child.name} exited unexpectedly with code {child.exit_code()}: stopping everything"
                     )
-                code = 1
+                codes = {child.exit_code() for child in dead}
+                code = next((known for known in (EXIT_CONFIG, EXIT_REDIS) if known in codes), EXIT_FAILURE)
                 break
         if received:
             say(f"received {signal.Signals(received[0]).name}: stopping")

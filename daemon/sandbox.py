@@ -1,14 +1,20 @@
 """Sandbox mode: an emulated Graph API under ``/sandbox/graph`` and ``GET /sandbox/outbox``.
 
-Mounted only when no ``WHATSAPP_ACCESS_TOKEN`` is set. It answers what the worker calls — send,
+Mounted only in sandbox mode (no Meta setting at all). It answers what the worker calls — send,
 mark read, media URL, media download — plus media upload (for ``wapipe simulate --image``), the
 way Meta's Graph API does, and keeps what it was sent in Redis so that every web process sees
 the same outbox and it survives a restart.
+
+Its bearer token is random, made when the web starts and recorded with its address in Redis
+(:mod:`daemon.sandbox_link`): only the processes of this deployment can use it. Every answer under
+``/sandbox/`` carries a proof of that token, and ``/sandbox/identity`` answers a challenge with it.
+The outbox holds users' numbers and texts: it answers loopback clients and holders of the token.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import time
 import uuid
@@ -19,6 +25,7 @@ import redis.asyncio as aioredis
 from aiohttp import BodyPartReader, web
 
 from daemon.config import SANDBOX_GRAPH_PATH
+from daemon.sandbox_link import IDENTITY_PATH, IN_REPLY_TO_HEADER, PROOF_HEADER, new_token, proof
 
 OUTBOX_KEY = "wapipe:sandbox:outbox"
 MEDIA_KEY = "wapipe:sandbox:media:"
@@ -26,8 +33,7 @@ MEDIA_KEY = "wapipe:sandbox:media:"
 OUTBOX_LIMIT = 1000
 #: Uploaded media lives as long as Meta keeps uploads (30 days).
 MEDIA_TTL_SECONDS = 30 * 86_400
-#: The bearer token the worker sends in sandbox mode.
-SANDBOX_TOKEN = "sandbox"  # noqa: S105 - a public, fixed value
+_LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
 def _text(value: bytes | str | None) -> str:
@@ -47,15 +53,37 @@ def _error(status: int, code: int, message: str) -> web.Response:
 
 
 class Emulator:
-    """The emulated Graph API's handlers; ``redis_of`` finds the app's Redis client at request time."""
+    """The emulated Graph API's handlers; ``redis_of`` finds the app's Redis client at request time.
 
-    def __init__(self, redis_of: Callable[[web.Request], aioredis.Redis], max_upload_bytes: int) -> None:
+    :attr:`web_url` is where the web listens (set once it does); media URLs point there.
+    """
+
+    def __init__(
+        self,
+        redis_of: Callable[[web.Request], aioredis.Redis],
+        max_upload_bytes: int,
+        token: str | None = None,
+    ) -> None:
         self.redis_of = redis_of
         self.max_upload_bytes = max_upload_bytes
+        self.token = token or new_token()
+        self.web_url: str | None = None
+        self._proof = proof(self.token)
 
-    @staticmethod
-    def authorised(request: web.Request) -> bool:
-        return request.headers.get("Authorization") == f"Bearer {SANDBOX_TOKEN}"
+    def authorised(self, request: web.Request) -> bool:
+        return hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {self.token}")
+
+    async def sign_response(self, request: web.Request, response: web.StreamResponse) -> None:
+        """``on_response_prepare``: every answer under ``/sandbox/`` proves it comes from this emulator."""
+        if request.path.startswith("/sandbox/"):
+            response.headers[PROOF_HEADER] = self._proof
+
+    async def identity(self, request: web.Request) -> web.Response:
+        """Answer a challenge with HMAC(token, challenge): proof without showing the token."""
+        challenge = request.rel_url.query.get("challenge", "")
+        if not 8 <= len(challenge) <= 128:
+            return web.json_response({"error": "challenge must be 8 to 128 characters"}, status=400)
+        return web.json_response({"proof": proof(self.token, challenge)})
 
     async def messages(self, request: web.Request) -> web.Response:
         if not self.authorised(request):
@@ -77,9 +105,11 @@ class Emulator:
         if not recipient or not body.get("type"):
             return _error(400, 131008, "Required parameter is missing: to/recipient and type")
         out_id = f"wamid.sandbox.{uuid.uuid4().hex}"
-        await self._record(
-            request, {"kind": "message", "id": out_id, "phone_number_id": phone_number_id, "message": body}
-        )
+        entry = {"kind": "message", "id": out_id, "phone_number_id": phone_number_id, "message": body}
+        in_reply_to = request.headers.get(IN_REPLY_TO_HEADER)
+        if in_reply_to:
+            entry["in_reply_to"] = in_reply_to[:256]
+        await self._record(request, entry)
         contact = {"input": recipient, "wa_id": str(recipient).lstrip("+")}
         return web.json_response(
             {"messaging_product": "whatsapp", "contacts": [contact], "messages": [{"id": out_id}]}
@@ -100,7 +130,8 @@ class Emulator:
         if stored[0] is None:
             return _error(400, 100, "Invalid parameter: unknown media id")
         mime, sha256, size = (_text(value) for value in stored)
-        url = str(request.url.with_path(f"{SANDBOX_GRAPH_PATH}/media-download/{media_id}").with_query(None))
+        path = f"{SANDBOX_GRAPH_PATH}/media-download/{media_id}"
+        url = f"{self.web_url}{path}" if self.web_url else str(request.url.with_path(path).with_query(None))
         return web.json_response(
             {
                 "messaging_product": "whatsapp",
@@ -160,6 +191,9 @@ class Emulator:
         return web.json_response({"id": media_id})
 
     async def outbox(self, request: web.Request) -> web.Response:
+        """What the deployment sent, oldest first: for loopback clients and holders of the token."""
+        if request.remote not in _LOOPBACK_PEERS and not self.authorised(request):
+            return _error(403, 10, "The outbox answers clients on this machine only")
         entries = [json.loads(raw) for raw in await self.redis_of(request).lrange(OUTBOX_KEY, 0, -1)]
         return web.json_response(entries)
 
@@ -167,6 +201,8 @@ class Emulator:
 def mount(app: web.Application, emulator: Emulator) -> None:
     """Add the emulator's routes (the download route first: it is more specific)."""
     prefix = SANDBOX_GRAPH_PATH
+    app.on_response_prepare.append(emulator.sign_response)
+    app.router.add_get(IDENTITY_PATH, emulator.identity)
     app.router.add_get(f"{prefix}/media-download/{{media_id}}", emulator.media_download)
     app.router.add_post(f"{prefix}/{{version}}/{{phone_number_id}}/messages", emulator.messages)
     app.router.add_post(f"{prefix}/{{version}}/{{phone_number_id}}/media", emulator.media_upload)

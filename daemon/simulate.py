@@ -1,7 +1,11 @@
-"""``wapipe simulate``: play Meta against a running wapipe in sandbox mode.
+"""``wapipe simulate``: play Meta and a user against a running wapipe in sandbox mode.
 
-Posts a correctly signed webhook (a text, or an image first uploaded to the emulator) to
-``http://127.0.0.1:$PORT/webhook``, waits for the reply in ``/sandbox/outbox`` and prints its text.
+It finds the deployment's web through the record the web keeps in Redis (or ``--url``), posts a
+correctly signed webhook (a text, or an image first uploaded to the emulator), waits until the
+pipeline marks that inbound message handled, and returns everything the deployment sent in answer
+to it, in order, from the emulator's outbox — quoted or not, any type, several messages, or none.
+
+This is a deliberate view of message content: it prints what the bot said to the simulated user.
 """
 
 from __future__ import annotations
@@ -14,21 +18,33 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
-from daemon.config import Settings
+from daemon.config import SANDBOX_GRAPH_PATH, Settings
+from daemon.keys import handled_key
+from daemon.sandbox import OUTBOX_KEY
+from daemon.sandbox_link import RECORD_KEY, EmulatorRecord
 from daemon.signature import HEADER, sign
+from daemon.startup import EXIT_CONFIG, EXIT_FAILURE
 
 #: The business number simulated webhooks are addressed to (when WAPIPE_PHONE_NUMBER_IDS is unset).
 SANDBOX_PHONE_NUMBER_ID = "100000000000001"
 SANDBOX_USER = "15550001234"
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+#: Larger images are refused before upload (WhatsApp's image limit is 5 MB).
+IMAGE_MAX_BYTES = 5 * 1024 * 1024
+POLL_SECONDS = 0.05
 
 
 class SimulateError(Exception):
-    """What simulate waited for and did not get (exit code 1)."""
+    """What simulate could not do, in one line; ``code`` 2 for bad arguments, 1 otherwise."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def meta_body(obj: Any) -> bytes:
@@ -36,11 +52,11 @@ def meta_body(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).replace("/", "\\/").encode("ascii")
 
 
-def envelope(phone_number_id: str, message: dict[str, Any]) -> dict[str, Any]:
+def envelope(phone_number_id: str, sender: str, message: dict[str, Any]) -> dict[str, Any]:
     value = {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550000000", "phone_number_id": phone_number_id},
-        "contacts": [{"profile": {"name": "Simulated User"}, "wa_id": SANDBOX_USER}],
+        "contacts": [{"profile": {"name": "Simulated User"}, "wa_id": sender}],
         "messages": [message],
     }
     return {
@@ -49,78 +65,190 @@ def envelope(phone_number_id: str, message: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _read_image(path: Path) -> tuple[bytes, str]:
+    mime = IMAGE_TYPES.get(path.suffix.lower())
+    if mime is None:
+        raise SimulateError(f"--image {path}: takes a .jpg, .jpeg, .png or .webp file", EXIT_CONFIG)
+    try:
+        size = path.stat().st_size
+        if size > IMAGE_MAX_BYTES:
+            raise SimulateError(f"--image {path}: {size} bytes, over WhatsApp's 5 MB for images", EXIT_CONFIG)
+        return path.read_bytes(), mime
+    except OSError as error:
+        raise SimulateError(f"--image {path}: {error.strerror or error}", EXIT_CONFIG) from None
+
+
 async def simulate(
-    settings: Settings, *, text: str | None, image: Path | None, url: str | None, wait_seconds: float
-) -> str:
-    """Send one simulated inbound message; return the reply's text.
+    settings: Settings,
+    redis_url: str,
+    *,
+    text: str | None,
+    image: Path | None,
+    url: str | None,
+    wait_seconds: float,
+    sender: str | None = None,
+) -> list[dict[str, Any]]:
+    """Send one simulated inbound message; return the outbound messages that answered it (maybe none).
 
     Raises:
-        SimulateError: the webhook was refused, or no reply came within ``wait_seconds``.
+        SimulateError: a bad argument, no sandbox web to talk to, the webhook refused, or the message
+            not handled within ``wait_seconds``.
     """
-    webhook = url or f"http://127.0.0.1:{settings.port}/webhook"
-    origin = "{0.scheme}://{0.netloc}".format(urlsplit(webhook))
+    user = sender or SANDBOX_USER
+    if not user.isdigit() or not 5 <= len(user) <= 20:
+        raise SimulateError(f"--from {user}: a phone number in digits, like {SANDBOX_USER}", EXIT_CONFIG)
+    content = _read_image(image) if image is not None else None
     phone_number_id = min(settings.phone_number_ids) if settings.phone_number_ids else SANDBOX_PHONE_NUMBER_ID
     message_id = f"wamid.sim.{uuid.uuid4().hex}"
-    message: dict[str, Any] = {"from": SANDBOX_USER, "id": message_id, "timestamp": str(int(time.time()))}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        if image is not None:
-            message |= {"type": "image", "image": await _upload(session, settings, phone_number_id, image)}
-        else:
-            message |= {"type": "text", "text": {"body": text or ""}}
-        body = meta_body(envelope(phone_number_id, message))
-        headers = {"Content-Type": "application/json", HEADER: sign(body, settings.app_secret.get())}
-        try:
-            async with session.post(webhook, data=body, headers=headers) as response:
-                if response.status != 200:
-                    raise SimulateError(
-                        f"{webhook} answered {response.status}: {(await response.text())[:200]}"
-                    )
-        except aiohttp.ClientError as error:
-            raise SimulateError(f"cannot post to {webhook}: {error} (is `wapipe run` running?)") from None
-        return await _wait_reply(session, f"{origin}/sandbox/outbox", message_id, wait_seconds)
+    message: dict[str, Any] = {"from": user, "id": message_id, "timestamp": str(int(time.time()))}
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        record = await _record(client)
+        if record is None and (url is None or content is not None):
+            raise SimulateError(
+                "no sandbox web is recorded in this Redis: is `wapipe run` (or `wapipe web` in sandbox "
+                "mode) running with the same REDIS_URL / WAPIPE_DATA_DIR?"
+            )
+        webhook = url or record.webhook_url  # type: ignore[union-attr]  # checked just above
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+            if content is not None:
+                assert record is not None
+                media = await _upload(session, record, settings.api_version, phone_number_id, *content)
+                message |= {"type": "image", "image": media}
+            else:
+                message |= {"type": "text", "text": {"body": text or ""}}
+            await _post(session, webhook, meta_body(envelope(phone_number_id, user, message)), settings)
+        return await _wait_answer(client, phone_number_id, message_id, wait_seconds)
+    except RedisError as error:
+        raise SimulateError(f"Redis: {error}") from None
+    finally:
+        await client.aclose()
+
+
+async def _record(client: aioredis.Redis) -> EmulatorRecord | None:
+    raw = await client.get(RECORD_KEY)
+    return None if raw is None else EmulatorRecord.decode(raw)
+
+
+async def _post(session: aiohttp.ClientSession, webhook: str, body: bytes, settings: Settings) -> None:
+    headers = {"Content-Type": "application/json", HEADER: sign(body, settings.app_secret.get())}
+    try:
+        async with session.post(webhook, data=body, headers=headers) as response:
+            if response.status != 200:
+                raise SimulateError(f"{webhook} answered {response.status}: {(await response.text())[:200]}")
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise SimulateError(f"cannot post to {webhook}: {error or type(error).__name__}") from None
 
 
 async def _upload(
-    session: aiohttp.ClientSession, settings: Settings, phone_number_id: str, path: Path
+    session: aiohttp.ClientSession,
+    record: EmulatorRecord,
+    api_version: str,
+    phone_number_id: str,
+    content: bytes,
+    mime: str,
 ) -> dict[str, Any]:
-    mime = IMAGE_TYPES.get(path.suffix.lower())
-    if mime is None:
-        raise SimulateError(f"{path}: --image takes a .jpg, .jpeg, .png or .webp file")
-    content = await asyncio.to_thread(path.read_bytes)
     form = aiohttp.FormData()
     form.add_field("messaging_product", "whatsapp")
     form.add_field("type", mime)
-    form.add_field("file", content, filename=path.name, content_type=mime)
-    upload = f"{settings.graph_base}/{phone_number_id}/media"
-    async with session.post(upload, data=form, headers={"Authorization": "Bearer sandbox"}) as response:
-        if response.status != 200:
-            raise SimulateError(
-                f"upload to {upload} answered {response.status}: {(await response.text())[:200]}"
-            )
-        media_id = (await response.json())["id"]
+    form.add_field("file", content, filename="image", content_type=mime)
+    upload = f"{record.web_url}{SANDBOX_GRAPH_PATH}/{api_version}/{phone_number_id}/media"
+    headers = {"Authorization": f"Bearer {record.token}"}
+    try:
+        async with session.post(upload, data=form, headers=headers) as response:
+            if response.status != 200:
+                raise SimulateError(
+                    f"upload to {upload} answered {response.status}: {(await response.text())[:200]}"
+                )
+            media_id = str((await response.json())["id"])
+    except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as error:
+        raise SimulateError(f"upload to {upload} failed: {error or type(error).__name__}") from None
     digest = base64.b64encode(hashlib.sha256(content).digest()).decode()
     return {"id": media_id, "mime_type": mime, "sha256": digest}
 
 
-async def _wait_reply(
-    session: aiohttp.ClientSession, outbox: str, message_id: str, wait_seconds: float
-) -> str:
+async def _wait_answer(
+    client: aioredis.Redis, phone_number_id: str, message_id: str, wait_seconds: float
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + wait_seconds
-    while time.monotonic() < deadline:
-        try:
-            async with session.get(outbox) as response:
-                if response.status == 404:
-                    raise SimulateError(
-                        f"{outbox} is not served: is wapipe in sandbox mode (no WHATSAPP_ACCESS_TOKEN)?"
-                    )
-                entries = await response.json() if response.status == 200 else []
-        except aiohttp.ClientError:
-            entries = []
-        for entry in entries:
-            sent = entry.get("message") or {}
-            if sent.get("context", {}).get("message_id") == message_id and sent.get("type") == "text":
-                return str(sent["text"]["body"])
-        await asyncio.sleep(0.05)
-    raise SimulateError(
-        f"no reply to {message_id} in {outbox} within {wait_seconds:g} s (is the worker running?)"
-    )
+    key = handled_key(phone_number_id, message_id)
+    while await client.get(key) is None:
+        if time.monotonic() >= deadline:
+            raise SimulateError(
+                f"{message_id} was not handled within {wait_seconds:g} s (is `wapipe worker` running? "
+                "`wapipe dlq list` shows what failed)"
+            )
+        await asyncio.sleep(POLL_SECONDS)
+    answered: list[dict[str, Any]] = []
+    for raw in await client.lrange(OUTBOX_KEY, 0, -1):
+        entry = json.loads(raw)
+        if entry.get("kind") == "message" and entry.get("in_reply_to") == message_id:
+            answered.append(entry.get("message") or {})
+    return answered
+
+
+def render(message: dict[str, Any]) -> str:
+    """One outbound message as a person would read it in a terminal."""
+    kind = str(message.get("type"))
+    body = message.get(kind)
+    part: dict[str, Any] = body if isinstance(body, dict) else {}
+    if kind == "text":
+        return str(part.get("body", ""))
+    if kind == "interactive":
+        return _interactive(part)
+    if kind in ("image", "video", "audio", "document", "sticker"):
+        shown = (
+            part.get("caption") or part.get("filename") or part.get("link") or f"media id {part.get('id')}"
+        )
+        return f"[{kind}] {shown}"
+    if kind == "location":
+        return f"[location] {part.get('latitude')}, {part.get('longitude')} {part.get('name') or ''}".rstrip()
+    if kind == "reaction":
+        return f"[reaction] {part.get('emoji')} to {part.get('message_id')}"
+    if kind == "template":
+        language = part.get("language")
+        code = language.get("code") if isinstance(language, dict) else None
+        return f"[template] {part.get('name')} ({code})"
+    if kind == "contacts":
+        contacts = message.get("contacts")
+        return f"[contacts] {len(contacts) if isinstance(contacts, list) else 0} contact(s)"
+    return f"[{kind}] {json.dumps(part, ensure_ascii=False)}"
+
+
+def _interactive(part: dict[str, Any]) -> str:
+    lines: list[str] = []
+    header = part.get("header")
+    if isinstance(header, dict) and header.get("text"):
+        lines.append(str(header["text"]))
+    body = part.get("body")
+    if isinstance(body, dict) and body.get("text"):
+        lines.append(str(body["text"]))
+    action = part.get("action")
+    action = action if isinstance(action, dict) else {}
+    kind = part.get("type")
+    if kind == "button":
+        for button in action.get("buttons") or []:
+            reply = button.get("reply") if isinstance(button, dict) else None
+            if isinstance(reply, dict):
+                lines.append(f"  [{reply.get('title')}]")
+    elif kind == "list":
+        lines.append(f"  ({action.get('button')})")
+        for section in action.get("sections") or []:
+            if not isinstance(section, dict):
+                continue
+            if section.get("title"):
+                lines.append(f"  {section['title']}:")
+            for row in section.get("rows") or []:
+                if isinstance(row, dict):
+                    description = f" - {row['description']}" if row.get("description") else ""
+                    lines.append(f"    - {row.get('title')}{description}")
+    elif kind == "cta_url":
+        parameters = action.get("parameters")
+        parameters = parameters if isinstance(parameters, dict) else {}
+        lines.append(f"  [{parameters.get('display_text')}] {parameters.get('url')}")
+    elif kind == "location_request_message":
+        lines.append("  [Send location]")
+    footer = part.get("footer")
+    if isinstance(footer, dict) and footer.get("text"):
+        lines.append(str(footer["text"]))
+    return "\n".join(lines) if lines else f"[interactive {kind}]"

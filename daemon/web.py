@@ -7,9 +7,11 @@ bytes, the signature header and the receive time. Everything else happens in the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -20,6 +22,8 @@ from redis.exceptions import RedisError
 from daemon import metrics, sandbox, signature
 from daemon.config import Settings
 from daemon.queue import QUEUES, AsyncQueue, build_message, redis_client
+from daemon.sandbox_link import Announcer, EmulatorRecord
+from daemon.startup import listen_error
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,7 @@ SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", aioredis.Redis)
 QUEUE = web.AppKey("queue", AsyncQueue)
 WEB_METRICS = web.AppKey("web_metrics", metrics.WebMetrics)
+EMULATOR = web.AppKey("emulator", sandbox.Emulator)
 
 #: How long a reading of the queue depth is reused before Redis is asked again.
 DEPTH_CACHE_SECONDS = 0.1
@@ -206,5 +211,66 @@ def make_app(settings: Settings, redis_url: str) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     if settings.sandbox:
-        sandbox.mount(app, sandbox.Emulator(lambda request: request.app[REDIS], settings.max_body_bytes))
+        emulator = sandbox.Emulator(lambda request: request.app[REDIS], settings.max_body_bytes)
+        app[EMULATOR] = emulator
+        sandbox.mount(app, emulator)
     return app
+
+
+def advertised_url(host: str, port: int) -> str:
+    """The URL other processes on this machine reach a server listening on (host, port) at."""
+    if host in ("", "0.0.0.0"):  # noqa: S104 - a wildcard bind is reached through loopback
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(settings: Settings, redis_url: str) -> None:
+    """Run the web until SIGTERM or SIGINT, then shut down gracefully.
+
+    In sandbox mode the emulator is recorded in Redis once the web listens, and withdrawn at stop.
+
+    Raises:
+        StartupError: the port cannot be listened on (one line naming ``PORT``).
+    """
+    app = make_app(settings, redis_url)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout_seconds)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    announcer: Announcer | None = None
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as error:
+            raise listen_error("PORT", settings.host, settings.port, error) from None
+        port = _bound_port(runner, settings.port)
+        log.info("web_listening", extra={"host": settings.host, "port": port, "sandbox": settings.sandbox})
+        if settings.sandbox:
+            emulator = app[EMULATOR]
+            emulator.web_url = advertised_url(settings.host, port)
+            announcer = Announcer(app[REDIS], EmulatorRecord(emulator.web_url, emulator.token))
+            recorded = await announcer.start()
+            log.info(
+                "sandbox_emulator_recorded" if recorded else "sandbox_emulator_standby",
+                extra={"url": emulator.web_url},
+            )
+        await stop.wait()
+        log.info("web_stopping")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        if announcer is not None:
+            await announcer.stop()
+        await runner.cleanup()
+
+
+def _bound_port(runner: web.AppRunner, configured: int) -> int:
+    """The port actually bound (``PORT=0`` asks the system for a free one)."""
+    with contextlib.suppress(IndexError, TypeError):
+        return int(runner.addresses[0][1])
+    return configured

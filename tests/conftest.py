@@ -130,7 +130,7 @@ def pipeline(
         if worker:
             proc = start_proc("worker", ["worker"], env)
             wait_for(
-                lambda: "Worker process is ready" in proc.output() or _dead(proc), timeout=30, what="worker"
+                lambda: "worker_process_ready" in proc.output() or _dead(proc), timeout=30, what="worker"
             )
             assert proc.alive(), proc.output()
             result["worker"] = proc

@@ -43,13 +43,52 @@ def test_defaults_follow_the_design_table() -> None:
     assert settings.allow_volatile_redis is False
 
 
-def test_sandbox_mode_without_access_token() -> None:
-    """No access token: sandbox secrets, and the Graph API is the emulator on the web port."""
+def test_sandbox_mode_without_any_meta_setting() -> None:
+    """No Meta setting at all: sandbox secrets, loopback only, no fixed Graph URL (nothing from PORT),
+    and no media host but the emulator's own address."""
     settings = Settings.from_env({"PORT": "8123"})
     assert settings.sandbox
     assert settings.app_secret.get() == "sandbox-app-secret"
     assert settings.verify_token.get() == "sandbox-verify-token"
-    assert settings.graph_url == "http://127.0.0.1:8123/sandbox/graph"
+    assert settings.graph_url is None
+    assert settings.host == "127.0.0.1"
+    assert settings.media_hosts == ()
+    assert settings.warnings == ()
+    with pytest.raises(RuntimeError, match="sandbox"):
+        _ = settings.graph_base
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"WHATSAPP_APP_SECRET": "s3cr3t-value"},
+        {"WHATSAPP_VERIFY_TOKEN": "vt-value"},
+        {"WHATSAPP_GRAPH_URL": "http://127.0.0.1:9/graph"},
+        {"WHATSAPP_APP_SECRET": "s3cr3t-value", "WHATSAPP_VERIFY_TOKEN": "vt-value"},
+    ],
+)
+def test_a_meta_setting_without_the_access_token_is_refused(given: dict[str, str]) -> None:
+    """Half-configured production never falls back to the sandbox: the error names the missing token
+    and what was set, and shows no value."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(given)
+    assert caught.value.variable == "WHATSAPP_ACCESS_TOKEN"
+    for name, value in given.items():
+        assert name in str(caught.value)
+        assert value not in str(caught.value)
+
+
+def test_sandbox_listens_on_loopback_unless_told_and_then_warns() -> None:
+    """WAPIPE_HOST set to a public address in sandbox mode is honoured with a warning; loopback is not
+    warned about; WHATSAPP_MEDIA_HOSTS is ignored in sandbox mode, with a warning."""
+    exposed = Settings.from_env({"WAPIPE_HOST": "0.0.0.0"})
+    assert exposed.host == "0.0.0.0"
+    assert len(exposed.warnings) == 1
+    assert "public sandbox secret" in exposed.warnings[0]
+    assert Settings.from_env({"WAPIPE_HOST": "::1"}).warnings == ()
+    ignored = Settings.from_env({"WHATSAPP_MEDIA_HOSTS": "127.0.0.1"})
+    assert ignored.media_hosts == ()
+    assert "WHATSAPP_MEDIA_HOSTS is ignored" in ignored.warnings[0]
 
 
 def test_settings_are_frozen_and_secrets_never_shown() -> None:
@@ -151,11 +190,17 @@ def test_processes_exit_2_with_one_line(
 
 def test_env_file_is_read_and_environment_wins(tmp_path: Path) -> None:
     """`.env` fills in what the environment lacks; a real variable overrides it."""
-    from daemon.config import load_environment
+    from daemon.config import load
 
     env_file = tmp_path / ".env"
-    env_file.write_text("PORT=9000\nWAPIPE_LOG_LEVEL=DEBUG\n", encoding="utf-8")
-    merged = load_environment({"PORT": "9001"}, env_file)
-    settings = Settings.from_env(merged)
+    env_file.write_text(
+        "PORT=9000\nWAPIPE_LOG_LEVEL=DEBUG\nWHATSAPP_ACCESS_TOKEN=from-file\n", encoding="utf-8"
+    )
+    settings = load(
+        {"PORT": "9001", "WHATSAPP_APP_SECRET": "app-secret", "WHATSAPP_VERIFY_TOKEN": "vt"}, env_file
+    )
     assert settings.port == 9001
     assert settings.log_level == "DEBUG"
+    assert settings.access_token is not None
+    assert settings.access_token.get() == "from-file"
+    assert not settings.sandbox

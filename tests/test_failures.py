@@ -197,7 +197,7 @@ def test_redis_killed_and_restarted_during_a_stream_loses_nothing(
         url = f"http://127.0.0.1:{env['PORT']}"
         wait_for(lambda: _ready(url) or not web.alive(), timeout=20, what="web")
         worker = start_proc("worker", ["worker"], env)
-        wait_for(lambda: "Worker process is ready" in worker.output(), timeout=30, what="worker")
+        wait_for(lambda: "worker_process_ready" in worker.output(), timeout=30, what="worker")
         results: dict[str, int] = {}
         stop = threading.Event()
 
@@ -338,7 +338,7 @@ def test_the_worker_checks_redis_persistence_at_start(
             assert "neither AOF nor snapshots" in worker.output()
             assert len(worker.output().strip().splitlines()) == 1
         else:
-            wait_for(lambda: "Worker process is ready" in worker.output(), timeout=30, what="worker")
+            wait_for(lambda: "worker_process_ready" in worker.output(), timeout=30, what="worker")
             assert ("redis_snapshots_only" in worker.output()) == (expected == "warned")
     finally:
         worker.stop()

@@ -31,6 +31,7 @@ def settings_for(fake_graph: FakeGraph, **extra: str) -> Settings:
             "WHATSAPP_ACCESS_TOKEN": ACCESS_TOKEN,
             "WHATSAPP_GRAPH_URL": fake_graph.url,
             "WAPIPE_GRAPH_ATTEMPTS": "3",
+            "WHATSAPP_MEDIA_HOSTS": "127.0.0.1",
             **extra,
         }
     )
@@ -158,9 +159,7 @@ def test_a_download_follows_a_redirect_to_an_allowed_host(
     """302 to another path on a listed host: followed, the file streamed whole with its type."""
     fake_graph.add_media("m2", b"x" * 200_000, "image/png", chunked=True)
     fake_graph.script("download", Reply(302, headers={"Location": "/download/m2"}))
-    content_type = graph.download(
-        f"{fake_graph.url}/download/m1", sink, max_bytes=1_000_000, hosts=("127.0.0.1",)
-    )
+    content_type = graph.download(f"{fake_graph.url}/download/m1", sink, max_bytes=1_000_000)
     assert content_type == "image/png"
     assert sink.size == 200_000
     assert [r.path for r in fake_graph.of_kind("download")] == ["/download/m1", "/download/m2"]
@@ -175,7 +174,7 @@ def test_a_redirect_to_an_unlisted_host_is_refused_before_contacting_it(
     other = f"http://localhost:{fake_graph.port}/download/m3"
     fake_graph.script("download", Reply(302, headers={"Location": other}))
     with pytest.raises(MediaRefused, match="not in WHATSAPP_MEDIA_HOSTS"):
-        graph.download(f"{fake_graph.url}/download/m1", sink, max_bytes=1_000_000, hosts=("127.0.0.1",))
+        graph.download(f"{fake_graph.url}/download/m1", sink, max_bytes=1_000_000)
     assert len(fake_graph.of_kind("download")) == 1
 
 
@@ -185,7 +184,7 @@ def test_a_download_over_the_cap_is_stopped_while_streaming(
     """No Content-Length (chunked) and more bytes than allowed: refused once past the cap."""
     fake_graph.add_media("big", b"y" * 300_000, chunked=True)
     with pytest.raises(MediaRefused, match="stopped while streaming"):
-        graph.download(f"{fake_graph.url}/download/big", sink, max_bytes=100_000, hosts=("127.0.0.1",))
+        graph.download(f"{fake_graph.url}/download/big", sink, max_bytes=100_000)
     assert sink.size <= 100_000
 
 
@@ -194,5 +193,5 @@ def test_an_expired_media_url_is_media_expired(
 ) -> None:
     """404 on the URL means a fresh URL is needed: MediaExpired, not retried in-process."""
     with pytest.raises(MediaExpired):
-        graph.download(f"{fake_graph.url}/download/gone", sink, max_bytes=1_000_000, hosts=("127.0.0.1",))
+        graph.download(f"{fake_graph.url}/download/gone", sink, max_bytes=1_000_000)
     assert len(fake_graph.of_kind("download")) == 1

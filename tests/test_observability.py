@@ -184,23 +184,39 @@ def test_promtool_finds_nothing_to_fix_in_either_scrape(metered: dict[str, Any])
         assert result.stderr.strip() == "", result.stderr
 
 
+def listed_targets(data_dir: Path) -> list[str]:
+    """The worker addresses listed for Prometheus's file-based service discovery."""
+    found: list[str] = []
+    for path in sorted((data_dir / "metrics" / "targets").glob("*.json")):
+        for group in json.loads(path.read_text()):
+            found.extend(group["targets"])
+    return found
+
+
 def test_two_workers_on_one_machine_keep_their_own_metrics(
     pipeline: Callable[..., dict[str, Any]], start_proc: Callable[..., Proc]
 ) -> None:
-    """Two `wapipe worker`s with one data dir: each serves its own sum; stopping one leaves the other intact."""
+    """Two `wapipe worker`s with one data dir and one WAPIPE_METRICS_PORT (as `honcho start -c
+    worker=2` runs them): the second serves on the next free port, both are listed for Prometheus's
+    file_sd, each serves its own sum; stopping one removes its files and leaves the other intact."""
     stack = pipeline()
-    other_env = {**stack["env"], "WAPIPE_METRICS_PORT": str(free_port()), "WAPIPE_WORKER_THREADS": "3"}
-    other = start_proc("worker-b", ["worker"], other_env)
-    wait_for(lambda: "Worker process is ready" in other.output(), timeout=30, what="second worker")
-    first_url = f"http://127.0.0.1:{stack['env']['WAPIPE_METRICS_PORT']}/metrics"
-    second_url = f"http://127.0.0.1:{other_env['WAPIPE_METRICS_PORT']}/metrics"
-    assert value(samples(scrape(first_url)), "wapipe_worker_threads") == 4
-    assert value(samples(scrape(second_url)), "wapipe_worker_threads") == 3
-    metrics_root = Path(stack["env"]["WAPIPE_DATA_DIR"]) / "metrics"
-    assert len(list(metrics_root.iterdir())) == 2
+    other = start_proc("worker-b", ["worker"], {**stack["env"], "WAPIPE_WORKER_THREADS": "3"})
+    wait_for(lambda: "worker_process_ready" in other.output(), timeout=30, what="second worker")
+    data_dir = Path(stack["env"]["WAPIPE_DATA_DIR"])
+    targets = wait_for(
+        lambda: len(listed_targets(data_dir)) == 2 and listed_targets(data_dir), what="2 targets"
+    )
+    assert f"127.0.0.1:{stack['env']['WAPIPE_METRICS_PORT']}" in targets
+    threads = {
+        value(samples(scrape(f"http://{target}/metrics")), "wapipe_worker_threads") for target in targets
+    }
+    assert threads == {3, 4}
+    metrics_root = data_dir / "metrics"
+    assert len(list(metrics_root.glob("worker-*"))) == 2
     assert other.stop() == 0
-    assert len(list(metrics_root.iterdir())) == 1
-    assert value(samples(scrape(first_url)), "wapipe_worker_threads") == 4
+    assert len(list(metrics_root.glob("worker-*"))) == 1
+    [remaining] = listed_targets(data_dir)
+    assert value(samples(scrape(f"http://{remaining}/metrics")), "wapipe_worker_threads") == 4
 
 
 def test_the_dashboard_is_generated_and_well_formed() -> None:

@@ -129,7 +129,7 @@ def test_make_run_from_a_fresh_clone(tmp_path: Path, data_dir: Path) -> None:
         python = str(clone / ".venv" / "bin" / "python")
         client_env = base_env(PORT=str(port), WAPIPE_DATA_DIR=str(data_dir))
         wait_for(
-            lambda: "Worker process is ready" in (tmp_path / "make-run.log").read_text(),
+            lambda: "worker_process_ready" in (tmp_path / "make-run.log").read_text(),
             timeout=60,
             what="worker",
         )
@@ -168,7 +168,7 @@ def start_run(tmp_path: Path, name: str, env: dict[str, str]) -> Proc:
         timeout=30,
         what="wapipe run to be ready",
     )
-    wait_for(lambda: "Worker process is ready" in proc.output(), timeout=30, what="the worker")
+    wait_for(lambda: "worker_process_ready" in proc.output(), timeout=30, what="the worker")
     return proc
 
 
@@ -259,8 +259,20 @@ def test_a_child_that_dies_stops_everything(tmp_path: Path, data_dir: Path) -> N
         proc.stop()
 
 
-def test_simulate_says_what_it_waited_for(tmp_path: Path) -> None:
-    """With nothing listening, `wapipe simulate` exits 1 with a reason."""
-    result = simulate(sys.executable, base_env(PORT=str(free_port())), "--text", "anyone?", "--timeout", "1")
-    assert result.returncode == 1
-    assert "cannot post to http://127.0.0.1:" in result.stderr
+def test_simulate_says_what_it_is_missing(tmp_path: Path, redis_url: str) -> None:
+    """No Redis to find the deployment in: exit 2, saying to set REDIS_URL or use `wapipe run`; a
+    Redis with no sandbox web recorded in it: exit 1, saying to start one; `--url` to nothing
+    listening: exit 1, saying it cannot post. One line each."""
+    no_redis = simulate(sys.executable, base_env(WAPIPE_DATA_DIR=str(tmp_path)), "--text", "anyone?")
+    assert no_redis.returncode == 2
+    assert "set REDIS_URL or use `wapipe run`" in no_redis.stderr
+    no_web = simulate(sys.executable, base_env(REDIS_URL=redis_url), "--text", "anyone?", "--timeout", "1")
+    assert no_web.returncode == 1
+    assert "no sandbox web is recorded in this Redis" in no_web.stderr
+    url = f"http://127.0.0.1:{free_port()}/webhook"
+    nobody = simulate(sys.executable, base_env(REDIS_URL=redis_url), "--text", "x", "--url", url)
+    assert nobody.returncode == 1
+    assert f"cannot post to {url}" in nobody.stderr
+    for result in (no_redis, no_web, nobody):
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stdout == ""

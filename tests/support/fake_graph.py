@@ -216,6 +216,11 @@ class FakeGraph:
 
     async def _media_info(self, request: web.Request) -> web.StreamResponse:
         media_id = request.match_info["media_id"]
+        if "fields" in request.query:  # a node read, as `wapipe check` makes (GET /me, /{phone number id})
+            scripted = await self._record("node", request, None)
+            if scripted is not None:
+                return self._answer(request, scripted)
+            return web.json_response({"id": media_id if media_id != "me" else "1000"})
         scripted = await self._record("media_info", request, None)
         if scripted is not None:
             return self._answer(request, scripted)

@@ -13,22 +13,38 @@ from pathlib import Path
 import psutil
 
 WAPIPE = [sys.executable, "-m", "daemon"]
+#: The console script, as a user (or a Procfile runner) starts wapipe: its sys.path[0] is the
+#: script's folder, not the working directory.
+WAPIPE_SCRIPT = str(Path(sys.executable).parent / "wapipe")
 
 
 class Proc:
-    """A ``wapipe`` subprocess in its own session; its output goes to a log file."""
+    """A ``wapipe`` subprocess in its own session; its output goes to a log file.
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+    ``cwd`` defaults to the log folder, never the repo root: a developer's .env must not leak in.
+    ``command`` replaces ``python -m daemon`` (e.g. with :data:`WAPIPE_SCRIPT`, or ``honcho``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        log_dir: Path,
+        *,
+        cwd: Path | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [*WAPIPE, *args],
+            [*(WAPIPE if command is None else command), *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            cwd=log_dir,  # never the repo root: a developer's .env must not leak into tests
+            cwd=cwd or log_dir,
         )
 
     @property

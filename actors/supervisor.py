@@ -1,0 +1,206 @@
+"""``wapipe worker``'s processes: a main process and ``WAPIPE_WORKER_PROCESSES`` worker processes.
+
+Each worker process runs a :class:`dramatiq.Worker` (``WAPIPE_WORKER_THREADS`` threads) on the
+broker of :func:`actors.broker.build_broker`, built from the settings the main process loaded: the
+children are forked after the configuration was read, so every one of them has the same settings,
+``.env`` included. The main process does no work; it serves the summed metrics, and supervises.
+
+Stopping is the same whoever sends the signal, which matters under Procfile runners and container
+runtimes that signal the whole process group (honcho, foreman, systemd's default ``KillMode``,
+``docker stop`` with an init):
+
+- The first SIGTERM (or SIGINT, or SIGHUP) a worker process receives starts its graceful stop:
+  no new message is taken, messages in flight finish for up to ``WAPIPE_SHUTDOWN_TIMEOUT_SECONDS``,
+  prefetched ones go back to their queue. Further SIGTERMs are ignored (the runner's and the main
+  process's copies of the same request arrive together), so a graceful stop is never turned into
+  an abrupt exit by a duplicate. The runner's SIGKILL is the hard stop: what was in flight then is
+  redelivered after the heartbeat timeout and answered once, as after any crash.
+- The main process forwards its first signal to the worker processes and waits for them. A second
+  SIGINT (Ctrl-C twice) kills them at once.
+- A worker process that dies unexpectedly makes the main process stop the others and exit 1; a
+  supervisor (systemd, the PaaS, ``wapipe run``) restarts the whole worker.
+- A worker process whose main process dies (``kill -9`` of the main alone) gets SIGTERM (Linux).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+
+from daemon import logs
+from daemon.config import Settings
+from daemon.embedded import die_with_parent
+from daemon.queue import QUEUES
+from daemon.startup import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_REDIS
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: Extra time, beyond the shutdown timeout, before the main process kills a worker that hangs.
+KILL_GRACE_SECONDS = 10.0
+
+
+def _start_method() -> str:
+    """fork where it is safe (Linux): children get the loaded settings without reading them again."""
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
+def run_worker_process(settings: Settings, redis_url: str, index: int, cpu_index: int) -> None:
+    """A worker process's life: boot, work until the first stop signal, stop gracefully, exit."""
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not stopping.is_set():
+            stopping.set()
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    die_with_parent()
+    logs.configure(settings.log_level, settings.log_format)
+    code = _work(settings, redis_url, index, cpu_index, stopping)
+    logging.shutdown()
+    os._exit(code)  # skip interpreter teardown: every thread left is a daemon, nothing to flush
+
+
+def _work(settings: Settings, redis_url: str, index: int, cpu_index: int, stopping: threading.Event) -> int:
+    from dramatiq.errors import BrokerConnectionError
+
+    from actors.broker import build_broker, pin_to_one_cpu
+
+    cpu = pin_to_one_cpu(settings.worker_cpu_affinity, cpu_index)
+    try:
+        broker = build_broker(settings, redis_url)
+        broker.emit_after("process_boot")
+        worker = dramatiq.Worker(
+            broker,
+            queues=set(QUEUES),
+            worker_threads=settings.worker_threads,
+            worker_timeout=settings.worker_poll_ms,
+        )
+        worker.start()
+    except BrokerConnectionError as error:
+        log.error("worker_process_boot_failed", extra={"worker": index, "error": type(error).__name__})
+        return EXIT_REDIS
+    except Exception as error:  # noqa: BLE001 - one line with the reason, not a traceback per process
+        log.error(
+            "worker_process_boot_failed",
+            extra={"worker": index, "error": type(error).__name__, "detail": str(error)[:300]},
+        )
+        return EXIT_FAILURE
+    log.info(
+        "worker_process_ready",
+        extra={"worker": index, "pid": os.getpid(), "threads": settings.worker_threads, "cpu": cpu},
+    )
+    while not stopping.wait(1.0):
+        pass
+    log.info("worker_process_stopping", extra={"worker": index})
+    started = time.monotonic()
+    worker.stop(timeout=int(settings.shutdown_timeout_seconds * 1000))
+    broker.close()
+    log.info(
+        "worker_process_stopped",
+        extra={"worker": index, "seconds": round(time.monotonic() - started, 3)},
+    )
+    return EXIT_OK
+
+
+class Supervisor:
+    """Starts the worker processes and stops them together (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis_url: str,
+        *,
+        first_cpu: int = 0,
+        target: Callable[[Settings, str, int, int], None] = run_worker_process,
+    ) -> None:
+        self.settings = settings
+        self.redis_url = redis_url
+        self.first_cpu = first_cpu
+        self.target = target
+        self.processes: list[Any] = []
+        self._stopping = False
+        self._signals = 0
+        self._died: tuple[int, int | None] | None = None
+
+    def start(self) -> None:
+        """Fork the worker processes, with the stop signals blocked until each has its handlers."""
+        context: Any = multiprocessing.get_context(_start_method())
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            for index in range(self.settings.worker_processes):
+                process = context.Process(
+                    target=self.target,
+                    args=(self.settings, self.redis_url, index, self.first_cpu + index),
+                    name=f"wapipe-worker-{index}",
+                    daemon=False,
+                )
+                process.start()
+                self.processes.append(process)
+        finally:
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, self._on_signal)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signals += 1
+        if not self._stopping:
+            self._stopping = True
+            log.info("worker_stopping", extra={"signal": signal.Signals(signum).name})
+            self._send(signal.SIGTERM)
+        elif signum == signal.SIGINT and self._signals > 1:
+            log.warning("worker_killed", extra={"signal": "SIGINT"})
+            self._send(signal.SIGKILL)
+
+    def _send(self, signum: int) -> None:
+        for process in self.processes:
+            if process.exitcode is None and process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signum)
+
+    def wait(self) -> int:
+        """Until every worker process ended; the exit code of ``wapipe worker``."""
+        kill_at: float | None = None
+        while True:
+            alive = [process for process in self.processes if process.exitcode is None]
+            if not alive:
+                break
+            multiprocessing.connection.wait([process.sentinel for process in alive], timeout=0.5)
+            for process in self.processes:
+                if process.exitcode is not None and not self._stopping:
+                    self._died = (process.pid, process.exitcode)
+                    log.critical(
+                        "worker_process_died",
+                        extra={
+                            "pid": process.pid,
+                            "exit_code": process.exitcode,
+                            "hint": "stopping the rest",
+                        },
+                    )
+                    self._stopping = True
+                    self._send(signal.SIGTERM)
+            if self._stopping and kill_at is None:
+                kill_at = time.monotonic() + self.settings.shutdown_timeout_seconds + KILL_GRACE_SECONDS
+            if kill_at is not None and time.monotonic() > kill_at:
+                log.error("worker_process_hung", extra={"hint": "killing it"})
+                self._send(signal.SIGKILL)
+                kill_at = float("inf")
+        for process in self.processes:
+            process.join()
+        if self._died is not None:
+            code = self._died[1]
+            return code if code in (EXIT_CONFIG, EXIT_REDIS) else EXIT_FAILURE
+        return EXIT_OK

@@ -1,0 +1,164 @@
+"""The sandbox fails closed: workers use only their own deployment's emulator, proven, never a
+stranger on a port, and fetch emulator media only from the emulator's own address."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from aiohttp.test_utils import TestServer
+
+from daemon.config import Settings
+from daemon.graph import Endpoint, GraphClient, GraphUnreachable, MediaRefused, emulator_endpoint
+from daemon.media import TempFile
+from daemon.sandbox_link import RECORD_KEY, Announcer, EmulatorLink, EmulatorNotFound, EmulatorRecord, read
+from daemon.web import EMULATOR, REDIS, advertised_url, make_app
+from tests.support.procs import base_env
+
+
+class Stranger:
+    """Some other program on a loopback port: answers 200 to anything and records what it got."""
+
+    def __init__(self) -> None:
+        seen: list[tuple[str, str, dict[str, str]]] = []
+        self.seen = seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                seen.append((self.command, self.path, dict(self.headers)))
+                body = b'{"messages": [{"id": "wamid.stranger"}], "proof": "nope"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stranger() -> Iterator[Stranger]:
+    server = Stranger()
+    yield server
+    server.close()
+
+
+def sandbox_settings() -> Settings:
+    return Settings.from_env(base_env(WAPIPE_GRAPH_ATTEMPTS="1"))
+
+
+def test_a_record_pointing_at_a_stranger_is_refused_before_anything_is_sent(
+    redis_url: str, rclient: redis.Redis, stranger: Stranger
+) -> None:
+    """The record in Redis names a server that cannot prove it holds the token (a program that took
+    the web's port): the worker treats the emulator as unreachable and sends that server neither the
+    reply nor the token, only the identity challenge."""
+    record = EmulatorRecord(web_url=stranger.url, token="t" * 48)
+    rclient.set(RECORD_KEY, record.encode())
+    link = EmulatorLink(redis.Redis.from_url(redis_url), timeout=2)
+    with pytest.raises(EmulatorNotFound, match="is not this deployment's sandbox emulator"):
+        link.current()
+    client = GraphClient(sandbox_settings(), endpoint=emulator_endpoint(link, "v25.0"))
+    try:
+        with pytest.raises(GraphUnreachable):
+            client.send_message("1", {"type": "text", "to": "+1", "text": {"body": "private"}})
+    finally:
+        client.close()
+        link.close()
+    assert [method for method, _, _ in stranger.seen] == ["GET", "GET"]
+    assert all(path.startswith("/sandbox/identity?challenge=") for _, path, _ in stranger.seen)
+    assert all("t" * 48 not in str(headers) for _, _, headers in stranger.seen)
+
+
+def test_no_record_means_no_emulator(redis_url: str) -> None:
+    """Nothing recorded (no sandbox web running): unreachable, with a hint, nothing guessed from PORT."""
+    link = EmulatorLink(redis.Redis.from_url(redis_url), timeout=2)
+    with pytest.raises(EmulatorNotFound, match="is `wapipe web` running"):
+        link.current()
+    link.close()
+
+
+async def test_the_webs_own_emulator_is_found_proven_and_used(
+    redis_url: str, rclient: redis.Redis, stranger: Stranger, tmp_path: Path
+) -> None:
+    """A sandbox web announces itself; the worker's link verifies it and sends there with its token;
+    an answer that lacks the emulator's proof (a stranger now on that address) counts as not sent;
+    media may be fetched from the emulator's own address only, never another loopback port."""
+    app = make_app(sandbox_settings(), redis_url)
+    server = TestServer(app)
+    await server.start_server()
+    emulator = app[EMULATOR]
+    emulator.web_url = advertised_url("127.0.0.1", server.port)
+    announcer = Announcer(app[REDIS], EmulatorRecord(emulator.web_url, emulator.token))
+    assert await announcer.start()
+    sync = redis.Redis.from_url(redis_url)
+    link = EmulatorLink(sync, timeout=2)
+    client = GraphClient(sandbox_settings(), endpoint=emulator_endpoint(link, "v25.0"))
+    try:
+        assert (await asyncio.to_thread(link.current)).web_url == emulator.web_url
+        body = {"messaging_product": "whatsapp", "type": "text", "to": "+1", "text": {"body": "hi"}}
+        result = await asyncio.to_thread(client.send_message, "1", body, in_reply_to="wamid.X")
+        assert result.message_id is not None
+        assert result.message_id.startswith("wamid.sandbox.")
+        endpoint: Endpoint = await asyncio.to_thread(client.endpoint)
+        assert endpoint.media_allowed(f"{emulator.web_url}/sandbox/graph/media-download/1")
+        assert not endpoint.media_allowed(f"{stranger.url}/sandbox/graph/media-download/1")
+        assert not endpoint.media_allowed(emulator.web_url.replace("127.0.0.1", "localhost") + "/x")
+        sink = TempFile(tmp_path)
+        try:
+            with pytest.raises(MediaRefused):
+                await asyncio.to_thread(client.download, f"{stranger.url}/media", sink, max_bytes=100)
+        finally:
+            sink.discard()
+        assert stranger.seen == []
+
+        # The web is gone and a stranger answers at the address the worker already verified.
+        proven_only = Endpoint(base=f"{stranger.url}/sandbox/graph/v25.0", token="x", proof=endpoint.proof)
+        impostor = GraphClient(sandbox_settings(), endpoint=lambda: proven_only)
+        try:
+            with pytest.raises(GraphUnreachable, match="without its proof"):
+                await asyncio.to_thread(impostor.send_message, "1", body)
+        finally:
+            impostor.close()
+    finally:
+        client.close()
+        link.close()
+        await announcer.stop()
+        assert read(rclient) is None  # withdrawn at stop
+        await server.close()
+
+
+async def test_a_second_web_waits_for_the_first_ones_record(redis_url: str, rclient: redis.Redis) -> None:
+    """Two sandbox webs on one Redis: the second does not overwrite the live record of the first
+    (workers keep one emulator), and a web only withdraws its own record."""
+    first_client = redis.asyncio.Redis.from_url(redis_url)
+    first = Announcer(first_client, EmulatorRecord("http://127.0.0.1:1", "a" * 48))
+    second = Announcer(first_client, EmulatorRecord("http://127.0.0.1:2", "b" * 48))
+    try:
+        assert await first.start()
+        assert not await second.start()
+        await second.stop()
+        assert read(rclient) == first.record
+        await first.stop()
+        assert read(rclient) is None
+    finally:
+        await first_client.aclose()
