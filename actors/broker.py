@@ -122,8 +122,9 @@ def stage_options(stage: ModuleType, settings: Settings) -> dict[str, Any]:
 
 
 def pin_to_one_cpu(policy: str, index: int) -> int | None:
-    """With ``policy`` "spread", run this worker process on one CPU: the ``index``-th process of a
-    ``wapipe worker`` on the (index mod n)-th CPU it may use. Returns that CPU, or None when not pinned.
+    """With ``policy`` "spread", run this worker process on one CPU: the (index mod n)-th CPU it may
+    use, ``index`` counting the worker processes of every ``wapipe worker`` on the host in turn (see
+    :mod:`daemon.worker_metrics` on slots). Returns that CPU, or None when not pinned.
 
     A process's threads hand the GIL to one another for every message; on different cores each
     hand-off wakes another core (a costly inter-processor interrupt on virtual machines), on one

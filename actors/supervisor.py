@@ -4,6 +4,8 @@ Each worker process runs a :class:`dramatiq.Worker` (``WAPIPE_WORKER_THREADS`` t
 broker of :func:`actors.broker.build_broker`, built from the settings the main process loaded: the
 children are forked after the configuration was read, so every one of them has the same settings,
 ``.env`` included. The main process does no work; it serves the summed metrics, and supervises.
+With ``WAPIPE_WORKER_CPU_AFFINITY=spread`` each worker process is pinned to one CPU, continuing
+after the CPUs of the workers that started before on the same data directory (their slots).
 
 Stopping is the same whoever sends the signal, which matters under Procfile runners and container
 runtimes that signal the whole process group (honcho, foreman, systemd's default ``KillMode``,

@@ -55,6 +55,13 @@ if current == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if not current then return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) and 1 or 0 end
 return 0
 """
+#: Replace the record of a web that no longer answers, unless it changed meanwhile.
+_REPLACE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) and 1 or 0 end
+return 0
+"""
+#: How long a web waits for the web of an existing record to prove it is alive.
+PEER_CHECK_SECONDS = 2.0
 
 
 def new_token() -> str:
@@ -115,7 +122,8 @@ def verify(record: EmulatorRecord, timeout: float) -> bool:
 class Announcer:
     """The web's side: record the emulator after the web listens, refresh it, withdraw it at stop.
 
-    A record written by another live web is left alone; this web takes over once it expires.
+    A record written by another web that still proves itself is left alone (workers keep one
+    emulator); the record of a web that no longer does (killed, restarted) is replaced at once.
     """
 
     def __init__(self, client: aioredis.Redis, record: EmulatorRecord) -> None:
@@ -131,7 +139,18 @@ class Announcer:
 
     async def _refresh(self) -> bool:
         value = self.record.encode()
-        return bool(await self.client.eval(_REFRESH, 1, RECORD_KEY, value, RECORD_TTL_SECONDS))
+        if await self.client.eval(_REFRESH, 1, RECORD_KEY, value, RECORD_TTL_SECONDS):
+            return True
+        current = await self.client.get(RECORD_KEY)
+        if current is None:
+            return await self._refresh()
+        other = EmulatorRecord.decode(current)
+        if other is not None and await asyncio.to_thread(verify, other, PEER_CHECK_SECONDS):
+            return False
+        replaced = await self.client.eval(_REPLACE, 1, RECORD_KEY, current, value, RECORD_TTL_SECONDS)
+        if replaced:
+            log.info("sandbox_record_replaced", extra={"previous": other.web_url if other else None})
+        return bool(replaced)
 
     async def _keep(self) -> None:
         while True:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -112,19 +113,20 @@ def writable_dir(path: Path, variable: str) -> None:
             pass
     except OSError as error:
         reason = os.strerror(error.errno) if error.errno else str(error)
-        if error.errno == errno.ENOTDIR:
+        if error.errno in (errno.ENOTDIR, errno.EEXIST):
             reason = "a file stands in its path"
         raise StartupError(f"{variable}: cannot write in {path}: {reason}") from None
 
 
 def listen_error(variable: str, host: str, port: int, error: OSError) -> StartupError:
-    """One line for a port that cannot be listened on (in use, not permitted, no such address)."""
-    if error.errno == errno.EADDRINUSE:
+    """One line for a port that cannot be listened on (in use, not permitted), naming ``variable``,
+    or for an address that is not this machine's, naming ``WAPIPE_HOST``."""
+    if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
+        variable, why = "WAPIPE_HOST", "this machine has no such address"
+    elif error.errno == errno.EADDRINUSE:
         why = "the port is already in use by another program"
     elif error.errno in (errno.EACCES, errno.EPERM):
         why = "permission denied (ports below 1024 need privileges)"
-    elif error.errno == errno.EADDRNOTAVAIL:
-        why = "this machine has no such address (WAPIPE_HOST)"
     else:
         why = error.strerror or str(error)
     return StartupError(f"{variable}: cannot listen on {host}:{port}: {why}")

@@ -298,18 +298,18 @@ def query(base: str, expr: str) -> dict[str, Any]:
 def test_a_real_prometheus_scrapes_both_and_every_expression_is_valid(
     metered: dict[str, Any], tmp_path: Path
 ) -> None:
-    """Prometheus with the shipped config (ports adjusted) sees up == 1 for web and worker; every dashboard
-    and alert expression evaluates, and names only metrics that exist."""
+    """Prometheus with the shipped config (the web's port and the workers' target folder adjusted)
+    sees up == 1 for web and for the worker it found through the file the worker wrote; every
+    dashboard and alert expression evaluates, and names only metrics that exist."""
     prometheus = tool("prometheus")
     config = yaml.safe_load((PROM / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = "1s"
     config["global"]["evaluation_interval"] = "1s"
     web_target = metered["web_metrics"].split("//")[1].split("/")[0]
-    worker_target = metered["worker_metrics"].split("//")[1].split("/")[0]
-    for job in config["scrape_configs"]:
-        job["static_configs"][0]["targets"] = [
-            web_target if job["job_name"] == "wapipe-web" else worker_target
-        ]
+    targets = Path(metered["env"]["WAPIPE_DATA_DIR"]) / "metrics" / "targets"
+    [web_job, worker_job] = config["scrape_configs"]
+    web_job["static_configs"][0]["targets"] = [web_target]
+    worker_job["file_sd_configs"][0]["files"] = [str(targets / "*.json")]  # as the worker wrote it
     shutil.copy(PROM / "alerts.yml", tmp_path / "alerts.yml")
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()

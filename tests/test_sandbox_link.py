@@ -20,6 +20,7 @@ from daemon.media import TempFile
 from daemon.sandbox_link import RECORD_KEY, Announcer, EmulatorLink, EmulatorNotFound, EmulatorRecord, read
 from daemon.web import EMULATOR, REDIS, advertised_url, make_app
 from tests.support.procs import base_env
+from tests.support.waiting import free_port
 
 
 class Stranger:
@@ -147,18 +148,32 @@ async def test_the_webs_own_emulator_is_found_proven_and_used(
         await server.close()
 
 
-async def test_a_second_web_waits_for_the_first_ones_record(redis_url: str, rclient: redis.Redis) -> None:
-    """Two sandbox webs on one Redis: the second does not overwrite the live record of the first
-    (workers keep one emulator), and a web only withdraws its own record."""
-    first_client = redis.asyncio.Redis.from_url(redis_url)
-    first = Announcer(first_client, EmulatorRecord("http://127.0.0.1:1", "a" * 48))
-    second = Announcer(first_client, EmulatorRecord("http://127.0.0.1:2", "b" * 48))
+async def test_a_second_web_defers_to_a_live_one_and_replaces_a_dead_ones_record(
+    redis_url: str, rclient: redis.Redis
+) -> None:
+    """Two sandbox webs on one Redis: the second leaves the record of the first while the first
+    proves itself (workers keep one emulator) and withdraws only its own; a record whose web no
+    longer answers (killed, then restarted with a new token) is replaced at once."""
+    app = make_app(sandbox_settings(), redis_url)
+    server = TestServer(app)
+    await server.start_server()
+    emulator = app[EMULATOR]
+    emulator.web_url = advertised_url("127.0.0.1", server.port)
+    live = Announcer(app[REDIS], EmulatorRecord(emulator.web_url, emulator.token))
+    client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        assert await first.start()
+        assert await live.start()
+        second = Announcer(client, EmulatorRecord("http://127.0.0.1:2", "b" * 48))
         assert not await second.start()
         await second.stop()
-        assert read(rclient) == first.record
-        await first.stop()
+        assert read(rclient) == live.record
+        await live.stop()
+        rclient.set(RECORD_KEY, EmulatorRecord(f"http://127.0.0.1:{free_port()}", "c" * 48).encode())
+        successor = Announcer(client, EmulatorRecord("http://127.0.0.1:3", "d" * 48))
+        assert await successor.start()
+        assert read(rclient) == successor.record
+        await successor.stop()
         assert read(rclient) is None
     finally:
-        await first_client.aclose()
+        await client.aclose()
+        await server.close()
