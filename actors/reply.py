@@ -7,10 +7,11 @@ is marked read (a failure is logged and does not stop the reply), then each outb
 sent from the envelope's own ``phone_number_id``.
 
 At most once: before each send a ledger key ``wapipe:reply:{phone_number_id}:{id}:{n}`` is claimed
-in Redis. When the message is done, ``wapipe:handled:{phone_number_id}:{id}`` records how many
-messages answered it (``0``: handled without reply), with the last ledger mark. A send that surely did not happen (no connection, 5xx / 429, a Graph error) releases the
+in Redis. A send that surely did not happen (no connection, 5xx / 429, a Graph error) releases the
 claim and is retried; a send that may have happened (timeout after the request went out, a worker
-that died mid-send) keeps the claim and is dead-lettered as "unknown outcome", never resent.
+that died mid-send) keeps the claim and is dead-lettered as "unknown outcome", never resent. When
+the message is done, ``wapipe:handled:{phone_number_id}:{id}`` records how many messages answered
+it (``0``: handled without reply), written with the last ledger mark.
 
 Graph errors (WHATSAPP_API.md §F): permanent codes are dead-lettered at once; throttling codes are
 retried on their own schedule (``Retry-After`` when given, 4^X s for the pair limit 131056, 2 s
@@ -256,18 +257,19 @@ def _send_once(
     _record(rt, [(key, f"sent:{result.message_id}"), *also], ttl)
 
 
+#: SET each KEYS[i] to ARGV[i] with the TTL in the last ARGV: several keys in one command.
+_SET_ALL = "for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i], 'EX', ARGV[#ARGV]) end"
+
+
 def _record(rt: runtime.Runtime, values: list[tuple[str, str]], ttl: int) -> None:
-    """Set each key to its value, in one round trip. Used for a send that happened: worth waiting for
+    """Set each key to its value, in one command. Used for a send that happened: worth waiting for
     Redis (up to 60 s) rather than leave it "in doubt"."""
 
     def write() -> None:
         if len(values) == 1:
             rt.redis.set(values[0][0], values[0][1], ex=ttl)
-            return
-        with rt.redis.pipeline(transaction=False) as pipe:
-            for key, value in values:
-                pipe.set(key, value, ex=ttl)
-            pipe.execute()
+        else:
+            rt.script(_SET_ALL)(keys=[key for key, _ in values], args=[*(value for _, value in values), ttl])
 
     retrying.call(
         write,

@@ -24,7 +24,14 @@ from daemon import retrying
 from daemon.config import Settings
 from daemon.http_pool import ConnectFailed, HTTPPool
 from daemon.media import TempFile, host_allowed
-from daemon.sandbox_link import IN_REPLY_TO_HEADER, PROOF_HEADER, EmulatorLink, EmulatorNotFound, proof
+from daemon.sandbox_link import (
+    IN_REPLY_TO_HEADER,
+    PROOF_HEADER,
+    EmulatorLink,
+    EmulatorNotFound,
+    EmulatorRecord,
+    proof,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,17 +171,23 @@ def emulator_endpoint(link: EmulatorLink, api_version: str) -> Callable[[], Endp
     A missing or unproven emulator is :class:`GraphUnreachable`: nothing was sent, try again later.
     """
 
+    made: dict[EmulatorRecord, Endpoint] = {}
+
     def current() -> Endpoint:
         try:
             record = link.current()
         except EmulatorNotFound as error:
             raise GraphUnreachable(str(error)) from None
-        return Endpoint(
-            base=f"{record.graph_url}/{api_version}",
-            token=record.token,
-            media_origin=record.web_url,
-            proof=proof(record.token),
-        )
+        endpoint = made.get(record)
+        if endpoint is None:
+            made.clear()  # one emulator at a time: a new record replaces the old one's endpoint
+            endpoint = made[record] = Endpoint(
+                base=f"{record.graph_url}/{api_version}",
+                token=record.token,
+                media_origin=record.web_url,
+                proof=proof(record.token),
+            )
+        return endpoint
 
     return current
 
