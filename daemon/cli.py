@@ -148,7 +148,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from daemon.simulate import SimulateError, render, simulate
+    from daemon.simulate import render, simulate
 
     if not settings.sandbox:
         raise StartupError(
@@ -156,20 +156,17 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
             "message would be answered to a real phone number"
         )
     redis_url = resolve_redis_url(settings)
-    try:
-        answer = asyncio.run(
-            simulate(
-                settings,
-                redis_url,
-                text=args.text,
-                image=args.image,
-                url=args.url,
-                wait_seconds=args.timeout,
-                sender=args.sender,
-            )
+    answer = asyncio.run(  # a SimulateError is a StartupError: one line and its exit code
+        simulate(
+            settings,
+            redis_url,
+            text=args.text,
+            image=args.image,
+            url=args.url,
+            wait_seconds=args.timeout,
+            sender=args.sender,
         )
-    except SimulateError as error:
-        raise StartupError(str(error), error.code) from None
+    )
     if not answer:
         print("(no reply: the handler answered nothing)")
     for sent in answer:

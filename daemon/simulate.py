@@ -28,7 +28,7 @@ from daemon.keys import handled_key
 from daemon.sandbox import OUTBOX_KEY
 from daemon.sandbox_link import RECORD_KEY, EmulatorRecord
 from daemon.signature import HEADER, sign
-from daemon.startup import EXIT_CONFIG, EXIT_FAILURE
+from daemon.startup import EXIT_CONFIG, EXIT_FAILURE, StartupError
 
 #: The business number simulated webhooks are addressed to (when WAPIPE_PHONE_NUMBER_IDS is unset).
 SANDBOX_PHONE_NUMBER_ID = "100000000000001"
@@ -39,12 +39,11 @@ IMAGE_MAX_BYTES = 5 * 1024 * 1024
 POLL_SECONDS = 0.05
 
 
-class SimulateError(Exception):
+class SimulateError(StartupError):
     """What simulate could not do, in one line; ``code`` 2 for bad arguments, 1 otherwise."""
 
     def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
 
 
 def meta_body(obj: Any) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -59,3 +60,12 @@ def rewrite_ids(obj: dict[str, Any], prefix: str) -> dict[str, Any]:
                     if "id" in item:
                         item["id"] = f"{prefix}:{item['id']}"
     return obj
+
+
+def listed_targets(data_dir: Path) -> list[str]:
+    """The worker addresses listed for Prometheus's file-based service discovery."""
+    found: list[str] = []
+    for path in sorted((data_dir / "metrics" / "targets").glob("*.json")):
+        for group in json.loads(path.read_text()):
+            found.extend(group["targets"])
+    return found

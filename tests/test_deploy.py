@@ -3,7 +3,6 @@ several workers on one host, handlers from the bot's folder, one-line start-up e
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,10 +19,10 @@ import pytest
 import redis
 
 from tests.conftest import ACCESS_TOKEN, pipeline_env
-from tests.pipeline_helpers import drained, post_webhook
+from tests.pipeline_helpers import drained, listed_targets, post_webhook
 from tests.support.fake_graph import FakeGraph, sent_json
 from tests.support.meta import text_envelope
-from tests.support.procs import WAPIPE_SCRIPT, Proc, base_env, wait_exit
+from tests.support.procs import WAPIPE_SCRIPT, Proc, base_env, family, running, wait_exit
 from tests.support.waiting import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,33 +81,6 @@ def ready(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
-
-
-def family(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def running(processes: list[psutil.Process]) -> list[psutil.Process]:
-    alive = []
-    for process in processes:
-        try:
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                alive.append(process)
-        except psutil.NoSuchProcess:
-            continue
-    return alive
-
-
-def listed_targets(data_dir: Path) -> list[str]:
-    found: list[str] = []
-    for path in sorted((data_dir / "metrics" / "targets").glob("*.json")):
-        for group in json.loads(path.read_text()):
-            found.extend(group["targets"])
-    return found
 
 
 def test_secrets_in_dotenv_reach_every_process_and_the_handler_loads_from_the_bot_folder(

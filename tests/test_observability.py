@@ -20,7 +20,7 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.pipeline_helpers import drained, post_webhook
+from tests.pipeline_helpers import drained, listed_targets, post_webhook
 from tests.support.fake_graph import FakeGraph
 from tests.support.meta import meta_bytes, text_envelope
 from tests.support.procs import Proc
@@ -182,15 +182,6 @@ def test_promtool_finds_nothing_to_fix_in_either_scrape(metered: dict[str, Any])
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.strip() == "", result.stdout
         assert result.stderr.strip() == "", result.stderr
-
-
-def listed_targets(data_dir: Path) -> list[str]:
-    """The worker addresses listed for Prometheus's file-based service discovery."""
-    found: list[str] = []
-    for path in sorted((data_dir / "metrics" / "targets").glob("*.json")):
-        for group in json.loads(path.read_text()):
-            found.extend(group["targets"])
-    return found
 
 
 def test_two_workers_on_one_machine_keep_their_own_metrics(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from daemon import __version__
-from tests.support.procs import Proc, base_env
+from tests.support.procs import Proc, base_env, sandbox_env
 from tests.support.waiting import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,13 +93,7 @@ def test_the_installed_wheel_runs_a_sandbox_round_trip(venv: Path, tmp_path: Pat
     )
     assert where.startswith(str(venv))
     data_dir = Path(tempfile.mkdtemp(prefix="wapipe-pkg-"))
-    env = base_env(
-        PORT=str(free_port()),
-        WAPIPE_DATA_DIR=str(data_dir),
-        WAPIPE_WORKER_PROCESSES="1",
-        WAPIPE_WORKER_THREADS="2",
-        WAPIPE_METRICS_PORT=str(free_port()),
-    )
+    env = sandbox_env(data_dir, free_port())
     server = Proc("installed-run", ["run"], env, tmp_path, command=[wapipe])
     try:
         wait_for(

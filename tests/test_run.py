@@ -20,7 +20,7 @@ import pytest
 from daemon.config import SANDBOX_APP_SECRET
 from daemon.embedded import bundled_redis_server
 from tests.support.meta import meta_bytes, signed, text_envelope
-from tests.support.procs import Proc, base_env, wait_exit
+from tests.support.procs import Proc, base_env, family, running, sandbox_env, wait_exit
 from tests.support.waiting import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,18 +49,6 @@ def http_get(url: str) -> tuple[int, bytes]:
         return 0, b""
 
 
-def tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
-    return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-
-
 def kill_all(processes: list[psutil.Process]) -> None:
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -70,14 +58,7 @@ def kill_all(processes: list[psutil.Process]) -> None:
 
 def run_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
     """A user's fresh environment: no REDIS_URL, no Meta variables."""
-    return base_env(
-        PORT=str(port),
-        WAPIPE_DATA_DIR=str(data_dir),
-        WAPIPE_WORKER_PROCESSES="1",
-        WAPIPE_WORKER_THREADS="4",
-        WAPIPE_SHUTDOWN_TIMEOUT_SECONDS="5",
-        **extra,
-    )
+    return sandbox_env(data_dir, port, WAPIPE_WORKER_THREADS="4", **extra)
 
 
 def simulate(python: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -119,7 +100,7 @@ def test_make_run_from_a_fresh_clone(tmp_path: Path, data_dir: Path) -> None:
             what="make run to serve /healthz",
         )
         wait_for(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, timeout=30, what="readyz")
-        seen = tree(make.pid)
+        seen = family(make.pid)
         redis_procs = [p for p in seen if Path(p.exe()).name == "redis-server"]
         assert [Path(p.exe()) for p in redis_procs] == [binary.resolve()]
         assert not any(
@@ -141,13 +122,13 @@ def test_make_run_from_a_fresh_clone(tmp_path: Path, data_dir: Path) -> None:
         assert (shown.returncode, shown.stdout) == (0, f"Got your image ({image.stat().st_size} bytes).\n"), (
             shown.stderr
         )
-        seen = tree(make.pid)
+        seen = family(make.pid)
     finally:
         os.killpg(make.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         try:
             make.wait(timeout=60)
         finally:
-            leftovers = alive(seen)
+            leftovers = running(seen)
             kill_all(leftovers)
             log.close()
     assert leftovers == [], f"still running after Ctrl-C: {leftovers}"
@@ -188,7 +169,7 @@ def test_the_embedded_redis_keeps_an_accepted_webhook_across_a_crash_and_restart
     port = free_port()
     env = run_env(data_dir, port)
     first = start_run(tmp_path, "run-1", env)
-    everything = tree(first.pid)
+    everything = family(first.pid)
     try:
         workers = [p for p in everything if "worker" in " ".join(p.cmdline())]
         assert workers
@@ -246,16 +227,16 @@ def test_a_child_that_dies_stops_everything(tmp_path: Path, data_dir: Path) -> N
     """kill -9 of the web process: `wapipe run` reports it, stops the worker and Redis, exits 1."""
     env = run_env(data_dir, free_port())
     proc = start_run(tmp_path, "run", env)
-    everything = tree(proc.pid)
+    everything = family(proc.pid)
     try:
         [web] = [p for p in everything if p.cmdline()[-1:] == ["web"]]
         web.kill()
         assert wait_exit(proc, timeout=60) == 1
         assert "web exited unexpectedly with code -9: stopping everything" in proc.output()
-        assert wait_for(lambda: not alive(everything), timeout=20, what="every process to stop") is True
+        assert wait_for(lambda: not running(everything), timeout=20, what="every process to stop") is True
         assert not (data_dir / "redis.sock").exists()
     finally:
-        kill_all(alive(everything))
+        kill_all(running(everything))
         proc.stop()
 
 

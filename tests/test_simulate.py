@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from daemon.simulate import render
-from tests.support.procs import WAPIPE_SCRIPT, Proc, base_env
+from tests.support.procs import WAPIPE_SCRIPT, Proc, base_env, sandbox_env
 from tests.support.waiting import free_port, wait_for
 
 #: A handler answering in every shape a bot might.
@@ -41,14 +41,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
     folder = tmp_path_factory.mktemp("simbot")
     (folder / "sim_bot.py").write_text(SIM_BOT, encoding="utf-8")
     data_dir = Path(tempfile.mkdtemp(prefix="wapipe-sim-"))  # short: a unix socket lives there
-    env = base_env(
-        PORT=str(free_port()),
-        WAPIPE_DATA_DIR=str(data_dir),
-        WAPIPE_WORKER_PROCESSES="1",
-        WAPIPE_WORKER_THREADS="2",
-        WAPIPE_METRICS_PORT=str(free_port()),
-        WAPIPE_HANDLER="sim_bot:handle",
-    )
+    env = sandbox_env(data_dir, free_port(), WAPIPE_HANDLER="sim_bot:handle")
     run = Proc("run", ["run"], env, folder, cwd=folder, command=[WAPIPE_SCRIPT])
     try:
         wait_for(

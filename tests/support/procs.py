@@ -104,3 +104,40 @@ def base_env(**overrides: str) -> dict[str, str]:
     }
     env.update(overrides)
     return env
+
+
+def family(pid: int) -> list[psutil.Process]:
+    """The process ``pid`` and all its descendants, as they are now."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``processes`` still running (not gone, not zombies)."""
+    alive = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+def sandbox_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
+    """A user's fresh environment for `wapipe run` in sandbox mode: no REDIS_URL, no Meta setting,
+    a small worker, free ports."""
+    from tests.support.waiting import free_port
+
+    defaults = {
+        "PORT": str(port),
+        "WAPIPE_DATA_DIR": str(data_dir),
+        "WAPIPE_WORKER_PROCESSES": "1",
+        "WAPIPE_WORKER_THREADS": "2",
+        "WAPIPE_METRICS_PORT": str(free_port()),
+        "WAPIPE_SHUTDOWN_TIMEOUT_SECONDS": "5",
+    }
+    return base_env(**(defaults | extra))
