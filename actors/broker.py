@@ -62,14 +62,17 @@ class DaemonAsyncIO(AsyncIO):
         set_event_loop_thread(None)
 
 
-def build_broker(settings: Settings, redis_url: str) -> RedisBroker:
-    """A Redis broker with wapipe's middleware and every stage declared on it."""
+def build_broker(settings: Settings, redis_url: str, threads: int | None = None) -> RedisBroker:
+    """A Redis broker with wapipe's middleware and every stage declared on it.
+
+    ``threads`` is the worker threads of this process (for ``wapipe_worker_threads``).
+    """
     # Dramatiq's defaults minus AgeLimit, Callbacks and Pipelines, which wapipe does not use (stages
     # hand on by enqueueing the next message themselves, so an enqueue failure fails the stage).
     middleware = [
         TimeLimit(time_limit=TIME_LIMIT_MS),
         ShutdownNotifications(),
-        ActorMetrics(settings.worker_threads),
+        ActorMetrics(settings.worker_threads if threads is None else threads),
         DeadLetterRecorder(),
         SafeRetries(
             max_retries=settings.retry_max,

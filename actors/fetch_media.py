@@ -26,7 +26,15 @@ from typing import Any
 
 from actors import metrics, runtime
 from actors.parse import STATS_KEY
-from daemon.graph import GraphError, GraphUnreachable, MediaExpired, MediaRefused, SendOutcomeUnknown
+from daemon.graph import (
+    AnswerCut,
+    GraphError,
+    GraphUnreachable,
+    MediaExpired,
+    MediaRefused,
+    RequestInvalid,
+    SendOutcomeUnknown,
+)
 from daemon.media import TempFile, expected_digest, phone_dir
 from daemon.queue import build_message
 
@@ -39,9 +47,10 @@ MAX_RETRIES = 3
 TIME_LIMIT_MS = 15 * 60 * 1000
 OPTIONS: dict[str, Any] = {"max_retries": MAX_RETRIES, "time_limit": TIME_LIMIT_MS}
 
+#: Retried (SendOutcomeUnknown covers a cut download and one under the rate floor).
 _TRANSIENT = (GraphUnreachable, SendOutcomeUnknown, MediaExpired)
 #: Everything a fetch can fail with that still lets the message be answered.
-_FAILURES = (MediaRefused, GraphError, *_TRANSIENT)
+_FAILURES = (MediaRefused, RequestInvalid, GraphError, *_TRANSIENT)
 
 
 def run(item: dict[str, Any]) -> None:
@@ -100,7 +109,12 @@ def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any]) -> 
                     raise
                 url = None  # ask the Graph API for a fresh URL
         mime = media.get("mime_type") or info.get("mime_type") or content_type or "application/octet-stream"
-        stored = sink.store(folder, mime, expected_digest(media.get("sha256"), info.get("sha256")))
+        expected = expected_digest(media.get("sha256"), info.get("sha256"))
+        announced = _size(info.get("file_size"))
+        if expected is not None and sink.digest != expected and announced not in (None, sink.size):
+            # Neither the hash nor the size the Graph API announced: a cut file, not another one.
+            raise AnswerCut(f"downloaded {sink.size} bytes of the {announced} announced")
+        stored = sink.store(folder, str(mime), expected)
     finally:
         sink.discard()
     families = metrics.current()
@@ -115,3 +129,14 @@ def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any]) -> 
         "size": stored.size,
         "sha256_ok": stored.verified,
     }
+
+
+def _size(value: object) -> int | None:
+    """``file_size`` as Meta sends it (a number or a string of digits), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None

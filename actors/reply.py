@@ -9,7 +9,9 @@ sent from the envelope's own ``phone_number_id``.
 At most once: before each send a ledger key ``wapipe:reply:{phone_number_id}:{id}:{n}`` is claimed
 in Redis. A send that surely did not happen (no connection, 5xx / 429, a Graph error) releases the
 claim and is retried; a send that may have happened (timeout after the request went out, a worker
-that died mid-send) keeps the claim and is dead-lettered as "unknown outcome", never resent. When
+that died mid-send, any answer that is not a readable success or an error) keeps the claim and is
+dead-lettered as "unknown outcome", never resent — unless an operator replays it with
+``wapipe dlq replay --resend-unknown``, accepting that the user may get it twice. When
 the message is done, ``wapipe:handled:{phone_number_id}:{id}`` records how many messages answered
 it (``0``: handled without reply), written with the last ledger mark.
 
@@ -40,7 +42,8 @@ from actors import metrics, runtime
 from actors.errors import GraphRejected, ItemRejected, OutcomeUnknown
 from actors.parse import STATS_KEY
 from daemon import retrying
-from daemon.graph import GraphError, GraphUnreachable, SendOutcomeUnknown
+from daemon.dlq import RESEND_UNKNOWN
+from daemon.graph import GraphError, GraphUnreachable, RequestInvalid, SendOutcomeUnknown
 from daemon.handler import InboundMessage, Outbound, call_handler
 from daemon.keys import handled_key, ledger_key
 
@@ -86,7 +89,8 @@ def run(item: dict[str, Any]) -> None:
     recipient = _recipient(message)
     probing = _wait_if_paused(rt, message.phone_number_id)
     _mark_read(rt, message, fields)
-    replay = bool(runtime.current_options().get("wapipe_replay"))
+    # Only an operator's `dlq replay --resend-unknown` may send again what may have been delivered.
+    take_over = bool(runtime.current_options().get(RESEND_UNKNOWN))
     for index, body in enumerate(outbound):
         done = (handled_key(message.phone_number_id, message.id), str(len(outbound)))
         _send_once(
@@ -94,7 +98,7 @@ def run(item: dict[str, Any]) -> None:
             message,
             index,
             {**recipient, **body, "messaging_product": "whatsapp"},
-            replay,
+            take_over,
             also=[done] if index == len(outbound) - 1 else [],
         )
     if probing and rt.redis.delete(_paused_key(message.phone_number_id)):
@@ -188,7 +192,7 @@ def _send_once(
     message: InboundMessage,
     index: int,
     body: Outbound,
-    replay: bool,
+    take_over: bool,
     also: list[tuple[str, str]],
 ) -> None:
     """Claim the ledger entry, send, mark it sent (with the ``also`` keys, in the same round trip)."""
@@ -209,7 +213,7 @@ def _send_once(
             if also:
                 _record(rt, also, ttl)
             return
-        if not replay:
+        if not take_over:
             rt.limiter.release(message.phone_number_id, recipient)
             raise OutcomeUnknown(
                 "an earlier attempt started this send and never finished: it may have been delivered",
@@ -254,6 +258,10 @@ def _send_once(
         rt.redis.delete(key)
         rt.limiter.release(message.phone_number_id, recipient)
         raise
+    except RequestInvalid as error:
+        rt.redis.delete(key)
+        rt.limiter.release(message.phone_number_id, recipient)
+        raise ItemRejected(str(error), message_id=message.id, index=index) from None
     _record(rt, [(key, f"sent:{result.message_id}"), *also], ttl)
 
 

@@ -1,9 +1,14 @@
-"""``wapipe worker``'s processes: a main process and ``WAPIPE_WORKER_PROCESSES`` worker processes.
+"""``wapipe worker``'s processes: a main process, ``WAPIPE_WORKER_PROCESSES`` pipeline processes and
+one media process.
 
-Each worker process runs a :class:`dramatiq.Worker` (``WAPIPE_WORKER_THREADS`` threads) on the
-broker of :func:`actors.broker.build_broker`, built from the settings the main process loaded: the
-children are forked after the configuration was read, so every one of them has the same settings,
-``.env`` included. The main process does no work; it serves the summed metrics, and supervises.
+Each worker process runs a :class:`dramatiq.Worker` on the broker of
+:func:`actors.broker.build_broker`, built from the settings the main process loaded: the children
+are forked after the configuration was read, so every one of them has the same settings, ``.env``
+included. The pipeline processes (``WAPIPE_WORKER_THREADS`` threads each) consume the queue
+``wapipe`` (verify, parse, reply); the media process (``WAPIPE_MEDIA_WORKER_THREADS`` threads)
+consumes ``wapipe_media`` alone, so downloads that crawl or hang can take all of its threads and
+never one of a reply's. The main process does no work; it serves the summed metrics, says
+``worker_ready`` once every process has booted, and supervises.
 With ``WAPIPE_WORKER_CPU_AFFINITY=spread`` each worker process is pinned to one CPU, continuing
 after the CPUs of the workers that started before on the same data directory (their slots).
 
@@ -36,6 +41,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
@@ -43,7 +49,7 @@ import dramatiq
 from daemon import logs
 from daemon.config import Settings
 from daemon.embedded import die_with_parent
-from daemon.queue import QUEUES
+from daemon.queue import MEDIA_QUEUE, PIPELINE_QUEUE
 from daemon.startup import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_REDIS
 
 log = logging.getLogger(__name__)
@@ -58,8 +64,21 @@ def _start_method() -> str:
     return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
-def run_worker_process(settings: Settings, redis_url: str, index: int, cpu_index: int) -> None:
-    """A worker process's life: boot, work until the first stop signal, stop gracefully, exit."""
+@dataclass(frozen=True, slots=True)
+class Role:
+    """What one worker process does: its index, CPU slot, queue and thread count."""
+
+    index: int
+    cpu_index: int
+    queue: str
+    threads: int
+
+
+def run_worker_process(settings: Settings, redis_url: str, role: Role, booted: Any) -> None:
+    """A worker process's life: boot, work until the first stop signal, stop gracefully, exit.
+
+    ``booted`` (a multiprocessing Event) is set once its worker threads run.
+    """
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -71,24 +90,25 @@ def run_worker_process(settings: Settings, redis_url: str, index: int, cpu_index
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     die_with_parent()
     logs.configure(settings.log_level, settings.log_format)
-    code = _work(settings, redis_url, index, cpu_index, stopping)
+    code = _work(settings, redis_url, role, booted, stopping)
     logging.shutdown()
     os._exit(code)  # skip interpreter teardown: every thread left is a daemon, nothing to flush
 
 
-def _work(settings: Settings, redis_url: str, index: int, cpu_index: int, stopping: threading.Event) -> int:
+def _work(settings: Settings, redis_url: str, role: Role, booted: Any, stopping: threading.Event) -> int:
     from dramatiq.errors import BrokerConnectionError
 
     from actors.broker import build_broker, pin_to_one_cpu
 
-    cpu = pin_to_one_cpu(settings.worker_cpu_affinity, cpu_index)
+    index = role.index
+    cpu = pin_to_one_cpu(settings.worker_cpu_affinity, role.cpu_index)
     try:
-        broker = build_broker(settings, redis_url)
+        broker = build_broker(settings, redis_url, threads=role.threads)
         broker.emit_after("process_boot")
         worker = dramatiq.Worker(
             broker,
-            queues=set(QUEUES),
-            worker_threads=settings.worker_threads,
+            queues={role.queue},
+            worker_threads=role.threads,
             worker_timeout=settings.worker_poll_ms,
         )
         worker.start()
@@ -101,9 +121,10 @@ def _work(settings: Settings, redis_url: str, index: int, cpu_index: int, stoppi
             extra={"worker": index, "error": type(error).__name__, "detail": str(error)[:300]},
         )
         return EXIT_FAILURE
+    booted.set()
     log.info(
         "worker_process_ready",
-        extra={"worker": index, "pid": os.getpid(), "threads": settings.worker_threads, "cpu": cpu},
+        extra={"worker": index, "queue": role.queue, "pid": os.getpid(), "threads": role.threads, "cpu": cpu},
     )
     while not stopping.wait(1.0):
         pass
@@ -127,13 +148,19 @@ class Supervisor:
         redis_url: str,
         *,
         first_cpu: int = 0,
-        target: Callable[[Settings, str, int, int], None] = run_worker_process,
+        target: Callable[[Settings, str, Role, Any], None] = run_worker_process,
     ) -> None:
         self.settings = settings
         self.redis_url = redis_url
-        self.first_cpu = first_cpu
         self.target = target
+        count = settings.worker_processes
+        self.roles = [
+            *(Role(i, first_cpu + i, PIPELINE_QUEUE, settings.worker_threads) for i in range(count)),
+            Role(count, first_cpu + count, MEDIA_QUEUE, settings.media_worker_threads),
+        ]
         self.processes: list[Any] = []
+        self._booted: list[Any] = []
+        self._ready = False
         self._stopping = False
         self._signals = 0
         self._died: tuple[int, int | None] | None = None
@@ -143,15 +170,17 @@ class Supervisor:
         context: Any = multiprocessing.get_context(_start_method())
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            for index in range(self.settings.worker_processes):
+            for role in self.roles:
+                booted = context.Event()
                 process = context.Process(
                     target=self.target,
-                    args=(self.settings, self.redis_url, index, self.first_cpu + index),
-                    name=f"wapipe-worker-{index}",
+                    args=(self.settings, self.redis_url, role, booted),
+                    name=f"wapipe-worker-{role.index}",
                     daemon=False,
                 )
                 process.start()
                 self.processes.append(process)
+                self._booted.append(booted)
         finally:
             for signum in STOP_SIGNALS:
                 signal.signal(signum, self._on_signal)
@@ -181,6 +210,15 @@ class Supervisor:
             if not alive:
                 break
             multiprocessing.connection.wait([process.sentinel for process in alive], timeout=0.5)
+            if not self._ready and not self._stopping and all(event.is_set() for event in self._booted):
+                self._ready = True
+                log.info(
+                    "worker_ready",
+                    extra={
+                        "processes": len(self.processes),
+                        "threads": sum(role.threads for role in self.roles),
+                    },
+                )
             for process in self.processes:
                 if process.exitcode is not None and not self._stopping:
                     self._died = (process.pid, process.exitcode)

@@ -11,14 +11,13 @@ Retries: only for Redis failures while handing on (bounded by ``WAPIPE_RETRY_*``
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from actors import runtime
 from actors.errors import EnvelopeRejected
 from daemon import signature as hub_signature
-from daemon.envelope import count_changes, envelope_problem
+from daemon.envelope import count_changes, envelope_problem, loads
 from daemon.queue import build_message
 
 log = logging.getLogger(__name__)
@@ -32,12 +31,13 @@ def run(body: str, signature: str, received_at: float) -> None:
     envelope_id = runtime.current_message_id()
     try:
         _check_signature(body, signature, rt.settings.app_secret.get())
-        envelope = json.loads(body)
+        envelope = loads(body)
     except ValueError as error:
         raise EnvelopeRejected(f"stored body is not JSON: {error}", envelope_id=envelope_id) from None
     problem = envelope_problem(envelope)
     if problem is not None:
         raise EnvelopeRejected(f"not a WhatsApp webhook: {problem}", envelope_id=envelope_id)
+    assert isinstance(envelope, dict)  # envelope_problem refuses anything else
     changes = count_changes(envelope)
     if changes == 0:
         log.info("envelope_empty", extra={"actor": ACTOR_NAME, "envelope_id": envelope_id})

@@ -216,7 +216,9 @@ def wapipe_env(redis_url: str, graph_url: str, data_dir: Path, **extra: str) -> 
 def start_worker(stack: ExitStack, env: dict[str, str], tmp: Path, name: str) -> subprocess.Popen[bytes]:
     """Start ``wapipe worker``; ready when its metrics show every thread of every process booted."""
     worker = stack.enter_context(process([PY, "-m", "daemon", "worker"], env, tmp / f"{name}.log"))
-    threads = int(env["WAPIPE_WORKER_PROCESSES"]) * int(env["WAPIPE_WORKER_THREADS"])
+    threads = int(env["WAPIPE_WORKER_PROCESSES"]) * int(env["WAPIPE_WORKER_THREADS"]) + int(
+        env.get("WAPIPE_MEDIA_WORKER_THREADS", "8")
+    )
     url = f"http://127.0.0.1:{env['WAPIPE_METRICS_PORT']}/metrics"
 
     def booted() -> bool:

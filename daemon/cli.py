@@ -217,10 +217,26 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
         elif args.action == "replay":
             if args.all == (args.id is not None):
                 raise StartupError("dlq replay takes one ID, or --all")
-            letters = dlq.all_letters(client) if args.all else [dlq.find(client, args.id)]
-            for letter in letters:
-                dlq.replay(client, letter)
+            if not args.all:
+                letter = dlq.find(client, args.id)
+                try:
+                    dlq.replay(client, letter, resend_unknown=args.resend_unknown)
+                except dlq.MayHaveBeenDelivered as error:
+                    raise StartupError(str(error), EXIT_FAILURE) from None
                 print(f"replayed {letter.id} ({letter.stage})")
+                return EXIT_OK
+            skipped = 0
+            for letter in dlq.all_letters(client):
+                if letter.may_have_been_delivered and not args.resend_unknown:
+                    skipped += 1
+                    print(f"skipped {letter.id} ({letter.stage}): may have been delivered")
+                    continue
+                dlq.replay(client, letter, resend_unknown=args.resend_unknown)
+                print(f"replayed {letter.id} ({letter.stage})")
+            if skipped:
+                print(
+                    f"{skipped} skipped: their sends may have been delivered; --resend-unknown sends them again"
+                )
         elif args.action == "purge":
             older = None if args.all else settings.dlq_retention_days * 86_400
             print(f"purged {dlq.purge(client, older_than_seconds=older)} dead letter(s)")
@@ -275,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     replaying = actions.add_parser("replay", help="run a dead letter again from its stage, once")
     replaying.add_argument("id", nargs="?")
     replaying.add_argument("--all", action="store_true", help="replay every dead letter")
+    replaying.add_argument(
+        "--resend-unknown",
+        action="store_true",
+        help="also replay sends whose outcome is unknown: the user may receive them twice",
+    )
     purging = actions.add_parser("purge", help="delete dead letters older than WAPIPE_DLQ_RETENTION_DAYS")
     purging.add_argument("--all", action="store_true", help="delete every dead letter")
     return parser

@@ -114,6 +114,7 @@ class Settings:
     media_max_bytes: int
     worker_processes: int
     worker_threads: int
+    media_worker_threads: int
     log_level: str
     log_format: str
     redis_server: str | None
@@ -136,6 +137,7 @@ class Settings:
     message_dedup_ttl_seconds: int = 8 * DAY_SECONDS
     status_dedup_ttl_seconds: int = DAY_SECONDS
     redis_start_wait_seconds: float = 30.0
+    media_min_bytes_per_second: int = 65_536
     #: Start-up warnings about the configuration, logged by every process that serves.
     warnings: tuple[str, ...] = ()
 
@@ -216,6 +218,7 @@ class Settings:
             media_max_bytes=env.integer("WAPIPE_MEDIA_MAX_BYTES", DEFAULT_MEDIA_MAX_BYTES, minimum=1),
             worker_processes=env.integer("WAPIPE_WORKER_PROCESSES", os.cpu_count() or 1, minimum=1),
             worker_threads=env.integer("WAPIPE_WORKER_THREADS", 8, minimum=1, maximum=1024),
+            media_worker_threads=env.integer("WAPIPE_MEDIA_WORKER_THREADS", 8, minimum=1, maximum=1024),
             log_level=env.choice("WAPIPE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             log_format=env.choice("WAPIPE_LOG_FORMAT", "text", ("text", "json")),
             redis_server=env.text("WAPIPE_REDIS_SERVER", None),
@@ -239,6 +242,7 @@ class Settings:
             ),
             status_dedup_ttl_seconds=env.integer("WAPIPE_STATUS_DEDUP_TTL_SECONDS", DAY_SECONDS, minimum=1),
             redis_start_wait_seconds=env.number("WAPIPE_REDIS_START_WAIT_SECONDS", 30.0, minimum=0.0),
+            media_min_bytes_per_second=env.integer("WAPIPE_MEDIA_MIN_BYTES_PER_SECOND", 65_536, minimum=1),
             warnings=tuple(warnings),
         )
 

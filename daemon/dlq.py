@@ -5,8 +5,9 @@ by when) plus the reason wapipe recorded beside it in ``wapipe:dlq:reasons``. It
 message id that ``wapipe dlq list`` prints; ``show`` and ``replay`` also take a unique prefix.
 
 A replay enqueues the same actor with the same arguments and ``wapipe_replay`` set, which lets that
-stage pass its dedup marks (parse) or take over a send left "in doubt" (reply) — once: the dead
-letter is removed as it is replayed.
+stage pass its dedup marks (parse) — once: the dead letter is removed as it is replayed. A send
+whose outcome is unknown (it may have been delivered) is not replayed unless the operator says
+``--resend-unknown``, which sets :data:`RESEND_UNKNOWN` and lets ``reply`` take that send over.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from daemon.queue import NAMESPACE, QUEUES
 log = logging.getLogger(__name__)
 
 REASONS_KEY = "wapipe:dlq:reasons"
+#: Message option of a replay the operator allowed to resend what may have been delivered.
+RESEND_UNKNOWN = "wapipe_resend_unknown"
+#: Dead letters of these reasons may have been delivered: replayed only with ``resend_unknown``.
+UNKNOWN_OUTCOMES = frozenset({"OutcomeUnknown"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +82,17 @@ class DeadLetter:
             "attempts": (self.record or {}).get("attempts"),
         }
 
+    @property
+    def may_have_been_delivered(self) -> bool:
+        return self.reason.get("type") in UNKNOWN_OUTCOMES
+
 
 class NotFound(LookupError):
     """No dead letter has that id (or the prefix is not unique)."""
+
+
+class MayHaveBeenDelivered(Exception):
+    """A replay that could message a user twice, asked for without ``resend_unknown``."""
 
 
 def _text(value: bytes | str) -> str:
@@ -129,21 +142,34 @@ def remove(client: redis.Redis, letter: DeadLetter) -> None:
         pipe.execute()
 
 
-def replay_message(letter: DeadLetter) -> Message[Any]:
+def replay_message(letter: DeadLetter, *, resend_unknown: bool = False) -> Message[Any]:
     """A fresh message for the same actor and arguments, marked as a replay."""
     original = letter.message
+    options: dict[str, Any] = {"wapipe_replay": True, "redis_message_id": str(uuid.uuid4())}
+    if resend_unknown:
+        options[RESEND_UNKNOWN] = True
     return Message(
         queue_name=str(original["queue_name"]).removesuffix(".DQ"),
         actor_name=str(original["actor_name"]),
         args=tuple(original.get("args") or ()),
         kwargs=dict(original.get("kwargs") or {}),
-        options={"wapipe_replay": True, "redis_message_id": str(uuid.uuid4())},
+        options=options,
     )
 
 
-def replay(client: redis.Redis, letter: DeadLetter) -> Message[Any]:
-    """Enqueue the replay and remove the dead letter, in one transaction (it runs once)."""
-    message = replay_message(letter)
+def replay(client: redis.Redis, letter: DeadLetter, *, resend_unknown: bool = False) -> Message[Any]:
+    """Enqueue the replay and remove the dead letter, in one transaction (it runs once).
+
+    Raises:
+        MayHaveBeenDelivered: the letter's send may have reached the user, and ``resend_unknown``
+            (the operator's explicit acceptance of a possible second message) is not given.
+    """
+    if letter.may_have_been_delivered and not resend_unknown:
+        raise MayHaveBeenDelivered(
+            f"{letter.id}: its send may have been delivered ({letter.reason.get('type')}); "
+            "pass --resend-unknown to send it anyway"
+        )
+    message = replay_message(letter, resend_unknown=resend_unknown)
     queue_key = f"{NAMESPACE}:{message.queue_name}"
     key = f"{NAMESPACE}:{letter.queue}.XQ"
     with client.pipeline(transaction=True) as pipe:
@@ -153,7 +179,10 @@ def replay(client: redis.Redis, letter: DeadLetter) -> Message[Any]:
         pipe.hdel(f"{key}.msgs", letter.id)
         pipe.hdel(REASONS_KEY, letter.id)
         pipe.execute()
-    log.info("dead_letter_replayed", extra={"dead_letter": letter.id, "stage": letter.stage})
+    log.info(
+        "dead_letter_replayed",
+        extra={"dead_letter": letter.id, "stage": letter.stage, "resend_unknown": resend_unknown},
+    )
     return message
 
 

@@ -7,12 +7,42 @@ yields every entry × change × message / status / error, which ``parse`` routes
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 WABA_OBJECT = "whatsapp_business_account"
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
+
+
+class NotStandardJSON(ValueError):
+    """The body is not standard JSON (RFC 8259): NaN, Infinity, a number out of range, too deep."""
+
+
+def _constant(name: str) -> float:
+    raise NotStandardJSON(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise NotStandardJSON("a number out of range")
+    return number
+
+
+def loads(text: str) -> object:
+    """Parse standard JSON only: ``NaN``, ``Infinity`` and numbers that overflow a float (``1e999``)
+    are refused, and so is nesting deep enough to exhaust the parser.
+
+    Raises:
+        ValueError: not JSON, or not standard JSON (:class:`NotStandardJSON`).
+    """
+    try:
+        return json.loads(text, parse_constant=_constant, parse_float=_finite)
+    except RecursionError:
+        raise NotStandardJSON("nested too deeply") from None
 
 
 def envelope_problem(envelope: object) -> str | None:

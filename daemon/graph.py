@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from daemon import retrying
 from daemon.config import Settings
@@ -110,7 +110,24 @@ class GraphUnreachable(Exception):
 
 
 class SendOutcomeUnknown(Exception):
-    """The request went out but no answer came back: it may or may not have taken effect."""
+    """The request went out but no usable answer came back: it may or may not have taken effect.
+
+    That is a timeout or a dropped connection after sending, and any answer that is neither an
+    error nor a readable success: a 2xx whose body is not a JSON object, a 1xx or 3xx to a POST.
+    """
+
+
+class AnswerCut(SendOutcomeUnknown):
+    """The answer stopped before its announced end (a cut download): retried, never stored."""
+
+
+class DownloadTooSlow(SendOutcomeUnknown):
+    """A download's average rate stayed under ``WAPIPE_MEDIA_MIN_BYTES_PER_SECOND``: abandoned."""
+
+
+class RequestInvalid(Exception):
+    """The request could not be made at all (an invalid URL): nothing was sent, and retrying the
+    same request cannot help."""
 
 
 class MediaExpired(Exception):
@@ -123,6 +140,10 @@ class MediaRefused(Exception):
 
 #: Redirects followed on a download, each to a host in ``WHATSAPP_MEDIA_HOSTS``.
 MAX_REDIRECTS = 3
+#: How long a download runs before its average rate is held to the floor.
+RATE_GRACE_SECONDS = 10.0
+#: The most of a Graph API answer read (a send's answer is a few hundred bytes).
+ANSWER_LIMIT = 1_048_576
 DOWNLOAD_CHUNK = 65_536
 #: The most of an error answer's body read to find the Graph error object in it.
 ERROR_BODY_LIMIT = 65_536
@@ -234,6 +255,7 @@ class GraphClient:
 
         self.endpoint: Callable[[], Endpoint] = endpoint
         self._attempts = settings.graph_attempts
+        self._min_rate = settings.media_min_bytes_per_second
 
     def close(self) -> None:
         self.pool.close()
@@ -259,7 +281,12 @@ class GraphClient:
             SendOutcomeUnknown: it may have been sent; do not resend blindly.
         """
         data = self._retrying(
-            _retry_hook, "send", "POST", f"/{phone_number_id}/messages", body, in_reply_to=in_reply_to
+            _retry_hook,
+            "send",
+            "POST",
+            f"/{_segment(phone_number_id)}/messages",
+            body,
+            in_reply_to=in_reply_to,
         )
         messages = data.get("messages")
         message_id = messages[0].get("id") if isinstance(messages, list) and messages else None
@@ -268,12 +295,12 @@ class GraphClient:
     def mark_read(self, phone_number_id: str, message_id: str) -> None:
         """Mark an inbound message read (idempotent on Meta's side)."""
         body = {"messaging_product": "whatsapp", "status": "read", "message_id": message_id}
-        self._retrying(_retry_hook, "mark_read", "POST", f"/{phone_number_id}/messages", body)
+        self._retrying(_retry_hook, "mark_read", "POST", f"/{_segment(phone_number_id)}/messages", body)
 
     def media_info(self, media_id: str, phone_number_id: str | None = None) -> dict[str, Any]:
         """``GET /{media_id}``: url, mime_type, sha256, file_size."""
         params = {"phone_number_id": phone_number_id} if phone_number_id else None
-        return self._retrying(_read_retry_hook, "media_info", "GET", f"/{media_id}", None, params)
+        return self._retrying(_read_retry_hook, "media_info", "GET", f"/{_segment(media_id)}", None, params)
 
     def download(self, url: str, sink: TempFile, *, max_bytes: int) -> str | None:
         """Stream ``url`` into ``sink`` with the bearer token; return the Content-Type.
@@ -283,6 +310,10 @@ class GraphClient:
         Raises:
             MediaRefused: a host not allowed, or more than ``max_bytes`` (stopped while streaming).
             MediaExpired: 404 on the URL.
+            RequestInvalid: the URL cannot be requested at all.
+            AnswerCut: the connection closed before the announced length (after brief retries).
+            DownloadTooSlow: slower than ``WAPIPE_MEDIA_MIN_BYTES_PER_SECOND`` on average once it
+                ran :data:`RATE_GRACE_SECONDS` (after brief retries).
             GraphError / GraphUnreachable / SendOutcomeUnknown: after brief retries.
         """
 
@@ -313,13 +344,26 @@ class GraphClient:
                     raise _graph_error(response, _json_or_none(response.read(ERROR_BODY_LIMIT)))
                 if response.length is not None and response.length > max_bytes:
                     raise MediaRefused(f"media is {response.length} bytes, over WAPIPE_MEDIA_MAX_BYTES")
-                while chunk := response.read(DOWNLOAD_CHUNK):
-                    if sink.size + len(chunk) > max_bytes:
-                        raise MediaRefused("media is over WAPIPE_MEDIA_MAX_BYTES (stopped while streaming)")
-                    with _not_network():
-                        sink.write(chunk)
+                self._stream(response, sink, max_bytes)
                 return response.getheader("Content-Type")
         raise MediaRefused("too many redirects")
+
+    def _stream(self, response: http.client.HTTPResponse, sink: TempFile, max_bytes: int) -> None:
+        """Copy the body into ``sink`` as it arrives (one read at a time, so that a drip is seen),
+        holding it to the size cap, the rate floor and its announced length."""
+        started = time.monotonic()
+        while chunk := response.read1(DOWNLOAD_CHUNK):
+            if sink.size + len(chunk) > max_bytes:
+                raise MediaRefused("media is over WAPIPE_MEDIA_MAX_BYTES (stopped while streaming)")
+            with _not_network():
+                sink.write(chunk)
+            elapsed = time.monotonic() - started
+            if elapsed > RATE_GRACE_SECONDS and sink.size < self._min_rate * elapsed:
+                raise DownloadTooSlow(
+                    f"{sink.size} bytes in {elapsed:.0f} s, under WAPIPE_MEDIA_MIN_BYTES_PER_SECOND"
+                )
+        if response.length:  # http.client counts down what Content-Length announced
+            raise AnswerCut(f"the download stopped after {sink.size} bytes, {response.length} short")
 
     def _with_retries(self, hook: RetryHook, attempt: Callable[[], T]) -> T:
         """``attempt()`` under stamina's brief in-process retries: ``WAPIPE_GRAPH_ATTEMPTS``
@@ -351,7 +395,7 @@ class GraphClient:
         except SendOutcomeUnknown:
             result = "timeout"
             raise
-        except (MediaRefused, MediaExpired):
+        except (MediaRefused, MediaExpired, RequestInvalid):
             result = "client_error"
             raise
         finally:
@@ -396,9 +440,12 @@ class GraphClient:
             self.pool.request(method, url, body=payload, headers=headers) as response,
         ):
             _check_proof(endpoint, response)
-            data = _json_or_none(response.read())
-        if response.status >= 400 or not isinstance(data, dict):
+            data = _json_or_none(response.read(ANSWER_LIMIT))
+        if response.status >= 400:
             raise _graph_error(response, data)
+        if not 200 <= response.status < 300 or not isinstance(data, dict):
+            # Not an error and not a readable success: for a send, it may have been delivered.
+            raise SendOutcomeUnknown(f"HTTP {response.status} answer without a JSON object")
         return data
 
 
@@ -438,8 +485,16 @@ def _network_errors(when: str) -> Iterator[None]:
         raise wrapped.error from None
     except ConnectFailed as error:
         raise GraphUnreachable(f"{error} (Graph API or media host)") from None
+    except (http.client.InvalidURL, ValueError) as error:
+        # Raised before anything is sent (http.client validates the URL first).
+        raise RequestInvalid(f"{type(error).__name__}: the request cannot be made") from None
     except (OSError, http.client.HTTPException) as error:
         raise SendOutcomeUnknown(f"{type(error).__name__} {when}") from None
+
+
+def _segment(value: str) -> str:
+    """``value`` as one path segment: an id from a webhook can never reach another path."""
+    return quote(str(value), safe="")
 
 
 def _json_or_none(raw: bytes) -> object:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import unicodedata
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,8 +179,48 @@ def reply_text(message: InboundMessage) -> str | None:
     """DESIGN.md's default reply for ``message``, or None for the kinds that get no reply."""
     if message.type in SILENT_TYPES or message.group_id:
         return None
-    text = _reply_text(message)
-    return text[:TEXT_LIMIT]
+    return cut_text(_reply_text(message), TEXT_LIMIT)
+
+
+def cut_text(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters without splitting a user-perceived character.
+
+    A cut never leaves half of an emoji sequence (a skin tone without its emoji, a joiner without
+    what it joins, half a flag) or a letter without its combining accents: it moves back to the
+    start of that cluster instead.
+    """
+    if len(text) <= limit:
+        return text
+    cut = limit
+    while cut > 0 and (_extends(text[cut]) or text[cut - 1] == _ZWJ):
+        cut -= 1
+    regional = 0
+    while cut - regional > 0 and _is_regional(text[cut - regional - 1]):
+        regional += 1
+    if regional % 2 and _is_regional(text[cut]):
+        cut -= 1  # the cut would split a flag (a pair of regional indicators)
+    return text[:cut]
+
+
+_ZWJ = "\u200d"
+
+
+def _extends(char: str) -> bool:
+    """True for characters that attach to the one before them (grapheme cluster extenders)."""
+    code = ord(char)
+    return (
+        unicodedata.combining(char) != 0
+        or unicodedata.category(char) in ("Mn", "Me", "Mc")
+        or char == _ZWJ
+        or 0xFE00 <= code <= 0xFE0F  # variation selectors (text / emoji presentation)
+        or 0x1F3FB <= code <= 0x1F3FF  # emoji skin tone modifiers
+        or 0xE0020 <= code <= 0xE007F  # tag characters (subdivision flags)
+        or 0xE0100 <= code <= 0xE01EF  # variation selectors supplement
+    )
+
+
+def _is_regional(char: str) -> bool:
+    return 0x1F1E6 <= ord(char) <= 0x1F1FF
 
 
 def _reply_text(message: InboundMessage) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import signal
 import time
@@ -19,7 +18,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from daemon import metrics, sandbox, signature
+from daemon import envelope, metrics, sandbox, signature
 from daemon.config import Settings
 from daemon.queue import QUEUES, AsyncQueue, build_message, redis_client
 from daemon.sandbox_link import Announcer, EmulatorRecord
@@ -140,8 +139,8 @@ async def _accept(request: web.Request) -> str:
         raise _Refused(401, "bad_signature", "invalid signature") from None
     try:
         text = body.decode("utf-8")
-        json.loads(text)
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+        envelope.loads(text)
+    except ValueError:  # UnicodeDecodeError, JSONDecodeError and NotStandardJSON are all ValueErrors
         log.warning("webhook_bad_json", extra={"bytes": len(body)})
         raise _Refused(400, "bad_json", "body is not JSON") from None
     assert header is not None  # verified above

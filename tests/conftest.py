@@ -85,6 +85,7 @@ def pipeline_env(redis_url: str, graph_url: str, data_dir: Path, **extra: str) -
         "WAPIPE_METRICS_PORT": str(free_port()),
         "WAPIPE_WORKER_PROCESSES": "1",
         "WAPIPE_WORKER_THREADS": "4",
+        "WAPIPE_MEDIA_WORKER_THREADS": "2",
         "WAPIPE_RETRY_MIN_BACKOFF_MS": "100",
         "WAPIPE_RETRY_MAX_BACKOFF_MS": "1000",
         "WAPIPE_GRAPH_TIMEOUT_SECONDS": "3",
@@ -129,9 +130,7 @@ def pipeline(
         result: dict[str, object] = {"url": url, "web": web, "env": env}
         if worker:
             proc = start_proc("worker", ["worker"], env)
-            wait_for(
-                lambda: "worker_process_ready" in proc.output() or _dead(proc), timeout=30, what="worker"
-            )
+            wait_for(lambda: "worker_ready" in proc.output() or _dead(proc), timeout=30, what="worker")
             assert proc.alive(), proc.output()
             result["worker"] = proc
         return result

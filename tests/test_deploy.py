@@ -104,7 +104,7 @@ def test_secrets_in_dotenv_reach_every_process_and_the_handler_loads_from_the_bo
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: ready(url) or not web.alive(), timeout=20, what="web")
     wait_for(
-        lambda: worker.output().count("worker_process_ready") == 2 or not worker.alive(),
+        lambda: "worker_ready" in worker.output() or not worker.alive(),
         timeout=30,
         what="two worker processes",
     )
@@ -137,13 +137,14 @@ def test_the_procfile_under_honcho_serves_the_sandbox_two_workers_and_stops_at_o
         WAPIPE_DATA_DIR=str(data_dir),
         WAPIPE_WORKER_PROCESSES="1",
         WAPIPE_WORKER_THREADS="2",
+        WAPIPE_MEDIA_WORKER_THREADS="2",
         WAPIPE_METRICS_PORT=str(free_port()),
     )
     honcho = launch("honcho", ["start", "-c", "worker=2", "-p", str(port)], env, cwd=folder, command=HONCHO)
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: ready(url) or not honcho.alive(), timeout=30, what="honcho's web")
     wait_for(
-        lambda: honcho.output().count("worker_process_ready") == 2 or not honcho.alive(),
+        lambda: honcho.output().count("worker_ready") == 2 or not honcho.alive(),
         timeout=30,
         what="two workers",
     )
@@ -161,7 +162,7 @@ def test_the_procfile_under_honcho_serves_the_sandbox_two_workers_and_stops_at_o
     )
     for target in targets:
         with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as response:
-            assert b"wapipe_worker_threads 2.0" in response.read()
+            assert b"wapipe_worker_threads 4.0" in response.read()  # 2 + 2 for media
 
     everything = family(honcho.pid)
     stopped_at = time.monotonic()
@@ -189,9 +190,9 @@ def test_sigterm_to_the_worker_group_or_its_main_process_stops_every_process(
     alone: with nothing in flight, all its processes exit 0 well within 5 s."""
     env = pipeline_env(redis_url, fake_graph.url, tmp_path / "data", WAPIPE_WORKER_PROCESSES="2")
     worker = launch("worker", ["worker"], env)
-    wait_for(lambda: worker.output().count("worker_process_ready") == 2, timeout=30, what="worker")
+    wait_for(lambda: "worker_ready" in worker.output(), timeout=30, what="worker")
     everything = family(worker.pid)
-    assert len(everything) == 3
+    assert len(everything) == 4  # the main process, 2 pipeline processes, the media process
     started = time.monotonic()
     if target == "group":
         os.killpg(worker.pid, signal.SIGTERM)
@@ -200,7 +201,7 @@ def test_sigterm_to_the_worker_group_or_its_main_process_stops_every_process(
     assert wait_exit(worker, timeout=15) == 0, worker.output()
     assert wait_for(lambda: not running(everything), timeout=5, what="worker processes gone") is True
     assert time.monotonic() - started < 5
-    assert worker.output().count("worker_process_stopped") == 2
+    assert worker.output().count("worker_process_stopped") == 3
 
 
 @pytest.mark.timeout(240)
@@ -228,7 +229,7 @@ def test_work_in_flight_at_the_runners_sigkill_is_answered_once_by_the_next_work
     folder = bot_folder(tmp_path, settings)
     honcho = launch("honcho", ["start"], user_env(), cwd=folder, command=HONCHO)
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: ready(url) and "worker_process_ready" in honcho.output(), timeout=30, what="honcho")
+    wait_for(lambda: ready(url) and "worker_ready" in honcho.output(), timeout=30, what="honcho")
     assert post_webhook(url, text_envelope("wamid.SLOW", "slow")) == 200
     wait_for(lambda: (folder / "slow.started").exists(), timeout=20, what="the slow handler to start")
     assert list((data_dir / "metrics").glob("worker-*"))
@@ -342,9 +343,9 @@ def test_a_killed_process_takes_the_rest_of_its_worker_down(
     stop by themselves (never orphans consuming messages unsupervised)."""
     env = pipeline_env(redis_url, fake_graph.url, tmp_path / "data", WAPIPE_WORKER_PROCESSES="2")
     worker = launch("worker", ["worker"], env)
-    wait_for(lambda: worker.output().count("worker_process_ready") == 2, timeout=30, what="worker")
+    wait_for(lambda: "worker_ready" in worker.output(), timeout=30, what="worker")
     children = worker.children()
-    assert len(children) == 2
+    assert len(children) == 3
     if victim == "a worker process":
         children[0].kill()
         assert wait_exit(worker, timeout=20) == 1
@@ -354,4 +355,4 @@ def test_a_killed_process_takes_the_rest_of_its_worker_down(
         worker.process.wait(timeout=10)
     assert wait_for(lambda: not running(children), timeout=20, what="the other processes gone") is True
     if victim == "the main process":
-        assert worker.output().count("worker_process_stopped") == 2
+        assert worker.output().count("worker_process_stopped") == 3

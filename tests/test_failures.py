@@ -135,15 +135,43 @@ def test_permanent_errors_dead_letter_once_and_replay_sends_once(
     assert len(fake_graph.sends()) == 2
 
 
-def test_a_replayed_unknown_outcome_is_sent_by_the_operators_choice(
-    pipeline: Callable[..., Stack], fake_graph: FakeGraph, rclient: redis.Redis
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Reply(200, {"messages": [{"id": "wamid.late"}]}, delay=3),
+        Reply(200, raw=b"<html>accepted</html>", headers={"Content-Type": "text/html"}),
+    ],
+    ids=["answered-too-late", "2xx-not-json"],
+)
+def test_a_send_that_may_have_been_delivered_is_resent_only_when_the_operator_names_the_risk(
+    pipeline: Callable[..., Stack], fake_graph: FakeGraph, rclient: redis.Redis, answer: Reply
 ) -> None:
-    """An "unknown outcome" send is not resent by itself; `dlq replay --all` sends it once more."""
-    fake_graph.script("send", Reply(200, {"messages": [{"id": "wamid.late"}]}, delay=3))
+    """A send answered too late, or with a 2xx that is not a JSON object, may have reached the user:
+    dead-lettered as OutcomeUnknown with its ledger entry kept; `dlq replay ID` refuses in one line,
+    `dlq replay --all` skips it, and only `--resend-unknown` sends it again, once."""
+    fake_graph.script("send", answer)
     stack = pipeline(WAPIPE_GRAPH_TIMEOUT_SECONDS="1")
     assert post_webhook(stack["url"], text_envelope("wamid.U1", "maybe")) == 200
-    wait_for(lambda: dead_letters(rclient), timeout=20, what="an unknown-outcome dead letter")
-    assert dlq_cli(stack["env"], "replay", "--all").returncode == 0
+    [letter] = wait_for(lambda: dead_letters(rclient), timeout=20, what="an unknown-outcome dead letter")
+    assert letter["record"]["reason"]["type"] == "OutcomeUnknown"
+    wait_for(lambda: drained(rclient), timeout=20, what="no retry under way")
+    assert len(fake_graph.sends()) == 1
+    assert rclient.get("wapipe:reply:620000000000001:wamid.U1:0").startswith(b"sending:")
+    letter_id = letter["message"]["options"]["redis_message_id"]
+
+    refused = dlq_cli(stack["env"], "replay", letter_id)
+    assert refused.returncode == 1
+    said = refused.stderr.strip().splitlines()[-1]  # after the DEBUG log lines these tests turn on
+    assert said.startswith("wapipe dlq: ")
+    assert "may have been delivered" in said
+    assert "--resend-unknown" in said
+    skipped = dlq_cli(stack["env"], "replay", "--all")
+    assert skipped.returncode == 0, skipped.stderr
+    assert f"skipped {letter_id}" in skipped.stdout
+    assert len(dead_letters(rclient)) == 1
+    assert len(fake_graph.sends()) == 1
+
+    assert dlq_cli(stack["env"], "replay", "--all", "--resend-unknown").returncode == 0
     wait_for(lambda: len(fake_graph.sends()) == 2 and drained(rclient), timeout=20, what="the replay")
     assert rclient.get("wapipe:reply:620000000000001:wamid.U1:0").startswith(b"sent:")
     assert dead_letters(rclient) == []
@@ -197,7 +225,7 @@ def test_redis_killed_and_restarted_during_a_stream_loses_nothing(
         url = f"http://127.0.0.1:{env['PORT']}"
         wait_for(lambda: _ready(url) or not web.alive(), timeout=20, what="web")
         worker = start_proc("worker", ["worker"], env)
-        wait_for(lambda: "worker_process_ready" in worker.output(), timeout=30, what="worker")
+        wait_for(lambda: "worker_ready" in worker.output(), timeout=30, what="worker")
         results: dict[str, int] = {}
         stop = threading.Event()
 
@@ -338,7 +366,7 @@ def test_the_worker_checks_redis_persistence_at_start(
             assert "neither AOF nor snapshots" in worker.output()
             assert len(worker.output().strip().splitlines()) == 1
         else:
-            wait_for(lambda: "worker_process_ready" in worker.output(), timeout=30, what="worker")
+            wait_for(lambda: "worker_ready" in worker.output(), timeout=30, what="worker")
             assert ("redis_snapshots_only" in worker.output()) == (expected == "warned")
     finally:
         worker.stop()

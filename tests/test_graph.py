@@ -9,13 +9,17 @@ from pathlib import Path
 import pytest
 from stamina.instrumentation import RetryDetails
 
+from daemon import graph as graph_module
 from daemon.config import Settings
 from daemon.graph import (
+    AnswerCut,
+    DownloadTooSlow,
     GraphClient,
     GraphError,
     GraphUnreachable,
     MediaExpired,
     MediaRefused,
+    RequestInvalid,
     SendOutcomeUnknown,
 )
 from daemon.media import TempFile
@@ -133,6 +137,81 @@ def test_a_connection_cut_after_the_request_is_an_unknown_outcome(
     with pytest.raises(SendOutcomeUnknown):
         graph.send_message("1", BODY)
     assert len(fake_graph.sends()) == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Reply(200, raw=b"<html>ok</html>", headers={"Content-Type": "text/html"}),
+        Reply(204, raw=b""),
+        Reply(200, raw=b"[1, 2]"),
+        Reply(302, raw=b"", headers={"Location": "/elsewhere"}),
+    ],
+    ids=["200-html", "204", "200-json-list", "302"],
+)
+def test_an_answer_that_is_not_a_readable_success_may_mean_sent(
+    graph: GraphClient, fake_graph: FakeGraph, retries_seen: list[RetryDetails], answer: Reply
+) -> None:
+    """A 2xx whose body is not a JSON object, or a redirect, to a send: not an error Meta gave, not
+    a success wapipe can read. The message may have been delivered: SendOutcomeUnknown, never
+    retried, never taken for a refusal."""
+    fake_graph.script("send", answer)
+    with pytest.raises(SendOutcomeUnknown):
+        graph.send_message("1", BODY)
+    assert len(fake_graph.sends()) == 1
+    assert retries_seen == []
+
+
+def test_ids_from_a_webhook_cannot_reach_another_path(graph: GraphClient, fake_graph: FakeGraph) -> None:
+    """A media id like ``../../x?y`` is sent as one escaped path segment: the request is still the
+    media lookup of that id, with the bearer token going nowhere else."""
+    fake_graph.add_media("../../x?y")
+    info = graph.media_info("../../x?y", "1")
+    assert info["id"] == "../../x?y"
+    [lookup] = fake_graph.of_kind("media_info")
+    assert lookup.path == "/v25.0/../../x?y"  # decoded by the server, matched as one id
+    assert lookup.query == {"phone_number_id": "1"}
+
+
+def test_an_invalid_media_url_is_refused_before_anything_is_sent(
+    graph: GraphClient, fake_graph: FakeGraph, sink: TempFile, retries_seen: list[RetryDetails]
+) -> None:
+    """A URL http.client cannot send (a space, a control character): RequestInvalid, not an unknown
+    outcome; nothing reaches the server and nothing is retried."""
+    for url in (f"{fake_graph.url}/download/a b", f"{fake_graph.url}/download/a\r\nX: y"):
+        with pytest.raises(RequestInvalid):
+            graph.download(url, sink, max_bytes=1000)
+    assert fake_graph.of_kind("download") == []
+    assert retries_seen == []
+
+
+def test_a_download_cut_before_its_announced_length_is_retried_and_never_returned(
+    graph: GraphClient, fake_graph: FakeGraph, sink: TempFile
+) -> None:
+    """Content-Length 1,000, ten bytes, connection closed: AnswerCut after every attempt, not a
+    10-byte "file"."""
+    fake_graph.add_media("cut", b"z" * 1000, cut_after=10)
+    with pytest.raises(AnswerCut, match="990 short"):
+        graph.download(f"{fake_graph.url}/download/cut", sink, max_bytes=10_000)
+    assert len(fake_graph.of_kind("download")) == 3
+
+
+def test_a_dripping_download_is_abandoned_under_the_rate_floor(
+    fake_graph: FakeGraph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One byte every 50 ms is under WAPIPE_MEDIA_MIN_BYTES_PER_SECOND once the grace period is over
+    (shortened here): DownloadTooSlow, though every read arrived well within the read timeout."""
+    monkeypatch.setattr(graph_module, "RATE_GRACE_SECONDS", 0.3)
+    fake_graph.add_media("drip", b"d" * 1000, drip_seconds=0.05)
+    client = GraphClient(settings_for(fake_graph, WAPIPE_GRAPH_ATTEMPTS="1"))
+    temp = TempFile(tmp_path)
+    try:
+        with pytest.raises(DownloadTooSlow):
+            client.download(f"{fake_graph.url}/download/drip", temp, max_bytes=10_000)
+        assert temp.size < 100
+    finally:
+        temp.discard()
+        client.close()
 
 
 def test_requests_reuse_one_keep_alive_connection(graph: GraphClient, fake_graph: FakeGraph) -> None:

@@ -59,6 +59,29 @@ def test_text_reply_is_cut_to_4096_characters() -> None:
     assert reply.startswith("You said: éé")
 
 
+@pytest.mark.parametrize(
+    ("tail", "kept"),
+    [
+        ("👍🏽", ""),  # emoji + skin tone: both or neither
+        ("👩\u200d💻", ""),  # a joined sequence
+        ("🇬🇧", ""),  # a flag: two regional indicators
+        ("e\u0301", ""),  # e + combining acute
+        ("❤️", ""),  # heart + variation selector 16
+    ],
+    ids=["skin-tone", "zwj", "flag", "combining", "variation-selector"],
+)
+def test_a_cut_never_splits_what_a_person_sees_as_one_character(tail: str, kept: str) -> None:
+    """When the 4,096th character falls inside an emoji sequence or an accented letter, the whole
+    cluster is left out rather than half of it sent."""
+    from daemon.handler import cut_text
+
+    prefix = "x" * 4095
+    cut = cut_text(prefix + tail + "more", 4096)
+    assert cut == prefix + kept
+    assert cut_text(prefix[:4000] + tail, 4096) == prefix[:4000] + tail  # short enough: untouched
+    assert cut_text("🇬🇧🇫🇷", 3) == "🇬🇧"  # never half of the second flag
+
+
 def test_media_reply_names_the_stored_size() -> None:
     """With a stored file, the reply names its size; without, it says it could not download it."""
     stored = {"path": "/x", "mime_type": "image/jpeg", "size": 19, "sha256_ok": True}

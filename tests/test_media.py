@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import redis
 from daemon.media import expected_digest, extension_for, host_allowed
 from tests.pipeline_helpers import drained, post_webhook, rewrite_ids
 from tests.support.fake_graph import FakeGraph, Reply, b64_sha256, media_bytes, sent_json
-from tests.support.meta import envelope, webhook_samples
+from tests.support.meta import envelope, text_envelope, webhook_samples
 from tests.support.waiting import wait_for
 
 PNID = "620000000000001"
@@ -171,6 +172,43 @@ def test_transient_download_failures_end_in_a_could_not_download_reply(
     assert replies(fake_graph) == ["Got your image, but could not download it."]
     assert len(fake_graph.of_kind("download")) == 2 * 4  # 2 in-process attempts × (1 run + 3 retries)
     assert rclient.hget("wapipe:stats", "media:failed") == b"1"
+
+
+def test_a_cut_download_is_retried_and_never_stored(
+    pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, tmp_path: Path
+) -> None:
+    """Content-Length 1,000 but the connection closes after 10 bytes, every time: each attempt is
+    seen as cut, nothing is stored (not even under unverified/), and the user is told it could not
+    be downloaded."""
+    content = b"c" * 1000
+    fake_graph.add_media("777", content, cut_after=10)
+    stack = pipeline(WAPIPE_GRAPH_ATTEMPTS="2", **MEDIA_ENV)
+    message = envelope([{"from": "447700900123", "id": "wamid.CUT", "type": "image",
+                         "image": {"id": "777", "mime_type": "image/jpeg", "sha256": b64_sha256(content)}}])  # fmt: skip
+    assert post_webhook(stack["url"], message) == 200
+    fake_graph.wait_sends(1, timeout=40)
+    assert replies(fake_graph) == ["Got your image, but could not download it."]
+    assert len(fake_graph.of_kind("download")) == 2 * 4
+    assert files_under(Path(stack["env"]["WAPIPE_DATA_DIR"]) / "media") == []
+
+
+def test_dripping_downloads_never_hold_up_text_replies(
+    pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph
+) -> None:
+    """Downloads dripping one byte a second occupy every thread of the media process; texts sent
+    after them are answered at once, by the pipeline processes, which never take a media message."""
+    for n in range(4):
+        fake_graph.add_media(f"90{n}", b"d" * 1000, drip_seconds=1.0)
+    stack = pipeline(**MEDIA_ENV)  # 2 media threads (tests' setting): all of them will be stuck
+    for n in range(4):
+        assert post_webhook(stack["url"], media_message(f"90{n}")) == 200
+    wait_for(lambda: len(fake_graph.of_kind("download")) >= 2, timeout=10, what="downloads under way")
+    sent_at = time.monotonic()
+    for n in range(3):
+        assert post_webhook(stack["url"], text_envelope(f"wamid.T{n}", f"text {n}")) == 200
+    fake_graph.wait_sends(3, timeout=10)
+    assert time.monotonic() - sent_at < 5
+    assert sorted(replies(fake_graph)) == [f"You said: text {n}" for n in range(3)]
 
 
 def test_the_handler_receives_the_stored_file(

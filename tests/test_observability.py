@@ -147,7 +147,7 @@ def test_live_scrapes_have_every_family_with_the_right_values(metered: dict[str,
 
     worker = wait_for(worker_done, timeout=10, what="worker counters")
     assert names_in(scrape(metered["worker_metrics"])) >= WORKER_FAMILIES
-    assert value(worker, "wapipe_worker_threads") == 4
+    assert value(worker, "wapipe_worker_threads") == 6  # 4 + 2 in the media process
     assert value(worker, "wapipe_worker_busy_threads", actor="reply") == 0
     assert value(worker, "wapipe_actor_messages_total", actor="verify", outcome="succeeded") == 11
     assert value(worker, "wapipe_actor_messages_total", actor="parse", outcome="succeeded") == 11
@@ -192,7 +192,7 @@ def test_two_workers_on_one_machine_keep_their_own_metrics(
     file_sd, each serves its own sum; stopping one removes its files and leaves the other intact."""
     stack = pipeline()
     other = start_proc("worker-b", ["worker"], {**stack["env"], "WAPIPE_WORKER_THREADS": "3"})
-    wait_for(lambda: "worker_process_ready" in other.output(), timeout=30, what="second worker")
+    wait_for(lambda: "worker_ready" in other.output(), timeout=30, what="second worker")
     data_dir = Path(stack["env"]["WAPIPE_DATA_DIR"])
     targets = wait_for(
         lambda: len(listed_targets(data_dir)) == 2 and listed_targets(data_dir), what="2 targets"
@@ -201,13 +201,13 @@ def test_two_workers_on_one_machine_keep_their_own_metrics(
     threads = {
         value(samples(scrape(f"http://{target}/metrics")), "wapipe_worker_threads") for target in targets
     }
-    assert threads == {3, 4}
+    assert threads == {5, 6}
     metrics_root = data_dir / "metrics"
     assert len(list(metrics_root.glob("worker-*"))) == 2
     assert other.stop() == 0
     assert len(list(metrics_root.glob("worker-*"))) == 1
     [remaining] = listed_targets(data_dir)
-    assert value(samples(scrape(f"http://{remaining}/metrics")), "wapipe_worker_threads") == 4
+    assert value(samples(scrape(f"http://{remaining}/metrics")), "wapipe_worker_threads") == 6
 
 
 def test_the_dashboard_is_generated_and_well_formed() -> None:
@@ -341,7 +341,7 @@ def test_a_real_prometheus_scrapes_both_and_every_expression_is_valid(
                 assert name in exposed or re.sub(r"_(bucket|sum|count)$", "", name) in exposed, (name, expr)
         # The queue and outcome expressions return data, not only valid empty results.
         assert query(base, "max by (queue, state) (wapipe_queue_messages)")["data"]["result"]
-        assert query(base, "sum(wapipe_worker_threads)")["data"]["result"][0]["value"][1] == "4"
+        assert query(base, "sum(wapipe_worker_threads)")["data"]["result"][0]["value"][1] == "6"
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -98,7 +98,7 @@ def test_the_installed_wheel_runs_a_sandbox_round_trip(venv: Path, tmp_path: Pat
     try:
         wait_for(
             lambda: (
-                ("worker_process_ready" in server.output() and "sandbox_emulator_recorded" in server.output())
+                ("worker_ready" in server.output() and "sandbox_emulator_recorded" in server.output())
                 or not server.alive()
             ),
             timeout=60,

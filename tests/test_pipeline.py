@@ -343,21 +343,22 @@ def test_messages_forged_into_redis_are_refused_by_verify(
 
 
 def test_worker_processes_run_on_one_cpu_each(pipeline: Callable[..., dict[str, Any]]) -> None:
-    """WAPIPE_WORKER_CPU_AFFINITY=spread (the default) runs two worker processes on two CPUs, one
-    each, and leaves the web process alone; with `none` the workers keep every CPU."""
+    """WAPIPE_WORKER_CPU_AFFINITY=spread (the default) runs the two pipeline processes on two CPUs,
+    one each (and the media process on one too), and leaves the web process alone; with `none` the
+    workers keep every CPU."""
     cpus = os.sched_getaffinity(0)
     stack = pipeline(WAPIPE_WORKER_PROCESSES="2")
 
     def pinned() -> list[set[int]] | None:
-        found = [set(child.cpu_affinity()) for child in stack["worker"].children()]
-        single = [affinity for affinity in found if len(affinity) == 1]
-        return single if len(single) == 2 else None
+        children = sorted(stack["worker"].children(), key=lambda child: child.create_time())
+        found = [set(child.cpu_affinity()) for child in children]
+        return found if len(found) == 3 and all(len(affinity) == 1 for affinity in found) else None
 
     if len(cpus) >= 2:
-        first, second = wait_for(pinned, timeout=30, what="two pinned worker processes")
+        first, second, _media = wait_for(pinned, timeout=30, what="three pinned worker processes")
         assert first != second
     assert set(psutil.Process(stack["web"].pid).cpu_affinity()) == cpus
     stack["worker"].stop()
     free = pipeline(WAPIPE_WORKER_PROCESSES="2", WAPIPE_WORKER_CPU_AFFINITY="none")
-    wait_for(lambda: len(free["worker"].children()) >= 2, timeout=30, what="two worker processes")
+    wait_for(lambda: len(free["worker"].children()) >= 3, timeout=30, what="three worker processes")
     assert all(set(child.cpu_affinity()) == cpus for child in free["worker"].children())

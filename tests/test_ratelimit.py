@@ -86,7 +86,7 @@ def test_two_worker_processes_share_the_per_number_limit(
     """With WAPIPE_SEND_RATE=10 and two workers, no 1-second window holds more than 10 (+1 for clock jitter) sends."""
     stack = pipeline(WAPIPE_SEND_RATE="10")
     second = start_proc("worker-2", ["worker"], {**stack["env"], "WAPIPE_METRICS_PORT": str(free_port())})
-    wait_for(lambda: "worker_process_ready" in second.output(), timeout=30, what="second worker")
+    wait_for(lambda: "worker_ready" in second.output(), timeout=30, what="second worker")
     messages = [
         {"from": f"4477009{n:05d}", "id": f"wamid.RL{n}", "type": "text", "text": {"body": "x"}}
         for n in range(40)

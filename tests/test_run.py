@@ -110,7 +110,7 @@ def test_make_run_from_a_fresh_clone(tmp_path: Path, data_dir: Path) -> None:
         python = str(clone / ".venv" / "bin" / "python")
         client_env = base_env(PORT=str(port), WAPIPE_DATA_DIR=str(data_dir))
         wait_for(
-            lambda: "worker_process_ready" in (tmp_path / "make-run.log").read_text(),
+            lambda: "worker_ready" in (tmp_path / "make-run.log").read_text(),
             timeout=60,
             what="worker",
         )
@@ -149,7 +149,7 @@ def start_run(tmp_path: Path, name: str, env: dict[str, str]) -> Proc:
         timeout=30,
         what="wapipe run to be ready",
     )
-    wait_for(lambda: "worker_process_ready" in proc.output(), timeout=30, what="the worker")
+    wait_for(lambda: "worker_ready" in proc.output(), timeout=30, what="the worker")
     return proc
 
 

@@ -44,9 +44,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
     env = sandbox_env(data_dir, free_port(), WAPIPE_HANDLER="sim_bot:handle")
     run = Proc("run", ["run"], env, folder, cwd=folder, command=[WAPIPE_SCRIPT])
     try:
-        wait_for(
-            lambda: "worker_process_ready" in run.output() or not run.alive(), timeout=60, what="wapipe run"
-        )
+        wait_for(lambda: "worker_ready" in run.output() or not run.alive(), timeout=60, what="wapipe run")
         assert run.alive(), run.output()
         wait_for(lambda: "sandbox_emulator_recorded" in run.output(), timeout=20, what="the web")
         yield folder, env

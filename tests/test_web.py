@@ -171,6 +171,31 @@ async def test_signed_non_json_gets_400(client: TestClient[Any, Any], rclient: r
     assert enqueued(rclient) == []
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"object": "whatsapp_business_account", "entry": []'
+        + b', "x": '
+        + b"[" * 5000
+        + b"]" * 5000
+        + b"}",
+        b'{"a": NaN}',
+        b'{"a": Infinity}',
+        b'{"a": -Infinity}',
+        b'{"a": 1e999}',
+    ],
+    ids=["deep-100k", "deep-in-a-webhook", "nan", "infinity", "minus-infinity", "overflow"],
+)
+async def test_signed_non_standard_json_gets_400_not_500(
+    client: TestClient[Any, Any], rclient: redis.Redis, body: bytes
+) -> None:
+    """JSON nested deeply enough to exhaust the parser, NaN, Infinity and numbers beyond a float are
+    not standard JSON: 400 (Meta does not retry it), never 500, nothing enqueued."""
+    assert (await post(client, body, signed(body, APP_SECRET)))[0] == 400
+    assert enqueued(rclient) == []
+
+
 async def test_content_encoding_gets_415(client: TestClient[Any, Any], rclient: redis.Redis) -> None:
     """A compressed body is refused with 415 and never decompressed."""
     body = meta_bytes(text_envelope("wamid.C1"))

@@ -25,13 +25,15 @@ from tests.support.waiting import wait_for
 
 @dataclass(frozen=True)
 class Reply:
-    """One scripted answer: a status and JSON body, after ``delay`` seconds; ``drop`` cuts the connection."""
+    """One scripted answer: a status and JSON body (or ``raw`` bytes), after ``delay`` seconds;
+    ``drop`` cuts the connection."""
 
     status: int = 200
     body: dict[str, Any] | None = None
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False
+    raw: bytes | None = None
 
 
 def graph_error(code: int, status: int = 400, message: str = "error", **extra: Any) -> Reply:
@@ -73,6 +75,8 @@ class FakeGraph:
         self.scripts: dict[str, deque[Reply]] = {}
         self.media: dict[str, tuple[bytes, str]] = {}
         self.chunked: set[str] = set()
+        self.cut: dict[str, int] = {}
+        self.drip: dict[str, float] = {}
         #: Seconds every unscripted send waits before it is answered (messages stay "in flight").
         self.send_delay = 0.0
         self._site: web.TCPSite | None = None
@@ -112,12 +116,20 @@ class FakeGraph:
         mime_type: str = "image/jpeg",
         *,
         chunked: bool = False,
+        cut_after: int | None = None,
+        drip_seconds: float | None = None,
     ) -> None:
-        """Serve ``content`` (default: the fixtures' bytes) for ``media_id``; ``chunked``: no Content-Length."""
+        """Serve ``content`` (default: the fixtures' bytes) for ``media_id``; ``chunked``: no
+        Content-Length; ``cut_after``: announce the whole length, close after that many bytes;
+        ``drip_seconds``: send one byte at a time, this far apart."""
         with self._lock:
             self.media[media_id] = (media_bytes(media_id) if content is None else content, mime_type)
             if chunked:
                 self.chunked.add(media_id)
+            if cut_after is not None:
+                self.cut[media_id] = cut_after
+            if drip_seconds is not None:
+                self.drip[media_id] = drip_seconds
 
     def of_kind(self, kind: str) -> list[Recorded]:
         with self._lock:
@@ -195,6 +207,8 @@ class FakeGraph:
             assert request.transport is not None
             request.transport.close()
             return web.Response(status=500)
+        if reply.raw is not None:
+            return web.Response(body=reply.raw or None, status=reply.status, headers=reply.headers)
         return web.json_response(reply.body or {}, status=reply.status, headers=reply.headers)
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
@@ -250,6 +264,8 @@ class FakeGraph:
         if stored is None:
             return web.Response(status=404)
         content, mime = stored
+        if media_id in self.cut or media_id in self.drip:
+            return await self._partial(request, media_id, content, mime)
         if media_id not in self.chunked:
             return web.Response(body=content, content_type=mime.split(";")[0])
         response = web.StreamResponse(headers={"Content-Type": mime.split(";")[0]})
@@ -261,6 +277,29 @@ class FakeGraph:
         except ConnectionResetError:
             return response  # the client stopped reading, as it should past its cap
         await response.write_eof()
+        return response
+
+    async def _partial(
+        self, request: web.Request, media_id: str, content: bytes, mime: str
+    ) -> web.StreamResponse:
+        """The whole length announced, then either a cut after ``cut[media_id]`` bytes or a drip."""
+        response = web.StreamResponse(headers={"Content-Type": mime.split(";")[0]})
+        response.content_length = len(content)
+        await response.prepare(request)
+        try:
+            if media_id in self.cut:
+                await response.write(content[: self.cut[media_id]])
+            else:
+                for offset in range(len(content)):
+                    if request.transport is None or request.transport.is_closing():
+                        return response  # the client gave up
+                    await response.write(content[offset : offset + 1])
+                    await asyncio.sleep(self.drip[media_id])
+                return response
+        except ConnectionResetError:
+            return response
+        assert request.transport is not None
+        request.transport.close()  # the connection ends before the announced length
         return response
 
 
