@@ -10,7 +10,8 @@ does, for image, video, audio, document and sticker messages.
    past ``WAPIPE_MEDIA_MAX_BYTES``. A 404 on the URL (they live 5 minutes) gets a fresh URL.
 3. It is stored atomically as ``{phone_number_id}/{sha256 hex}{ext}`` (extension from the mime
    type), or under ``{phone_number_id}/unverified/`` when its SHA-256 does not match the
-   webhook's; that is counted (``wapipe:stats`` ``media:hash_mismatch``), logged, and still answered.
+   webhook's; that is counted (``wapipe_media_downloads_total{outcome="unverified"}``), logged, and
+   still answered.
 4. ``reply`` receives the item with ``stored_media`` (path, mime type, size, whether the hash
    matched). When the file cannot be had — a permanent refusal at once, a transient failure after
    :data:`MAX_RETRIES` retries — ``reply`` receives it without, and says it could not download it.
@@ -25,7 +26,8 @@ import logging
 from typing import Any
 
 from actors import metrics, runtime
-from actors.parse import STATS_KEY
+from actors.errors import ItemRejected
+from daemon.envelope import handoff_problem
 from daemon.graph import (
     AnswerCut,
     GraphError,
@@ -55,6 +57,9 @@ _FAILURES = (MediaRefused, RequestInvalid, GraphError, *_TRANSIENT)
 
 def run(item: dict[str, Any]) -> None:
     rt = runtime.current()
+    problem = handoff_problem(item)
+    if problem is not None:
+        raise ItemRejected(problem, envelope_id=item.get("envelope_id"))
     message = item["message"]
     kind = str(message.get("type"))
     media = message.get(kind) if isinstance(message.get(kind), dict) else {}
@@ -71,12 +76,9 @@ def run(item: dict[str, Any]) -> None:
         log.warning(
             "media_unavailable", extra={**fields, "error": type(error).__name__, "detail": str(error)[:200]}
         )
-        rt.redis.hincrby(STATS_KEY, "media:failed", 1)
         metrics.current().media_downloads.labels("failed").inc()
         stored = None
     if stored is not None:
-        if not stored["sha256_ok"]:
-            rt.redis.hincrby(STATS_KEY, "media:hash_mismatch", 1)
         item = {**item, "stored_media": stored}
     rt.queue.enqueue(build_message("reply", {"item": item}))
 

@@ -19,6 +19,9 @@ from typing import Any
 import dramatiq
 from prometheus_client import Counter, Gauge, Histogram
 
+from daemon.envelope import OTHER_FIELDS
+from daemon.graph import DOCUMENTED_CODES
+
 ACTORS = ("verify", "parse", "fetch_media", "reply")
 ACTOR_OUTCOMES = ("succeeded", "retried", "failed", "dead_lettered")
 GRAPH_ENDPOINTS = ("send", "mark_read", "media_info", "media_download")
@@ -31,6 +34,11 @@ STATUSES = ("sent", "delivered", "read", "played", "failed", "unknown")
 DUPLICATE_KINDS = ("message", "status")
 MEDIA_OUTCOMES = ("stored", "unverified", "failed")
 RATE_LIMITS = ("per_number", "pair")
+FIELDS = (*OTHER_FIELDS, "other")
+ERROR_CODES = (*(str(code) for code in sorted(DOCUMENTED_CODES)), "other")
+DROP_REASONS = ("foreign_number", "invalid_status")
+#: The value of a label whose value is not one of those listed for it.
+OTHER = "other"
 
 #: Seconds; from a 5 ms hop to a minute-long media download.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -90,6 +98,15 @@ class WorkerMetrics:
         self.rate_limit_waits = counter(
             "wapipe_rate_limit_waits", "Sends that waited for an outbound rate limit.", ("limit",)
         )
+        self.unhandled_fields = counter(
+            "wapipe_unhandled_fields", "Webhook changes of fields other than messages, by field.", ("field",)
+        )
+        self.webhook_error_items = counter(
+            "wapipe_webhook_error_items", "Value-level errors Meta reported in webhooks, by code.", ("code",)
+        )
+        self.dropped_items = counter(
+            "wapipe_dropped_items", "Items not handled on purpose, by reason.", ("reason",)
+        )
         for actor in ACTORS:
             self.busy.labels(actor)
             self.duration.labels(actor)
@@ -105,6 +122,9 @@ class WorkerMetrics:
             (DUPLICATE_KINDS, self.duplicates),
             (MEDIA_OUTCOMES, self.media_downloads),
             (RATE_LIMITS, self.rate_limit_waits),
+            (FIELDS, self.unhandled_fields),
+            (ERROR_CODES, self.webhook_error_items),
+            (DROP_REASONS, self.dropped_items),
         ):
             for label in labels:
                 family.labels(label)
@@ -114,6 +134,13 @@ class WorkerMetrics:
 
     def status(self, status: object) -> str:
         return status if isinstance(status, str) and status in STATUSES else "unknown"
+
+    def field_label(self, field: str) -> str:
+        return field if field in OTHER_FIELDS else OTHER
+
+    def error_code_label(self, code: object) -> str:
+        known = isinstance(code, int) and not isinstance(code, bool) and code in DOCUMENTED_CODES
+        return str(code) if known else OTHER
 
 
 _metrics: WorkerMetrics | None = None

@@ -6,28 +6,37 @@ entry × change × message / status / error becomes an item:
 - messages are deduplicated by ``id`` (``WAPIPE_MESSAGE_DEDUP_TTL_SECONDS``, 8 days) and handed to
   ``fetch_media`` (image, video, audio, document, sticker) or straight to ``reply``;
 - statuses are deduplicated by ``id`` + ``status`` (1 day) and recorded monotonically;
-- value-level errors and fields other than ``messages`` are logged and counted;
-- items for a ``phone_number_id`` outside ``WAPIPE_PHONE_NUMBER_IDS`` are dropped with a count.
+- value-level errors and fields other than ``messages`` are logged and counted
+  (``wapipe_webhook_error_items_total{code}``, ``wapipe_unhandled_fields_total{field}``);
+- items for a ``phone_number_id`` outside ``WAPIPE_PHONE_NUMBER_IDS`` are dropped and counted
+  (``wapipe_dropped_items_total{reason="foreign_number"}``).
 
-Counts are kept in the Redis hash ``wapipe:stats`` (shared by every worker, kept across restarts):
-``field_unhandled:{field}``, ``dropped_foreign_number``, ``error_item:{code}``, ``duplicate:{kind}``.
+From here on the unit of work is one item: a message that cannot be handled (an id that is not
+valid Unicode, a ``type`` that is not a string, …) is dead-lettered alone, with its reason, for the
+stage it would have gone to, and every other item of the envelope goes on. A status that cannot be
+read is dropped and counted (``wapipe_dropped_items_total{reason="invalid_status"}``): there is
+nothing to answer or replay.
 
 A dedup mark records which parse attempt claimed it, so a retried parse (same Dramatiq message id)
 hands its items on again instead of taking them for duplicates; the reply ledger keeps that from
-answering twice. Claiming, handing on, recording statuses and counting happen in one Lua script
-for the whole envelope: one round trip, and all of it or none. Retries: bounded by
+answering twice. Claiming, handing on, recording statuses and dead-lettering bad items happen in
+one Lua script for the whole envelope: one round trip, and all of it or none. Retries: bounded by
 ``WAPIPE_RETRY_*``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+import uuid
 from collections import Counter
 from typing import Any
 
 from actors import metrics, runtime
-from daemon.envelope import MEDIA_TYPES, Item, loads, split
-from daemon.queue import PUSH_FUNCTION, WAKEUP_CHANNEL, build_message, prepare
+from daemon.dlq import REASONS_KEY
+from daemon.envelope import MEDIA_TYPES, Item, item_problem, loads, split
+from daemon.queue import NAMESPACE, PUSH_FUNCTION, WAKEUP_CHANNEL, build_message, prepare
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +46,22 @@ OPTIONS: dict[str, Any] = {}
 #: Status order: a status only replaces a lower one; ``failed`` is terminal.
 STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3, "played": 4, "failed": 5}
 STATUS_TTL_SECONDS = 30 * 86_400
-STATS_KEY = "wapipe:stats"
 #: Stands in for the dedup mark of an item without an id (never read or written).
 UNMARKED = "wapipe:seen:-"
 
-#: KEYS: the stats hash, then per item its dedup mark and its target (a message: the queue list and
-#: message hash it goes to; a status: its status hash). ARGV: the number of items, then 8 values
-#: per item: kind, owner, dedup TTL (s), '1' to skip the dedup check (replay, no id), then for a
-#: message ``push``'s id, data, queue and channel, for a status its status, rank, timestamp and
-#: TTL (s); then (name, count) pairs to add to the stats hash. A mark held by another owner makes
-#: the item a duplicate (counted as ``duplicate:{kind}``); a status only replaces a lower rank.
-#: Returns one flag per item: 1 handled now, 0 a duplicate.
+#: KEYS: per item its dedup mark and its target (a message: the queue list and message hash it goes
+#: to; a status: its status hash), then per bad item its queue's dead-letter set, their messages
+#: and the reasons hash. ARGV: the number of items, then 8 values per item: kind, owner, dedup TTL
+#: (s), '1' to skip the dedup check (replay, no id), then for a message ``push``'s id, data, queue
+#: and channel, for a status its status, rank, timestamp and TTL (s); then 4 values per bad item:
+#: its dead letter's id, message data, reason record and time (ms) — Dramatiq's dead-letter layout,
+#: as its ``nack`` writes it. A mark held by another owner makes the item a duplicate; a status only
+#: replaces a lower rank. Returns one flag per item: 1 handled now, 0 a duplicate.
 _CLAIM = (
     PUSH_FUNCTION
     + """
 local results = {}
-local k = 2
+local k = 1
 local n = tonumber(ARGV[1])
 for i = 1, n do
   local a = 1 + (i - 1) * 8
@@ -71,11 +80,13 @@ for i = 1, n do
     end
     k = k + 2
   end
-  if not fresh then redis.call('HINCRBY', KEYS[1], 'duplicate:' .. kind, 1) end
   results[i] = fresh and 1 or 0
 end
-for j = 2 + n * 8, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[1], ARGV[j], ARGV[j + 1])
+for b = 2 + n * 8, #ARGV, 4 do
+  redis.call('ZADD', KEYS[k], ARGV[b + 3], ARGV[b])
+  redis.call('HSET', KEYS[k + 1], ARGV[b], ARGV[b + 1])
+  redis.call('HSET', KEYS[k + 2], ARGV[b], ARGV[b + 2])
+  k = k + 3
 end
 return results
 """
@@ -96,39 +107,61 @@ def run(body: str, received_at: float, envelope_id: str) -> None:
     rt = runtime.current()
     allowed = rt.settings.phone_number_ids
     work: list[tuple[int, Item]] = []
-    counts: Counter[str] = Counter()
+    bad: list[tuple[int, Item, str]] = []
+    fields: Counter[str] = Counter()
+    errors: Counter[object] = Counter()
+    foreign = invalid_statuses = 0
     for index, item in enumerate(split(loads(body))):  # type: ignore[arg-type]  # verify checked its shape
         if item.kind == "field":
-            counts[f"field_unhandled:{item.field}"] += 1
+            fields[item.field] += 1
             log.info(
                 "field_unhandled",
                 extra={"actor": ACTOR_NAME, "envelope_id": envelope_id, "field": item.field},
             )
         elif allowed is not None and item.phone_number_id not in allowed:
-            counts["dropped_foreign_number"] += 1
+            foreign += 1
             log.info(
                 "item_dropped_foreign_number",
-                extra={
-                    "actor": ACTOR_NAME,
-                    "envelope_id": envelope_id,
-                    "phone_number_id": item.phone_number_id,
-                },
+                extra={"actor": ACTOR_NAME, "envelope_id": envelope_id, "index": index},
             )
         elif item.kind == "error":
-            counts[f"error_item:{item.data.get('code')}"] += 1
+            errors[item.data.get("code")] += 1
             log.warning(
                 "webhook_error_item",
                 extra={"actor": ACTOR_NAME, "envelope_id": envelope_id, "code": item.data.get("code")},
             )
+        elif (problem := item_problem(item)) is not None:
+            if item.kind == "status":  # nothing to answer or replay: counted, like a foreign item
+                invalid_statuses += 1
+                log.warning(
+                    "status_dropped_invalid",
+                    extra={
+                        "actor": ACTOR_NAME,
+                        "envelope_id": envelope_id,
+                        "index": index,
+                        "reason": problem,
+                    },
+                )
+            else:
+                bad.append((index, item, problem))
         else:
             work.append((index, item))
-    if not work and not counts:
-        return
-    keys, args = _claims(rt, work, received_at, envelope_id)
-    for name, count in counts.items():
-        args += [name, count]
-    handled = rt.script(_CLAIM)(keys=[STATS_KEY, *keys], args=[len(work), *args])
+    keys, args, bad = _claims(rt, work, bad, received_at, envelope_id)
+    handled = rt.script(_CLAIM)(keys=keys, args=[len(work), *args]) if keys else []
     families = metrics.current()
+    for field, count in fields.items():
+        families.unhandled_fields.labels(families.field_label(field)).inc(count)
+    for code, count in errors.items():
+        families.webhook_error_items.labels(families.error_code_label(code)).inc(count)
+    if foreign:
+        families.dropped_items.labels("foreign_number").inc(foreign)
+    if invalid_statuses:
+        families.dropped_items.labels("invalid_status").inc(invalid_statuses)
+    for index, _, problem in bad:
+        log.warning(
+            "item_dead_lettered",
+            extra={"actor": ACTOR_NAME, "envelope_id": envelope_id, "index": index, "reason": problem},
+        )
     for (_, item), fresh in zip(work, handled, strict=True):
         if not fresh:
             families.duplicates.labels(item.kind).inc()
@@ -144,37 +177,88 @@ def run(body: str, received_at: float, envelope_id: str) -> None:
 
 
 def _claims(
-    rt: runtime.Runtime, work: list[tuple[int, Item]], received_at: float, envelope_id: str
-) -> tuple[list[str], list[Any]]:
-    """``_CLAIM``'s keys and per-item arguments for ``work`` (items with their index in the envelope)."""
+    rt: runtime.Runtime,
+    work: list[tuple[int, Item]],
+    bad: list[tuple[int, Item, str]],
+    received_at: float,
+    envelope_id: str,
+) -> tuple[list[str], list[Any], list[tuple[int, Item, str]]]:
+    """``_CLAIM``'s keys and arguments for ``work`` (items with their index in the envelope), then
+    for the dead letters of ``bad`` items. An item whose arguments cannot be made joins ``bad``
+    (and leaves ``work``); the bad items are returned."""
     settings = rt.settings
     attempt_id = runtime.current_message_id()
     replay = bool(runtime.current_options().get("wapipe_replay"))
-    keys: list[str] = []
-    args: list[Any] = []
+    claimed: list[tuple[int, Item, tuple[list[str], list[Any]]]] = []
     for index, item in work:
-        mark = dedup_key(item)
-        skip_check = "1" if replay or mark is None else "0"
-        keys.append(mark or UNMARKED)
-        if item.kind == "message":
-            stage = "fetch_media" if item.data.get("type") in MEDIA_TYPES else "reply"
-            _, queue_keys, push_args = prepare(
-                build_message(stage, {"item": _handoff(item, received_at, envelope_id)})
+        try:
+            claimed.append(
+                (
+                    index,
+                    item,
+                    _claim(item, f"{attempt_id}:{index}", replay, received_at, envelope_id, settings),
+                )
             )
-            keys += queue_keys
-            ttl = settings.message_dedup_ttl_seconds
-            args += ["message", f"{attempt_id}:{index}", ttl, skip_check, *push_args, WAKEUP_CHANNEL]
-        else:
-            status = str(item.data.get("status"))
-            keys.append(f"wapipe:status:{item.data.get('id')}")
-            ttl = settings.status_dedup_ttl_seconds
-            args += ["status", f"{attempt_id}:{index}", ttl, skip_check]
-            args += [
-                status,
-                STATUS_RANK.get(status, 0),
-                str(item.data.get("timestamp", "")),
-                STATUS_TTL_SECONDS,
-            ]
+        except (TypeError, ValueError) as error:  # a value of a shape no check foresaw
+            if item.kind == "message":
+                bad.append((index, item, f"{type(error).__name__}: {error}"[:300]))
+            else:
+                log.warning("status_dropped_invalid", extra={"actor": ACTOR_NAME, "index": index})
+    work[:] = [(index, item) for index, item, _ in claimed]
+    keys = [key for _, _, (item_keys, _) in claimed for key in item_keys]
+    args = [arg for _, _, (_, item_args) in claimed for arg in item_args]
+    now_ms = int(time.time() * 1000)
+    for index, item, problem in bad:
+        stage = _stage(item)
+        message = build_message(stage, {"item": _handoff(item, received_at, envelope_id)})
+        letter_id = str(uuid.uuid4())
+        record = {
+            "message_id": message.message_id,
+            "stage": stage,
+            "queue": message.queue_name,
+            "reason": {
+                "type": "ItemRejected",
+                "message": problem,
+                "envelope_id": envelope_id,
+                "index": index,
+            },
+            "attempts": 0,
+            "failed_at": now_ms / 1000,
+        }
+        stored = message.copy(options={"redis_message_id": letter_id})
+        xq = f"{NAMESPACE}:{message.queue_name}.XQ"
+        keys += [xq, f"{xq}.msgs", REASONS_KEY]
+        args += [letter_id, stored.encode(), json.dumps(record), now_ms]
+    return keys, args, bad
+
+
+def _stage(item: Item) -> str:
+    kind = item.data.get("type")
+    return "fetch_media" if isinstance(kind, str) and kind in MEDIA_TYPES else "reply"
+
+
+def _claim(
+    item: Item, owner: str, replay: bool, received_at: float, envelope_id: str, settings: Any
+) -> tuple[list[str], list[Any]]:
+    """One item's keys and arguments for ``_CLAIM``; every string is proven encodable here, so that
+    a bad one fails this item alone, not the script of the envelope."""
+    mark = dedup_key(item)
+    skip_check = "1" if replay or mark is None else "0"
+    keys = [mark or UNMARKED]
+    if item.kind == "message":
+        _, queue_keys, push_args = prepare(
+            build_message(_stage(item), {"item": _handoff(item, received_at, envelope_id)})
+        )
+        keys += queue_keys
+        args = ["message", owner, settings.message_dedup_ttl_seconds, skip_check, *push_args, WAKEUP_CHANNEL]
+    else:
+        status = str(item.data.get("status"))
+        keys.append(f"wapipe:status:{item.data.get('id')}")
+        args = ["status", owner, settings.status_dedup_ttl_seconds, skip_check]
+        args += [status, STATUS_RANK.get(status, 0), str(item.data.get("timestamp", "")), STATUS_TTL_SECONDS]
+    for value in (*keys, *args):
+        if isinstance(value, str):
+            value.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
     return keys, args
 
 

@@ -40,9 +40,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors import metrics, runtime
 from actors.errors import GraphRejected, ItemRejected, OutcomeUnknown
-from actors.parse import STATS_KEY
 from daemon import retrying
 from daemon.dlq import RESEND_UNKNOWN
+from daemon.envelope import handoff_problem
 from daemon.graph import GraphError, GraphUnreachable, RequestInvalid, SendOutcomeUnknown
 from daemon.handler import InboundMessage, Outbound, call_handler
 from daemon.keys import handled_key, ledger_key
@@ -75,8 +75,9 @@ LEDGER_EXTRA_SECONDS = 86_400
 
 def run(item: dict[str, Any]) -> None:
     rt = runtime.current()
-    if not isinstance(item.get("message"), dict) or not item["message"].get("id"):
-        raise ItemRejected("inbound message has no id", envelope_id=item.get("envelope_id"))
+    problem = handoff_problem(item)
+    if problem is not None:
+        raise ItemRejected(problem, envelope_id=item.get("envelope_id"))
     message = InboundMessage.from_item(item)
     fields = {"actor": ACTOR_NAME, "message_id": message.id, "type": message.type}
     # A sync handler runs in this worker thread; an async one on the worker's event loop.
@@ -291,7 +292,6 @@ def _record(rt: runtime.Runtime, values: list[tuple[str, str]], ttl: int) -> Non
 def _pause(rt: runtime.Runtime, phone_number_id: str, error: GraphError) -> None:
     """Pause sending for the number: loud, counted, lifted by the next success."""
     rt.redis.set(_paused_key(phone_number_id), str(error.code), ex=86_400)
-    rt.redis.hincrby(STATS_KEY, f"auth_failed:{error.code}", 1)
     log.critical(
         "graph_token_refused_sending_paused",
         extra={

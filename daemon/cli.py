@@ -204,9 +204,8 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
                 reason = summary["reason"]
                 code = f" code={reason['code']}" if "code" in reason else ""
                 stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(letter.failed_at))
-                print(
-                    f"{letter.id}  {stamp}  {letter.stage:<11} {what['kind']}={ids}  {reason.get('type')}{code}"
-                )
+                line = f"{letter.id}  {stamp}  {letter.stage:<11} {what['kind']}={ids}  {reason.get('type')}{code}"
+                print(line.encode("utf-8", "backslashreplace").decode("utf-8"))  # ids may be invalid Unicode
             if not args.json:
                 print(f"{len(letters)} dead letter(s)")
         elif args.action == "show":

@@ -15,6 +15,16 @@ from typing import Any
 
 WABA_OBJECT = "whatsapp_business_account"
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
+#: Webhook fields an app can subscribe to besides ``messages`` (counted by name; others as "other").
+OTHER_FIELDS = (
+    "account_alerts", "account_review_update", "account_update", "automatic_events",
+    "business_capability_update", "business_username_update", "calls", "flows",
+    "group_lifecycle_update", "group_participants_update", "group_settings_update", "history",
+    "message_template_components_update", "message_template_quality_update",
+    "message_template_status_update", "partner_solutions", "payment_configuration_update",
+    "phone_number_name_update", "phone_number_quality_update", "security", "smb_app_state_sync",
+    "smb_message_echoes", "template_category_update", "user_preferences",
+)  # fmt: skip
 
 
 class NotStandardJSON(ValueError):
@@ -117,7 +127,7 @@ def split(envelope: dict[str, Any]) -> Iterator[Item]:
             metadata = value["metadata"]
             phone_number_id = metadata["phone_number_id"]
             display = metadata.get("display_phone_number")
-            contacts = value.get("contacts", [])
+            contacts = _Contacts(value.get("contacts", []))
             for message in value.get("messages", []):
                 yield Item(
                     kind="message",
@@ -125,7 +135,7 @@ def split(envelope: dict[str, Any]) -> Iterator[Item]:
                     phone_number_id=phone_number_id,
                     display_phone_number=display,
                     data=message,
-                    contact=_contact_for(message, contacts),
+                    contact=contacts.of(message),
                 )
             for status in value.get("statuses", []):
                 yield Item("status", name, phone_number_id, display, status)
@@ -133,12 +143,70 @@ def split(envelope: dict[str, Any]) -> Iterator[Item]:
                 yield Item("error", name, phone_number_id, display, error)
 
 
-def _contact_for(message: dict[str, Any], contacts: list[dict[str, Any]]) -> dict[str, Any] | None:
-    sender = message.get("from")
-    sender_user = message.get("from_user_id")
-    for contact in contacts:
-        if (sender and contact.get("wa_id") == sender) or (
-            sender_user and contact.get("user_id") == sender_user
-        ):
-            return contact
-    return contacts[0] if len(contacts) == 1 else None
+class _Contacts:
+    """A value's contacts, found by ``wa_id`` or ``user_id`` in constant time (a batch can hold
+    thousands of messages and contacts); the first contact of an id wins."""
+
+    def __init__(self, contacts: list[dict[str, Any]]) -> None:
+        self.only = contacts[0] if len(contacts) == 1 else None
+        self.by_wa_id: dict[str, dict[str, Any]] = {}
+        self.by_user_id: dict[str, dict[str, Any]] = {}
+        for contact in contacts:
+            for key, index in (("wa_id", self.by_wa_id), ("user_id", self.by_user_id)):
+                found = contact.get(key)
+                if isinstance(found, str) and found:
+                    index.setdefault(found, contact)
+
+    def of(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        sender, sender_user = message.get("from"), message.get("from_user_id")
+        if isinstance(sender, str) and sender in self.by_wa_id:
+            return self.by_wa_id[sender]
+        if isinstance(sender_user, str) and sender_user in self.by_user_id:
+            return self.by_user_id[sender_user]
+        return self.only
+
+
+#: The longest id taken from a webhook (Meta's are well under 100 characters).
+MAX_ID_LENGTH = 512
+
+
+def _text_problem(name: str, value: object, *, required: bool) -> str | None:
+    if value is None:
+        return f"{name} is missing" if required else None
+    if not isinstance(value, str):
+        return f"{name} is a JSON {type(value).__name__}, not a string"
+    if required and not value:
+        return f"{name} is empty"
+    if len(value) > MAX_ID_LENGTH:
+        return f"{name} is longer than {MAX_ID_LENGTH} characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{name} is not valid Unicode (a lone surrogate)"
+    return None
+
+
+def item_problem(item: Item) -> str | None:
+    """Why a message or status item cannot be handled, or None. Checked in ``parse`` (so that a bad
+    item is dead-lettered alone) and again where an item is used."""
+    data = item.data
+    problems = [
+        _text_problem("phone_number_id", item.phone_number_id, required=True),
+        _text_problem("id", data.get("id"), required=True),
+    ]
+    if item.kind == "message":
+        problems.append(_text_problem("type", data.get("type"), required=False))
+        problems.append(_text_problem("from", data.get("from"), required=False))
+        problems.append(_text_problem("from_user_id", data.get("from_user_id"), required=False))
+    else:
+        problems.append(_text_problem("status", data.get("status"), required=True))
+    return next((problem for problem in problems if problem is not None), None)
+
+
+def handoff_problem(item: dict[str, Any]) -> str | None:
+    """:func:`item_problem` for the item a stage receives from ``parse`` (or from a replay)."""
+    message = item.get("message")
+    if not isinstance(message, dict):
+        return "the item has no message object"
+    phone_number_id = item.get("phone_number_id")
+    return item_problem(Item("message", "messages", phone_number_id, None, message))

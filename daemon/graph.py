@@ -54,6 +54,17 @@ RETRY_LATER_CODES = frozenset(
 AUTH_CODES = frozenset({0, 190})
 #: Codes that are permanent even when they come with a server error status.
 KNOWN_PERMANENT_CODES = frozenset({3, 10, 33, 100, 131045, 133000})
+#: Every code Meta documents for the Cloud API (metrics count others as "other").
+DOCUMENTED_CODES = frozenset(
+    {
+        0, 1, 2, 3, 4, 10, 33, 100, 190, 200, 368, 80007, 130403, 130429, 130472, 130497, 131000,
+        131005, 131008, 131009, 131016, 131021, 131026, 131031, 131037, 131042, 131045, 131047,
+        131048, 131049, 131050, 131051, 131052, 131053, 131056, 131057, 131060, 131062, 131063,
+        131064, 132000, 132001, 132005, 132007, 132012, 132015, 132016, 132018, 132068, 132069,
+        133000, 133004, 133005, 133006, 133008, 133009, 133010, 133015, 133016, 134011, 135000,
+        2494100,
+    }
+)  # fmt: skip
 
 
 class GraphError(Exception):

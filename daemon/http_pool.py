@@ -24,6 +24,7 @@ answer that stays silent longer than ``timeout`` fails with ``TimeoutError``.
 from __future__ import annotations
 
 import http.client
+import re
 import select
 import socket
 import ssl
@@ -39,6 +40,10 @@ IDLE_SECONDS = 15.0
 MAX_IDLE_PER_ORIGIN = 64
 
 Origin = tuple[str, str, int]
+
+
+#: Characters http.client refuses in a request line (and non-ASCII, which it cannot encode).
+_UNSENDABLE = re.compile(r"[\x00-\x20\x7f-\U0010ffff]")
 
 
 class ConnectFailed(Exception):
@@ -96,7 +101,11 @@ class HTTPPool:
             ConnectFailed: no connection could be made; nothing was sent.
             OSError, http.client.HTTPException: after the request began to go out.
             ValueError: ``url`` is not an absolute http(s) URL.
+            http.client.InvalidURL: ``url`` cannot be sent as it is (nothing was connected).
         """
+        if _UNSENDABLE.search(url):
+            # http.client would refuse it only after connecting: refuse it before.
+            raise http.client.InvalidURL("the URL holds a space, a control or a non-ASCII character")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an absolute http(s) URL: {parts.scheme}://{parts.hostname}")

@@ -175,6 +175,19 @@ PANELS: list[dict[str, Any]] = [
         [(f"sum by (limit) (rate(wapipe_rate_limit_waits_total[{RATE}]))", "{{limit}}")],
         unit="ops",
     ),
+    panel(
+        "Items not answered on purpose",
+        "What arrives that is not a message to answer: changes of other webhook fields (subscribed but "
+        "not handled), items for numbers outside WAPIPE_PHONE_NUMBER_IDS or unreadable statuses "
+        "(dropped), and errors Meta reports inside webhooks, by code?",
+        [
+            (f"sum by (field) (rate(wapipe_unhandled_fields_total[{RATE}]))", "field {{field}}"),
+            (f"sum by (reason) (rate(wapipe_dropped_items_total[{RATE}]))", "dropped {{reason}}"),
+            (f"sum by (code) (rate(wapipe_webhook_error_items_total[{RATE}]))", "error {{code}}"),
+        ],
+        unit="ops",
+        width=24,
+    ),
 ]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import APP_SECRET
 from tests.support.meta import meta_bytes, signed
@@ -69,3 +70,28 @@ def listed_targets(data_dir: Path) -> list[str]:
         for group in json.loads(path.read_text()):
             found.extend(group["targets"])
     return found
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+def samples(text: str) -> Samples:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(found: Samples, name: str, **labels: str) -> float:
+    return found[(name, tuple(sorted(labels.items())))]
+
+
+def worker_metric(env: dict[str, str], name: str, **labels: str) -> float:
+    """One sample of the worker started with ``env`` (its own WAPIPE_METRICS_PORT)."""
+    return value(samples(scrape(f"http://127.0.0.1:{env['WAPIPE_METRICS_PORT']}/metrics")), name, **labels)

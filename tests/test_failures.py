@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from tests.conftest import pipeline_env
-from tests.pipeline_helpers import dead_letters, drained, post_webhook
+from tests.pipeline_helpers import dead_letters, drained, post_webhook, worker_metric
 from tests.support.fake_graph import FakeGraph, Reply, graph_error, sent_json
 from tests.support.meta import envelope, text_envelope
 from tests.support.procs import Proc, wait_exit
@@ -96,7 +96,7 @@ def test_a_bad_token_pauses_sending_and_resumes_without_dead_letters(
     accepted = [sent_json(s) for s in fake_graph.sends()[12:]]
     assert sorted(a["context"]["message_id"] for a in accepted) == ids
     assert dead_letters(rclient) == []
-    assert int(rclient.hget("wapipe:stats", "auth_failed:190")) >= 1
+    assert worker_metric(stack["env"], "wapipe_graph_requests_total", endpoint="send", result="auth") >= 1
     assert rclient.exists("wapipe:paused:620000000000001") == 0
     output = stack["worker"].output()
     assert "graph_token_refused_sending_paused" in output
@@ -280,7 +280,7 @@ def test_a_duplicate_storm_gets_one_reply_per_message(
     counts = send_counts(fake_graph)
     assert len(counts) == 20
     assert set(counts.values()) == {1}
-    assert int(rclient.hget("wapipe:stats", "duplicate:message")) == 180
+    assert worker_metric(stack["env"], "wapipe_duplicates_total", kind="message") == 180
 
 
 def test_a_poison_message_is_dead_lettered_and_the_rest_flow(

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from daemon.media import expected_digest, extension_for, host_allowed
-from tests.pipeline_helpers import drained, post_webhook, rewrite_ids
+from tests.pipeline_helpers import drained, post_webhook, rewrite_ids, worker_metric
 from tests.support.fake_graph import FakeGraph, Reply, b64_sha256, media_bytes, sent_json
 from tests.support.meta import envelope, text_envelope, webhook_samples
 from tests.support.waiting import wait_for
@@ -82,7 +82,7 @@ def test_a_hash_mismatch_goes_under_unverified_and_is_still_answered(
     assert [p.read_bytes() for p in unverified] == [b"tampered bytes"]
     assert files_under(tmp_path / "data" / "media" / PNID) == unverified
     assert replies(fake_graph) == ["Got your image (14 bytes)."]
-    assert rclient.hget("wapipe:stats", "media:hash_mismatch") == b"1"
+    assert worker_metric(stack["env"], "wapipe_media_downloads_total", outcome="unverified") == 1
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "streamed"])
@@ -171,7 +171,7 @@ def test_transient_download_failures_end_in_a_could_not_download_reply(
     fake_graph.wait_sends(1, timeout=40)
     assert replies(fake_graph) == ["Got your image, but could not download it."]
     assert len(fake_graph.of_kind("download")) == 2 * 4  # 2 in-process attempts × (1 run + 3 retries)
-    assert rclient.hget("wapipe:stats", "media:failed") == b"1"
+    assert worker_metric(stack["env"], "wapipe_media_downloads_total", outcome="failed") == 1
 
 
 def test_a_cut_download_is_retried_and_never_stored(

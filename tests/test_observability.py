@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 import redis
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.pipeline_helpers import drained, listed_targets, post_webhook
+from tests.pipeline_helpers import drained, listed_targets, post_webhook, samples, scrape, value
 from tests.support.fake_graph import FakeGraph
 from tests.support.meta import meta_bytes, text_envelope
 from tests.support.procs import Proc
@@ -40,23 +39,6 @@ def tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
-
-
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return str(response.read().decode())
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
-
-
-def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    return found[(name, tuple(sorted(labels.items())))]
 
 
 def dashboard_exprs() -> list[str]:
@@ -89,6 +71,9 @@ WORKER_FAMILIES = {
     "wapipe_media_downloads_total",
     "wapipe_media_bytes_total",
     "wapipe_rate_limit_waits_total",
+    "wapipe_unhandled_fields_total",
+    "wapipe_webhook_error_items_total",
+    "wapipe_dropped_items_total",
 }
 
 

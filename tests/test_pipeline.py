@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +16,7 @@ import redis
 from dramatiq import Message
 
 from daemon.queue import build_message
-from tests.pipeline_helpers import dead_letters, drained, post_webhook, rewrite_ids
+from tests.pipeline_helpers import dead_letters, drained, post_webhook, rewrite_ids, worker_metric
 from tests.support.fake_graph import FakeGraph, Reply, graph_error, sent_json
 from tests.support.meta import envelope, text_envelope, webhook_samples
 from tests.support.waiting import wait_for
@@ -121,9 +123,10 @@ def test_every_fixture_sample_gets_exactly_the_design_reply(
     status_key = "wapipe:status:status_read:wamid.NDQ3NzAwOTAwMTIzOm91dDowMDAwMDAwMDAwMDAwMDAwMDk1MA=="
     assert rclient.hget(status_key, "status") == b"read"
     assert dead_letters(rclient) == []
-    stats = {k.decode(): int(v) for k, v in rclient.hgetall("wapipe:stats").items()}
-    assert stats["field_unhandled:message_template_status_update"] == 1
-    assert stats["error_item:130429"] == 1
+    env = stack["env"]
+    assert worker_metric(env, "wapipe_unhandled_fields_total", field="message_template_status_update") == 1
+    assert worker_metric(env, "wapipe_webhook_error_items_total", code="130429") == 1
+    assert rclient.exists("wapipe:stats") == 0  # one counting system: Prometheus
 
 
 def test_duplicate_deliveries_are_answered_once(
@@ -146,7 +149,7 @@ def test_duplicate_deliveries_are_answered_once(
     wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
     fake_graph.wait_sends(1)
     assert [sent_json(s)["text"]["body"] for s in fake_graph.sends()] == ["You said: once please"]
-    assert int(rclient.hget("wapipe:stats", "duplicate:message") or 0) == 9
+    assert worker_metric(stack["env"], "wapipe_duplicates_total", kind="message") == 9
 
 
 def test_a_message_seen_in_another_envelope_is_not_answered_again(
@@ -217,7 +220,7 @@ def test_phone_number_filter_drops_other_numbers(
     wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
     assert [sent_json(s)["text"]["body"] for s in fake_graph.sends()] == ["You said: mine"]
     assert "item_dropped_foreign_number" in stack["worker"].output()
-    assert rclient.hget("wapipe:stats", "dropped_foreign_number") == b"1"
+    assert worker_metric(stack["env"], "wapipe_dropped_items_total", reason="foreign_number") == 1
 
 
 def test_transient_graph_failures_are_retried_to_one_send(
@@ -362,3 +365,54 @@ def test_worker_processes_run_on_one_cpu_each(pipeline: Callable[..., dict[str, 
     free = pipeline(WAPIPE_WORKER_PROCESSES="2", WAPIPE_WORKER_CPU_AFFINITY="none")
     wait_for(lambda: len(free["worker"].children()) >= 3, timeout=30, what="three worker processes")
     assert all(set(child.cpu_affinity()) == cpus for child in free["worker"].children())
+
+
+def test_one_bad_item_is_dead_lettered_alone_and_the_rest_of_its_envelope_answered(
+    pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis
+) -> None:
+    """In one signed POST: a message whose id is a lone surrogate, one whose type is a list, one
+    with no id, a status with a numeric id, and two good messages. Each bad message is dead-lettered
+    on its own with its reason (and `dlq list` can show it), the bad status is counted as dropped,
+    the good ones are answered."""
+    stack = pipeline()
+    good = [
+        {"from": "447700900123", "id": f"wamid.OK{n}", "type": "text", "text": {"body": f"ok {n}"}}
+        for n in (1, 2)
+    ]
+    messages = [
+        {"from": "447700900123", "id": "wamid.\ud800", "type": "text", "text": {"body": "surrogate"}},
+        good[0],
+        {"from": "447700900123", "id": "wamid.LIST", "type": ["text"], "text": {"body": "list type"}},
+        {"from": "447700900123", "type": "text", "text": {"body": "no id"}},
+        good[1],
+    ]
+    obj = envelope(messages)
+    obj["entry"][0]["changes"][0]["value"]["statuses"] = [{"id": 42, "status": "read", "recipient_id": "1"}]
+    assert post_webhook(stack["url"], obj) == 200
+    fake_graph.wait_sends(2)
+    wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
+    assert sorted(sent_json(s)["text"]["body"] for s in fake_graph.sends()) == [
+        "You said: ok 1",
+        "You said: ok 2",
+    ]
+    letters = dead_letters(rclient)
+    reasons = sorted(letter["record"]["reason"]["message"] for letter in letters)
+    assert reasons == [
+        "id is missing",
+        "id is not valid Unicode (a lone surrogate)",
+        "type is a JSON list, not a string",
+    ]
+    assert {letter["record"]["reason"]["type"] for letter in letters} == {"ItemRejected"}
+    assert {letter["record"]["stage"] for letter in letters} == {"reply"}
+    listing = subprocess.run(
+        [sys.executable, "-m", "daemon", "dlq", "list"],
+        env={**stack["env"], "WAPIPE_LOG_LEVEL": "WARNING"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert "3 dead letter(s)" in listing.stdout
+    assert "ok 1" not in listing.stdout
+    assert worker_metric(stack["env"], "wapipe_dropped_items_total", reason="invalid_status") == 1
