@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck check clean bench install
+.PHONY: run test lint typecheck check clean bench install fuzz
 
 # `make run` needs wapipe and the embedded Redis; `make test` adds the test tools.
 $(STAMP): pyproject.toml
@@ -37,6 +37,10 @@ test: $(TESTSTAMP)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache dist build
+
+# Longer, randomized property-based runs (the suite's own are bounded and repeatable).
+fuzz: $(TESTSTAMP)
+	WAPIPE_FUZZ_EXAMPLES=$${WAPIPE_FUZZ_EXAMPLES:-1000} $(BIN)/pytest tests/test_properties.py -p no:cacheprovider
 
 bench: $(TESTSTAMP)
 	$(BIN)/python -m bench.run

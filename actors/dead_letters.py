@@ -16,25 +16,74 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import Interrupt, Middleware
+from redis.exceptions import RedisError
 
 from actors.errors import PermanentFailure
 from actors.reliability import ENQUEUE_LOST, RedisStillDown, wait_out_outage
 from daemon.dlq import REASONS_KEY
-from daemon.graph import GraphError
+from daemon.graph import (
+    GraphError,
+    GraphUnreachable,
+    MediaExpired,
+    MediaRefused,
+    RequestInvalid,
+    SendOutcomeUnknown,
+)
+from daemon.logs import traceback_lines
 
 log = logging.getLogger(__name__)
 
 
+#: Failures whose messages wapipe writes itself (ids, codes, sizes: never content), or that Meta,
+#: Redis and the network write. Any other exception (a bot's own, a bug) may quote content in its
+#: message: only its type goes to the logs and to ``dlq list``.
+KNOWN_FAILURES: tuple[type[BaseException], ...] = (
+    PermanentFailure,
+    GraphError,
+    GraphUnreachable,
+    SendOutcomeUnknown,
+    MediaExpired,
+    MediaRefused,
+    RequestInvalid,
+    dramatiq.Retry,
+    RedisError,
+    RedisStillDown,
+    TimeoutError,
+    Interrupt,
+)
+
+
+def expected(exception: BaseException) -> bool:
+    """True for the failures wapipe anticipates (logged as one line, no traceback)."""
+    return isinstance(exception, KNOWN_FAILURES)
+
+
+def reason_line(exception: BaseException) -> str:
+    """One content-free line saying why a run failed: the type, and the message when wapipe (or
+    Meta, Redis, the network) wrote it."""
+    if isinstance(exception, GraphError):
+        return f"GraphError code={exception.code} http={exception.http_status}: {exception.message}"[:300]
+    if expected(exception):
+        return f"{type(exception).__name__}: {exception}"[:300]
+    return type(exception).__name__
+
+
 def describe(exception: BaseException | None) -> dict[str, Any]:
-    """The reason recorded for a dead letter; never a payload body or a secret."""
+    """The reason recorded for a dead letter; never a payload body or a secret.
+
+    The message of an unexpected exception may quote content: it is kept for ``dlq show`` (a
+    deliberate view of the dead letter) under ``detail``, never in ``message``.
+    """
     if isinstance(exception, PermanentFailure):
         return exception.reason
     if isinstance(exception, GraphError):
         return exception.reason()
     if exception is None:
         return {"type": "Unknown", "message": "failed without an exception"}
-    return {"type": type(exception).__name__, "message": str(exception)[:500]}
+    if expected(exception):
+        return {"type": type(exception).__name__, "message": str(exception)[:500]}
+    return {"type": type(exception).__name__, "detail": str(exception)[:500]}
 
 
 class DeadLetterRecorder(Middleware):
@@ -78,12 +127,12 @@ class DeadLetterRecorder(Middleware):
             wait_out_outage(
                 lambda: client.hset(REASONS_KEY, redis_message_id, json.dumps(record)), "dead letter reason"
             )
-        log.warning(
-            "dead_lettered",
-            extra={
-                "actor": message.actor_name,
-                "message_id": message.message_id,
-                "reason": reason["type"],
-                "attempts": record["attempts"],
-            },
-        )
+        fields: dict[str, Any] = {
+            "actor": message.actor_name,
+            "message_id": message.message_id,
+            "attempts": record["attempts"],
+            "reason": reason_line(exception) if exception is not None else reason["type"],
+        }
+        if exception is not None and not expected(exception):
+            fields["traceback"] = traceback_lines(exception)
+        log.warning("dead_lettered", extra=fields)

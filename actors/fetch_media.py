@@ -86,8 +86,8 @@ def run(item: dict[str, Any]) -> None:
 def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any]) -> dict[str, Any]:
     """Look up, download and store the file."""
     settings = rt.settings
-    media_id = media.get("id")
-    url = media.get("url") if isinstance(media.get("url"), str) else None
+    media_id = _text(media.get("id"))
+    url = _text(media.get("url"))
     if url is not None and not rt.graph.media_allowed(url):
         log.info(
             "media_url_ignored", extra={"actor": ACTOR_NAME, "reason": "host not in WHATSAPP_MEDIA_HOSTS"}
@@ -102,7 +102,7 @@ def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any]) -> 
                 if not media_id:
                     raise MediaRefused("the message has neither a usable url nor a media id")
                 info = rt.graph.media_info(str(media_id), phone_number_id)
-                url = str(info.get("url") or "")
+                url = _text(info.get("url")) or ""
             try:
                 content_type = rt.graph.download(url, sink, max_bytes=settings.media_max_bytes)
                 break
@@ -110,13 +110,18 @@ def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any]) -> 
                 if refresh:
                     raise
                 url = None  # ask the Graph API for a fresh URL
-        mime = media.get("mime_type") or info.get("mime_type") or content_type or "application/octet-stream"
-        expected = expected_digest(media.get("sha256"), info.get("sha256"))
+        mime = (
+            _text(media.get("mime_type"))
+            or _text(info.get("mime_type"))
+            or content_type
+            or "application/octet-stream"
+        )
+        expected = expected_digest(_text(media.get("sha256")), _text(info.get("sha256")))
         announced = _size(info.get("file_size"))
         if expected is not None and sink.digest != expected and announced not in (None, sink.size):
             # Neither the hash nor the size the Graph API announced: a cut file, not another one.
             raise AnswerCut(f"downloaded {sink.size} bytes of the {announced} announced")
-        stored = sink.store(folder, str(mime), expected)
+        stored = sink.store(folder, mime, expected)
     finally:
         sink.discard()
     families = metrics.current()
@@ -131,6 +136,11 @@ def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any]) -> 
         "size": stored.size,
         "sha256_ok": stored.verified,
     }
+
+
+def _text(value: object) -> str | None:
+    """A string from the webhook or the Graph API, or None for a value of any other JSON type."""
+    return value if isinstance(value, str) and value else None
 
 
 def _size(value: object) -> int | None:

@@ -12,6 +12,7 @@ or negative and exports nothing in some import orders (DRAMATIQ.md §3).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -19,8 +20,12 @@ from typing import Any
 import dramatiq
 from prometheus_client import Counter, Gauge, Histogram
 
+from actors.dead_letters import expected, reason_line
 from daemon.envelope import OTHER_FIELDS
 from daemon.graph import DOCUMENTED_CODES
+from daemon.logs import traceback_lines
+
+log = logging.getLogger(__name__)
 
 ACTORS = ("verify", "parse", "fetch_media", "reply")
 ACTOR_OUTCOMES = ("succeeded", "retried", "failed", "dead_lettered")
@@ -194,12 +199,29 @@ class ActorMetrics(dramatiq.Middleware):
             return
         metrics.busy.labels(actor).dec()
         metrics.duration.labels(actor).observe(time.perf_counter() - started)
-        metrics.messages.labels(actor, _outcome(message, exception)).inc()
+        outcome = _outcome(message, exception)
+        metrics.messages.labels(actor, outcome).inc()
+        if exception is not None and outcome == "retried":  # a dead letter logs its own line
+            _log_retried(message, exception)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         if self._started.pop(_key(message), None) is not None:
             current().busy.labels(message.actor_name).dec()
             current().messages.labels(message.actor_name, "failed").inc()
+
+
+def _log_retried(message: Any, exception: BaseException) -> None:
+    """One content-free line per retried run (Dramatiq's own lines quote the message)."""
+    fields: dict[str, Any] = {
+        "actor": message.actor_name,
+        "message_id": message.message_id,
+        "attempt": int(message.options.get("retries", 0)),
+        "reason": reason_line(exception),
+    }
+    if expected(exception):
+        log.info("actor_retry", extra=fields)
+    else:
+        log.error("actor_retry", extra={**fields, "traceback": traceback_lines(exception)})
 
 
 def _key(message: Any) -> str:

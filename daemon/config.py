@@ -138,6 +138,10 @@ class Settings:
     status_dedup_ttl_seconds: int = DAY_SECONDS
     redis_start_wait_seconds: float = 30.0
     media_min_bytes_per_second: int = 65_536
+    header_timeout_seconds: float = 15.0
+    body_timeout_seconds: float = 15.0
+    max_concurrent_requests: int = 512
+    max_buffered_bytes: int = 67_108_864
     #: Start-up warnings about the configuration, logged by every process that serves.
     warnings: tuple[str, ...] = ()
 
@@ -175,6 +179,9 @@ class Settings:
                 "production against Meta (leave every WHATSAPP_* setting unset for sandbox mode)",
             )
         port = env.integer("PORT", 8080, minimum=0, maximum=65535)
+        max_body = env.integer("WAPIPE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024)
+        if env.integer("WAPIPE_MAX_BUFFERED_BYTES", 67_108_864, minimum=1024) < max_body:
+            raise ConfigError("WAPIPE_MAX_BUFFERED_BYTES", "must be at least WAPIPE_MAX_BODY_BYTES")
         data_dir = Path(env.text("WAPIPE_DATA_DIR", "./var")).expanduser()
         app_secret = env.secret("WHATSAPP_APP_SECRET", required=not sandbox)
         verify_token = env.secret("WHATSAPP_VERIFY_TOKEN", required=not sandbox)
@@ -212,7 +219,7 @@ class Settings:
             metrics_port=env.integer("WAPIPE_METRICS_PORT", 9191, minimum=0, maximum=65535),
             handler=env.pattern("WAPIPE_HANDLER", None, _HANDLER, "module:function"),
             phone_number_ids=env.phone_number_ids("WAPIPE_PHONE_NUMBER_IDS"),
-            max_body_bytes=env.integer("WAPIPE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024),
+            max_body_bytes=max_body,
             max_queue_depth=env.integer("WAPIPE_MAX_QUEUE_DEPTH", DEFAULT_MAX_QUEUE_DEPTH, minimum=1),
             send_rate=env.integer("WAPIPE_SEND_RATE", DEFAULT_SEND_RATE, minimum=0),
             media_max_bytes=env.integer("WAPIPE_MEDIA_MAX_BYTES", DEFAULT_MEDIA_MAX_BYTES, minimum=1),
@@ -243,6 +250,10 @@ class Settings:
             status_dedup_ttl_seconds=env.integer("WAPIPE_STATUS_DEDUP_TTL_SECONDS", DAY_SECONDS, minimum=1),
             redis_start_wait_seconds=env.number("WAPIPE_REDIS_START_WAIT_SECONDS", 30.0, minimum=0.0),
             media_min_bytes_per_second=env.integer("WAPIPE_MEDIA_MIN_BYTES_PER_SECOND", 65_536, minimum=1),
+            header_timeout_seconds=env.number("WAPIPE_HEADER_TIMEOUT_SECONDS", 15.0, minimum=0.1),
+            body_timeout_seconds=env.number("WAPIPE_BODY_TIMEOUT_SECONDS", 15.0, minimum=0.1),
+            max_concurrent_requests=env.integer("WAPIPE_MAX_CONCURRENT_REQUESTS", 512, minimum=1),
+            max_buffered_bytes=env.integer("WAPIPE_MAX_BUFFERED_BYTES", 67_108_864, minimum=1024),
             warnings=tuple(warnings),
         )
 

@@ -76,7 +76,7 @@ class DeadLetter:
             "failed_at": self.failed_at,
             "stage": self.stage,
             "what": self.what(),
-            "reason": {
+            "reason": {  # "detail" (an unexpected exception's own message) only in `dlq show`
                 key: reason.get(key) for key in ("type", "code", "message") if reason.get(key) is not None
             },
             "attempts": (self.record or {}).get("attempts"),

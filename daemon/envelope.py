@@ -198,6 +198,8 @@ def item_problem(item: Item) -> str | None:
         problems.append(_text_problem("type", data.get("type"), required=False))
         problems.append(_text_problem("from", data.get("from"), required=False))
         problems.append(_text_problem("from_user_id", data.get("from_user_id"), required=False))
+        if not data.get("from") and not data.get("from_user_id"):
+            problems.append("neither from nor from_user_id: there is no one to answer")
     else:
         problems.append(_text_problem("status", data.get("status"), required=True))
     return next((problem for problem in problems if problem is not None), None)

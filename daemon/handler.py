@@ -104,9 +104,14 @@ class InboundMessage:
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> InboundMessage:
-        """Build from the item ``parse`` hands on (``message``, ``phone_number_id``, ``contact``…)."""
+        """Build from the item ``parse`` hands on (``message``, ``phone_number_id``, ``contact``…).
+
+        Every field is what its type says whatever the webhook held (a value of another JSON type
+        becomes None or empty): a bot never gets a list where a string was promised. ``raw`` keeps
+        the message exactly as Meta sent it.
+        """
         raw: dict[str, Any] = item["message"]
-        kind = str(raw.get("type") or "unknown")
+        kind = _text(raw.get("type")) or "unknown"
         body = _object(raw.get(kind))
         profile = _object(_object(item.get("contact")).get("profile"))
         stored = item.get("stored_media")
@@ -114,25 +119,25 @@ class InboundMessage:
             id=str(raw["id"]),
             type=kind,
             phone_number_id=str(item["phone_number_id"]),
-            display_phone_number=item.get("display_phone_number"),
-            timestamp=raw.get("timestamp"),
-            from_=raw.get("from"),
-            from_user_id=raw.get("from_user_id"),
-            group_id=raw.get("group_id"),
-            contact_name=profile.get("name"),
+            display_phone_number=_text(item.get("display_phone_number")),
+            timestamp=_text(raw.get("timestamp")),
+            from_=_text(raw.get("from")),
+            from_user_id=_text(raw.get("from_user_id")),
+            group_id=_text(raw.get("group_id")),
+            contact_name=_text(profile.get("name")),
             raw=raw,
-            text=body.get("body") if kind == "text" else None,
+            text=_text(body.get("body")) if kind == "text" else None,
             media=_media(body) if kind in MEDIA_TYPES else None,
             stored_media=StoredMedia(**stored) if isinstance(stored, dict) else None,
             location=_location(body) if kind == "location" else None,
-            contacts=tuple(raw.get("contacts") or ()) if kind == "contacts" else (),
+            contacts=_objects(raw.get("contacts")) if kind == "contacts" else (),
             interactive=_interactive(body) if kind == "interactive" else None,
-            button_text=body.get("text") if kind == "button" else None,
-            button_payload=body.get("payload") if kind == "button" else None,
-            reaction_emoji=body.get("emoji") if kind == "reaction" else None,
-            reaction_to=body.get("message_id") if kind == "reaction" else None,
-            order_items=tuple(body.get("product_items") or ()) if kind == "order" else (),
-            errors=tuple(raw.get("errors") or ()),
+            button_text=_text(body.get("text")) if kind == "button" else None,
+            button_payload=_text(body.get("payload")) if kind == "button" else None,
+            reaction_emoji=_text(body.get("emoji")) if kind == "reaction" else None,
+            reaction_to=_text(body.get("message_id")) if kind == "reaction" else None,
+            order_items=_objects(body.get("product_items")) if kind == "order" else (),
+            errors=_objects(raw.get("errors")),
         )
 
 
@@ -140,38 +145,49 @@ def _object(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _objects(value: object) -> tuple[dict[str, Any], ...]:
+    """The objects of a JSON list (anything else: none)."""
+    return tuple(entry for entry in value if isinstance(entry, dict)) if isinstance(value, list) else ()
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _number(value: object) -> float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def _media(body: dict[str, Any]) -> Media:
     return Media(
-        id=body.get("id"),
-        mime_type=body.get("mime_type"),
-        sha256=body.get("sha256"),
-        url=body.get("url"),
-        caption=body.get("caption"),
-        filename=body.get("filename"),
-        voice=bool(body.get("voice", False)),
-        animated=bool(body.get("animated", False)),
+        id=_text(body.get("id")),
+        mime_type=_text(body.get("mime_type")),
+        sha256=_text(body.get("sha256")),
+        url=_text(body.get("url")),
+        caption=_text(body.get("caption")),
+        filename=_text(body.get("filename")),
+        voice=body.get("voice") is True,
+        animated=body.get("animated") is True,
     )
 
 
 def _location(body: dict[str, Any]) -> Location | None:
-    try:
-        return Location(
-            latitude=body["latitude"],
-            longitude=body["longitude"],
-            name=body.get("name"),
-            address=body.get("address"),
-        )
-    except KeyError:
+    latitude, longitude = _number(body.get("latitude")), _number(body.get("longitude"))
+    if latitude is None or longitude is None:
         return None
+    return Location(latitude, longitude, name=_text(body.get("name")), address=_text(body.get("address")))
 
 
 def _interactive(body: dict[str, Any]) -> Interactive | None:
-    kind = body.get("type")
+    kind = _text(body.get("type"))
     if not kind:
         return None
     reply = _object(body.get(kind))
     return Interactive(
-        kind=kind, id=reply.get("id"), title=reply.get("title"), response_json=reply.get("response_json")
+        kind=kind,
+        id=_text(reply.get("id")),
+        title=_text(reply.get("title")),
+        response_json=_text(reply.get("response_json")),
     )
 
 

@@ -2,12 +2,21 @@
 
 ``POST /webhook`` answers 200 only after Redis accepted one ``verify`` message holding the exact
 bytes, the signature header and the receive time. Everything else happens in the actors.
+
+The edge faces the internet before any signature is checked, so what a stranger can hold is
+bounded (:class:`EdgeGuard`): a request head must arrive within ``WAPIPE_HEADER_TIMEOUT_SECONDS``
+(idle keep-alive connections close after it too), a body within ``WAPIPE_BODY_TIMEOUT_SECONDS``
+(else 400); at most ``WAPIPE_MAX_CONCURRENT_REQUESTS`` webhook requests and
+``WAPIPE_MAX_BUFFERED_BYTES`` of their bodies are held at once (503 above, before reading), with
+headroom kept for small bodies, so that a flood of large ones never crowds out Meta's webhooks
+(a few KB each). Any body gets 200, 400, 401, 413, 415 or 503, never 500.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hmac
 import logging
 import signal
@@ -83,6 +92,55 @@ async def handshake(request: web.Request) -> web.Response:
     return web.Response(status=403, text="forbidden", content_type="text/plain")
 
 
+class EdgeGuard:
+    """Counts the webhook requests in progress and the body bytes they hold (see the module
+    docstring). Single-threaded: it lives on the web's event loop."""
+
+    #: Bodies up to this size may use :data:`SMALL_HEADROOM` beyond the buffered-bytes cap.
+    SMALL_BODY = 65_536
+    SMALL_HEADROOM = 8 * 1_048_576
+    #: After holding this much, memory is handed back to the system once nothing is held.
+    TRIM_AFTER = 16 * 1_048_576
+
+    def __init__(self, max_requests: int, max_bytes: int) -> None:
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
+        self.requests = 0
+        self.buffered = 0
+        self._held_since_trim = 0
+        self._trim: asyncio.TimerHandle | None = None
+
+    def reserve(self, size: int) -> bool:
+        """Hold ``size`` more body bytes, if the cap allows."""
+        limit = self.max_bytes + (self.SMALL_HEADROOM if size <= self.SMALL_BODY else 0)
+        if self.buffered + size > limit:
+            return False
+        self.buffered += size
+        self._held_since_trim += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.buffered -= size
+        if self.buffered == 0 and self._held_since_trim > self.TRIM_AFTER and self._trim is None:
+            self._trim = asyncio.get_running_loop().call_later(1.0, self._give_back)
+
+    def _give_back(self) -> None:
+        """Return freed heap pages to the system after a burst of large bodies (glibc keeps them
+        otherwise, and the process would stay at its peak)."""
+        self._trim = None
+        if self.buffered == 0:
+            self._held_since_trim = 0
+            _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+GUARD = web.AppKey("edge_guard", EdgeGuard)
+
+
 class _Refused(Exception):
     """A delivery refused with ``status``; ``outcome`` labels the metric."""
 
@@ -93,44 +151,86 @@ class _Refused(Exception):
         self.text = text
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The raw body, refusing (413) before reading more than ``limit`` bytes."""
-    if request.content_length is not None and request.content_length > limit:
+class _Held:
+    """The body bytes one request holds in the guard, released when it is answered."""
+
+    def __init__(self, guard: EdgeGuard) -> None:
+        self.guard = guard
+        self.size = 0
+
+    def take(self, size: int) -> None:
+        if not self.guard.reserve(size):
+            log.warning("webhook_bodies_over_limit", extra={"buffered": self.guard.buffered})
+            raise _Refused(503, "overloaded", "too much in progress, retry later")
+        self.size += size
+
+    def release(self) -> None:
+        self.guard.release(self.size)
+        self.size = 0
+
+
+async def _read_body(request: web.Request, limit: int, held: _Held) -> bytes:
+    """The raw body, refusing (413) before reading more than ``limit`` bytes and (503) past what
+    the guard lets requests hold."""
+    announced = request.content_length
+    if announced is not None and announced > limit:
         raise _Refused(413, "too_large", "payload too large")
+    if announced is not None:
+        held.take(announced)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_any():
         size += len(chunk)
         if size > limit:
             raise _Refused(413, "too_large", "payload too large")
+        if announced is None or size > announced:
+            held.take(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 
 
 async def receive(request: web.Request) -> web.Response:
-    """A webhook delivery: size, signature, JSON, room, durable enqueue, then 200."""
+    """A webhook delivery: room, size, signature, JSON, queue room, durable enqueue, then 200."""
     started = time.perf_counter()
     web_metrics = request.app[WEB_METRICS]
+    guard = request.app[GUARD]
+    held = _Held(guard)
+    guard.requests += 1
     try:
-        envelope_id = await _accept(request)
+        envelope_id = await _accept(request, held)
     except _Refused as refused:
         web_metrics.observe(refused.outcome, time.perf_counter() - started)
         response = web.Response(status=refused.status, text=refused.text, content_type="text/plain")
-        if refused.status == 413:
-            response.force_close()
+        if refused.status in (400, 413, 503) and not request.content.at_eof():
+            response.force_close()  # the rest of the body is not read: the connection cannot be reused
         return response
+    except Exception:  # a bug must not become a 500 that Meta retries for days: 503, logged
+        log.exception("webhook_failed_unexpectedly")
+        web_metrics.observe("unavailable", time.perf_counter() - started)
+        return web.Response(status=503, text="unavailable, retry later", content_type="text/plain")
+    finally:
+        guard.requests -= 1
+        held.release()
     web_metrics.observe("accepted", time.perf_counter() - started)
     log.debug("webhook_accepted", extra={"envelope_id": envelope_id})
     return web.Response(text="ok", content_type="text/plain")
 
 
-async def _accept(request: web.Request) -> str:
+async def _accept(request: web.Request, held: _Held) -> str:
     settings = request.app[SETTINGS]
+    if held.guard.requests > held.guard.max_requests:
+        log.warning("webhook_requests_over_limit", extra={"limit": held.guard.max_requests})
+        raise _Refused(503, "overloaded", "too many requests in progress, retry later")
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         # Meta never compresses; refusing keeps a zip bomb from ever being expanded.
         raise _Refused(415, "bad_json", "content encoding not supported")
-    body = await _read_body(request, settings.max_body_bytes)
+    try:
+        async with asyncio.timeout(settings.body_timeout_seconds):
+            body = await _read_body(request, settings.max_body_bytes, held)
+    except TimeoutError:
+        log.warning("webhook_body_too_slow", extra={"timeout_seconds": settings.body_timeout_seconds})
+        raise _Refused(400, "bad_json", "body not received in time") from None
     header = request.headers.get(signature.HEADER)
     try:
         signature.verify(body, header, settings.app_secret.get())
@@ -193,6 +293,7 @@ def make_app(settings: Settings, redis_url: str) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[WEB_METRICS] = metrics.WebMetrics()
+    app[GUARD] = EdgeGuard(settings.max_concurrent_requests, settings.max_buffered_bytes)
 
     async def redis_lifecycle(app: web.Application) -> AsyncIterator[None]:
         client = redis_client(redis_url, settings.redis_timeout_seconds)
@@ -234,7 +335,14 @@ async def serve(settings: Settings, redis_url: str) -> None:
         StartupError: the port cannot be listened on (one line naming ``PORT``).
     """
     app = make_app(settings, redis_url)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout_seconds)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_timeout_seconds,
+        # aiohttp closes a connection that has not sent a whole request head within this (and an
+        # idle keep-alive connection after it): a slow or silent client cannot hold one forever.
+        keepalive_timeout=settings.header_timeout_seconds,
+    )
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -59,15 +59,16 @@ def test_contacts_by_wa_id_then_user_id_then_the_only_one() -> None:
 @pytest.mark.parametrize(
     ("data", "problem"),
     [
-        ({"id": "wamid.1", "type": "text"}, None),
-        ({"id": "wamid.1"}, None),
-        ({"type": "text"}, "id is missing"),
-        ({"id": "", "type": "text"}, "id is empty"),
-        ({"id": 7, "type": "text"}, "id is a JSON int, not a string"),
-        ({"id": "wamid.\ud83d", "type": "text"}, "id is not valid Unicode (a lone surrogate)"),
-        ({"id": "x" * 513, "type": "text"}, "id is longer than 512 characters"),
-        ({"id": "wamid.1", "type": {"a": 1}}, "type is a JSON dict, not a string"),
+        ({"id": "wamid.1", "type": "text", "from": "1"}, None),
+        ({"id": "wamid.1", "from_user_id": "GB.1"}, None),
+        ({"type": "text", "from": "1"}, "id is missing"),
+        ({"id": "", "type": "text", "from": "1"}, "id is empty"),
+        ({"id": 7, "type": "text", "from": "1"}, "id is a JSON int, not a string"),
+        ({"id": "wamid.\ud83d", "type": "text", "from": "1"}, "id is not valid Unicode (a lone surrogate)"),
+        ({"id": "x" * 513, "type": "text", "from": "1"}, "id is longer than 512 characters"),
+        ({"id": "wamid.1", "type": {"a": 1}, "from": "1"}, "type is a JSON dict, not a string"),
         ({"id": "wamid.1", "from": 447700900123}, "from is a JSON int, not a string"),
+        ({"id": "wamid.1", "type": "text"}, "neither from nor from_user_id: there is no one to answer"),
     ],
 )
 def test_what_makes_a_message_unusable(data: dict[str, object], problem: str | None) -> None:

@@ -347,3 +347,45 @@ async def test_metrics_count_outcomes(client: TestClient[Any, Any]) -> None:
 def test_settings_type() -> None:
     """The settings used here are real Settings (guards the helper)."""
     assert isinstance(settings_for("redis://127.0.0.1:1/0"), Settings)
+
+
+async def _slow_request(port: int, length: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A request whose head is complete and whose body has barely begun."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n{{"
+    writer.write(head.encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def test_requests_over_the_cap_get_503_before_their_body_is_read(
+    make_client: Callable[..., Any],
+) -> None:
+    """With one request slot held by a body still arriving, the next webhook gets 503 (Meta
+    retries); once the slow one timed out with 400, webhooks are accepted again."""
+    client = await make_client(WAPIPE_MAX_CONCURRENT_REQUESTS="1", WAPIPE_BODY_TIMEOUT_SECONDS="0.5")
+    reader, writer = await _slow_request(client.server.port, 100)
+    body = meta_bytes(text_envelope("wamid.CAP1"))
+    await asyncio.sleep(0.1)
+    assert (await post(client, body, signed(body, APP_SECRET)))[0] == 503
+    line = await asyncio.wait_for(reader.readline(), 5)
+    assert line.startswith(b"HTTP/1.1 400")
+    writer.close()
+    assert (await post(client, body, signed(body, APP_SECRET)))[0] == 200
+
+
+async def test_a_small_webhook_gets_through_while_large_bodies_fill_the_byte_cap(
+    make_client: Callable[..., Any], rclient: redis.Redis
+) -> None:
+    """Large bodies in progress hold all of WAPIPE_MAX_BUFFERED_BYTES: another large one gets 503
+    unread, while a webhook of a few KB still fits in the headroom kept for small bodies."""
+    client = await make_client(WAPIPE_MAX_BUFFERED_BYTES="3670016", WAPIPE_BODY_TIMEOUT_SECONDS="5")
+    holders = [await _slow_request(client.server.port, 3_600_000)]
+    await asyncio.sleep(0.1)
+    big = b"{" + b" " * 200_000 + b"}"
+    assert (await post(client, big, signed(big, APP_SECRET)))[0] == 503
+    body = meta_bytes(text_envelope("wamid.SMALL"))
+    assert (await post(client, body, signed(body, APP_SECRET)))[0] == 200
+    assert len(enqueued(rclient)) == 1
+    for _, writer in holders:
+        writer.close()
