@@ -3,7 +3,7 @@
 Dramatiq's Redis consumer sleeps ``compute_backoff`` (5 ms doubling up to ``worker_timeout``)
 whenever a fetch comes back empty or its prefetch is full, so a message enqueued on an idle queue
 waits up to that cap at every hop, and a busy consumer can sleep while its threads are idle
-(DRAMATIQ.md §11). Here the consumer waits on an event with the same timeout, and the event is set
+(docs/dramatiq.md). Here the consumer waits on an event with the same timeout, and the event is set
 
 - by a ``PUBLISH wapipe:wakeup <queue>`` that wapipe's producers (the web edge, the actors) send
   atomically with an enqueue onto an empty queue, and Dramatiq's retries and delayed-message moves

@@ -1,4 +1,4 @@
-"""Worker metrics: DESIGN.md's names and labels, one exposition per ``wapipe worker``.
+"""Worker metrics: the README's names and labels (a contract), one exposition per ``wapipe worker``.
 
 Each worker process writes through prometheus-client's multiprocess mode into a directory that
 belongs to one ``wapipe worker`` invocation only (``PROMETHEUS_MULTIPROC_DIR``, made unique and
@@ -7,7 +7,7 @@ on ``$WAPIPE_METRICS_PORT``. Two workers on one machine therefore never share or
 files. Every label set is created at 0; no user or message ids are ever labels.
 
 Dramatiq's bundled Prometheus middleware is not used: it counts retries twice, leaves gauges stuck
-or negative and exports nothing in some import orders (DRAMATIQ.md §3).
+or negative and exports nothing in some import orders (docs/dramatiq.md).
 """
 
 from __future__ import annotations

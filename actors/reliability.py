@@ -1,4 +1,4 @@
-"""Two fixes to Dramatiq's Redis delivery that wapipe's guarantees depend on (DRAMATIQ.md §1.7, §2).
+"""Two fixes to Dramatiq's Redis delivery that wapipe's guarantees depend on (docs/dramatiq.md).
 
 - :class:`SafeRetries`: Dramatiq's Retries re-enqueues a failed message and the worker then acks
   the original. If Redis is down at that moment the enqueue error is swallowed and the message

@@ -1,7 +1,7 @@
 """reply: run the reply handler, mark the message read, send the replies at most once.
 
 Queue ``wapipe``. Receives one ``item`` (the inbound message object, its ``phone_number_id`` and
-contact, ``received_at``). The handler (DESIGN.md's default, or ``WAPIPE_HANDLER``) returns the
+contact, ``received_at``). The handler (the README's default reply table, or ``WAPIPE_HANDLER``) returns the
 outbound messages; none means "handled without reply" and no read receipt. Otherwise the message
 is marked read (a failure is logged and does not stop the reply), then each outbound message is
 sent from the envelope's own ``phone_number_id``.
@@ -15,7 +15,7 @@ dead-lettered as "unknown outcome", never resent — unless an operator replays 
 the message is done, ``wapipe:handled:{phone_number_id}:{id}`` records how many messages answered
 it (``0``: handled without reply), written with the last ledger mark.
 
-Graph errors (WHATSAPP_API.md §F): permanent codes are dead-lettered at once; throttling codes are
+Graph errors (docs/whatsapp.md, *Error codes*): permanent codes are dead-lettered at once; throttling codes are
 retried on their own schedule (``Retry-After`` when given, 4^X s for the pair limit 131056, 2 s
 for the throughput limit 130429, 60 s for 131057, 80007 and 4), clamped to the ``WAPIPE_RETRY_*_BACKOFF_MS`` bounds; others
 follow the exponential back-off. A refused token (190, 0) pauses sending for that number: its

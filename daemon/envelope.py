@@ -1,4 +1,4 @@
-"""The webhook envelope: its shape check and its split into items (WHATSAPP_API.md §C).
+"""The webhook envelope: its shape check and its split into items (docs/whatsapp.md, *Payload shape*).
 
 Pure functions over parsed JSON. ``envelope_problem`` is what ``verify`` refuses; ``split``
 yields every entry × change × message / status / error, which ``parse`` routes.

@@ -5,7 +5,7 @@ not aiohttp).
 ``stamina`` retries, in-process and briefly, only what cannot have been delivered: a connection
 that could not be made, or an answer of 5xx / 429. A send that may have reached Meta (a timeout
 or a dropped connection after the request went out) raises :class:`SendOutcomeUnknown` and is
-never retried here. Meta's error codes are classified as WHATSAPP_API.md §F says.
+never retried here. Meta's error codes are classified as docs/whatsapp.md, *Error codes*, says.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Typed inbound messages and the reply handler API, with DESIGN.md's default handler.
+"""Typed inbound messages and the reply handler API, with the default handler (the README's *The default reply*).
 
 A handler is ``def handle(message: InboundMessage) -> Sequence[Outbound]`` (or ``async def``).
 Each outbound is the type-specific part of a Graph ``/messages`` body, e.g.
@@ -192,7 +192,7 @@ def _interactive(body: dict[str, Any]) -> Interactive | None:
 
 
 def reply_text(message: InboundMessage) -> str | None:
-    """DESIGN.md's default reply for ``message``, or None for the kinds that get no reply."""
+    """The default reply for ``message``, or None for the kinds that get no reply."""
     if message.type in SILENT_TYPES or message.group_id:
         return None
     return cut_text(_reply_text(message), TEXT_LIMIT)

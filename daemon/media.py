@@ -1,4 +1,4 @@
-"""Where and how inbound media is stored (DESIGN.md *Media*).
+"""Where and how inbound media is stored (the README's *Media*).
 
 Files land atomically at ``$WAPIPE_MEDIA_DIR/{phone_number_id}/{sha256 hex}{ext}``; a file whose
 hash does not match the webhook's goes under ``{phone_number_id}/unverified/`` instead. The

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the web process (names and labels are DESIGN.md's contract).
+"""Prometheus metrics of the web process (names and labels are a contract: see the README).
 
 Each application owns its registry: nothing is registered globally at import time.
 """

@@ -86,7 +86,7 @@ def thread_redis_client(url: str, timeout: float) -> redis.Redis:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """One queue's figures, read in a single round trip (see DRAMATIQ.md §1.2)."""
+    """One queue's figures, read in a single round trip (see docs/dramatiq.md)."""
 
     ready: int
     delayed: int

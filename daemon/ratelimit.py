@@ -1,4 +1,4 @@
-"""Outbound rate limits shared by every worker, in Redis (WHATSAPP_API.md §G).
+"""Outbound rate limits shared by every worker, in Redis (docs/whatsapp.md, *Limits*).
 
 - per business number: ``WAPIPE_SEND_RATE`` sends per second (Meta's default tier is 80; over it
   Meta answers 130429);

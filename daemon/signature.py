@@ -1,7 +1,7 @@
 """``X-Hub-Signature-256``: HMAC-SHA256 of the exact request bytes, keyed with the app secret.
 
 Pure functions, no I/O: the web edge checks the header before anything is enqueued and the
-``verify`` actor checks the stored bytes again. See WHATSAPP_API.md §A2-A3.
+``verify`` actor checks the stored bytes again. See docs/whatsapp.md, *Webhook signatures*.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Configuration: DESIGN.md's table, frozen settings, one-line errors with exit code 2, no secrets."""
+"""Configuration: the README's table, frozen settings, one-line errors with exit code 2, no secrets."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ PRODUCTION = {
 
 
 def test_defaults_follow_the_design_table() -> None:
-    """With only the three Meta variables set, every other default is DESIGN.md's."""
+    """With only the three Meta variables set, every other default is the README's."""
     settings = Settings.from_env(PRODUCTION)
     assert not settings.sandbox
     assert settings.graph_url == "https://graph.facebook.com"

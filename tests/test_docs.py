@@ -25,3 +25,23 @@ def test_every_variable_is_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     missing = sorted(name for name in variables_in_code() if f"`{name}`" not in readme)
     assert missing == []
+
+
+def test_every_cited_document_is_in_the_repository() -> None:
+    """Code, tests and docs cite only documents the repository holds (nothing outside it)."""
+    cited = re.compile(r"(?<![\w/.-])([\w/.-]+\.md)\b")
+    missing = []
+    for path in [
+        *ROOT.glob("*.md"),
+        *ROOT.glob("docs/*.md"),
+        *ROOT.glob("[abdgt]*/**/*.py"),
+        ROOT / "Makefile",
+    ]:
+        if ".venv" in path.parts:
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert "../" + "shared" not in text, path  # the steering documents beside the repository
+        for name in cited.findall(text):
+            if not ((ROOT / name).exists() or (path.parent / name).exists()):
+                missing.append(f"{path.relative_to(ROOT)}: {name}")
+    assert missing == []

@@ -1,4 +1,4 @@
-"""The typed inbound model and DESIGN.md's default reply table, as pure functions."""
+"""The typed inbound model and the default reply table, as pure functions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""fetch_media through a real worker: download, verify, store, answer (DESIGN.md *Media*)."""
+"""fetch_media through a real worker: download, verify, store, answer (the README's *Media*)."""
 
 from __future__ import annotations
 

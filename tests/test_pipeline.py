@@ -25,7 +25,7 @@ PNID = "620000000000001"
 #: The fake Graph API here knows no media ids (100 Invalid parameter), so media cannot be fetched.
 COULD_NOT = "Got your {}, but could not download it."
 
-#: DESIGN.md's default reply for each fixture sample: inbound id suffix → (text, addressing).
+#: The default reply for each fixture sample: inbound id suffix → (text, addressing).
 EXPECTED: dict[str, list[str]] = {
     "text": ["You said: Olá! Do you deliver on Sundays?"],
     "text_reply_to_business_message": ["You said: Yes, that one please"],
@@ -77,7 +77,7 @@ def inbound_ids(sample: dict[str, Any]) -> list[str]:
 def test_every_fixture_sample_gets_exactly_the_design_reply(
     pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis
 ) -> None:
-    """Each sample produces exactly DESIGN.md's calls: read receipt, then one quoting reply, or nothing."""
+    """Each sample produces exactly the contract's calls: read receipt, then one quoting reply, or nothing."""
     samples = webhook_samples()
     assert set(samples) == set(EXPECTED)
     stack = pipeline()

@@ -1,4 +1,4 @@
-"""X-Hub-Signature-256 over the exact bytes (WHATSAPP_API.md §A2-A3)."""
+"""X-Hub-Signature-256 over the exact bytes (docs/whatsapp.md, *Webhook signatures*)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The web edge, row by row of DESIGN.md's HTTP table, checked for what was (not) enqueued.
+"""The web edge, row by row of the README's HTTP table, checked for what was (not) enqueued.
 
 The application runs in-process against the session's real Redis.
 """

@@ -37,7 +37,7 @@ class Reply:
 
 
 def graph_error(code: int, status: int = 400, message: str = "error", **extra: Any) -> Reply:
-    """A Graph error object as Meta sends it (WHATSAPP_API.md §E5)."""
+    """A Graph error object as Meta sends it (docs/whatsapp.md, *Error codes*)."""
     body = {
         "error": {
             "message": f"(#{code}) {message}",

@@ -1,4 +1,4 @@
-"""Serialise and sign webhooks the way Meta does (WHATSAPP_API.md §A3)."""
+"""Serialise and sign webhooks the way Meta does (docs/whatsapp.md, *Webhook signatures*)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from daemon.signature import sign
 from daemon.simulate import meta_body
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"  # copied from shared/fixtures
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"  # webhook samples and a signature vector
 
 
 #: Compact, ASCII-escaped JSON with ``/`` escaped as ``\\/``: the bytes Meta puts on the wire.
