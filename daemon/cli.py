@@ -116,7 +116,10 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
         from actors.supervisor import Supervisor
 
-        supervisor = Supervisor(settings, redis_url, first_cpu=metrics_dir.slot * settings.worker_processes)
+        # Each worker on this host takes its own CPUs: its pipeline processes and its media process.
+        supervisor = Supervisor(
+            settings, redis_url, first_cpu=metrics_dir.slot * (settings.worker_processes + 1)
+        )
         supervisor.start()  # fork before any thread of this process starts
         serve(server)
         cleanup.callback(server.shutdown)

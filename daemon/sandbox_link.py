@@ -132,10 +132,14 @@ class Announcer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> bool:
-        """Record the emulator now (True) or find another web's live record (False); keep refreshing."""
-        recorded = await self._refresh()
+        """Record the emulator now (True), or not yet (False: another web's live record, or Redis
+        unreachable for the moment); keep refreshing either way."""
         self._task = asyncio.get_running_loop().create_task(self._keep())
-        return recorded
+        try:
+            return await self._refresh()
+        except (redis.RedisError, TimeoutError) as error:
+            log.warning("sandbox_record_refresh_failed", extra={"error": type(error).__name__})
+            return False
 
     async def _refresh(self) -> bool:
         value = self.record.encode()

@@ -108,10 +108,9 @@ async def simulate(
                 "no sandbox web is recorded in this Redis: is `wapipe run` (or `wapipe web` in sandbox "
                 "mode) running with the same REDIS_URL / WAPIPE_DATA_DIR?"
             )
-        webhook = url or record.webhook_url  # type: ignore[union-attr]  # checked just above
+        webhook = url if url is not None else record.webhook_url if record is not None else ""
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
-            if content is not None:
-                assert record is not None
+            if content is not None and record is not None:
                 media = await _upload(session, record, settings.api_version, phone_number_id, *content)
                 message |= {"type": "image", "image": media}
             else:

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from daemon import envelope, metrics, sandbox, signature
+from daemon import envelope, logs, metrics, sandbox, signature
 from daemon.config import Settings
 from daemon.queue import QUEUES, AsyncQueue, build_message, redis_client
 from daemon.sandbox_link import Announcer, EmulatorRecord
@@ -204,8 +204,11 @@ async def receive(request: web.Request) -> web.Response:
         if refused.status in (400, 413, 503) and not request.content.at_eof():
             response.force_close()  # the rest of the body is not read: the connection cannot be reused
         return response
-    except Exception:  # a bug must not become a 500 that Meta retries for days: 503, logged
-        log.exception("webhook_failed_unexpectedly")
+    except Exception as error:  # noqa: BLE001 - a bug must not become a 500 that Meta retries for days
+        log.error(
+            "webhook_failed_unexpectedly",
+            extra={"error": type(error).__name__, "traceback": logs.traceback_lines(error)},
+        )
         web_metrics.observe("unavailable", time.perf_counter() - started)
         return web.Response(status=503, text="unavailable, retry later", content_type="text/plain")
     finally:
