@@ -203,6 +203,7 @@ def _claims(
             if item.kind == "message":
                 bad.append((index, item, f"{type(error).__name__}: {error}"[:300]))
             else:
+                metrics.current().dropped_items.labels("invalid_status").inc()
                 log.warning("status_dropped_invalid", extra={"actor": ACTOR_NAME, "index": index})
     work[:] = [(index, item) for index, item, _ in claimed]
     keys = [key for _, _, (item_keys, _) in claimed for key in item_keys]
@@ -211,7 +212,8 @@ def _claims(
     for index, item, problem in bad:
         stage = _stage(item)
         message = build_message(stage, {"item": _handoff(item, received_at, envelope_id)})
-        letter_id = str(uuid.uuid4())
+        # The same id on a rerun of this parse attempt: the dead letter is written once.
+        letter_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wapipe:{attempt_id}:{index}"))
         record = {
             "message_id": message.message_id,
             "stage": stage,
