@@ -13,6 +13,7 @@ import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import redis
@@ -46,8 +47,8 @@ def run_checks(settings: Settings) -> list[Result]:
     finally:
         if client is not None:
             client.close()
-    results.append(_directory(settings, "data dir", "WAPIPE_DATA_DIR"))
-    results.append(_directory(settings, "media dir", "WAPIPE_MEDIA_DIR"))
+    results.append(_directory("data dir", settings.data_dir, "WAPIPE_DATA_DIR"))
+    results.append(_directory("media dir", settings.media_dir, "WAPIPE_MEDIA_DIR"))
     results.append(_handler(settings))
     return results
 
@@ -142,8 +143,7 @@ def _graph_reason(error: urllib.error.HTTPError) -> str:
     return f"code {code}: {message}"
 
 
-def _directory(settings: Settings, name: str, variable: str) -> Result:
-    path = settings.data_dir if variable == "WAPIPE_DATA_DIR" else settings.media_dir
+def _directory(name: str, path: Path, variable: str) -> Result:
     try:
         writable_dir(path, variable)
     except StartupError as error:
