@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -98,32 +98,41 @@ def test_no_record_means_no_emulator(redis_url: str) -> None:
     link.close()
 
 
-async def test_the_webs_own_emulator_is_found_proven_and_used(
-    redis_url: str, rclient: redis.Redis, stranger: Stranger, tmp_path: Path
-) -> None:
-    """A sandbox web announces itself; the worker's link verifies it and sends there with its token;
-    an answer that lacks the emulator's proof (a stranger now on that address) counts as not sent;
-    media may be fetched from the emulator's own address only, never another loopback port."""
+@pytest.fixture
+async def sandbox_web(redis_url: str) -> AsyncIterator[Announcer]:
+    """A sandbox web app serving its emulator on a free port, and the announcer of its record
+    (not started): the test starts and stops it."""
     app = make_app(sandbox_settings(), redis_url)
     server = TestServer(app)
     await server.start_server()
     emulator = app[EMULATOR]
     emulator.web_url = advertised_url("127.0.0.1", server.port)
-    announcer = Announcer(app[REDIS], EmulatorRecord(emulator.web_url, emulator.token))
+    yield Announcer(app[REDIS], EmulatorRecord(emulator.web_url, emulator.token))
+    await server.close()
+
+
+async def test_the_webs_own_emulator_is_found_proven_and_used(
+    redis_url: str, rclient: redis.Redis, stranger: Stranger, tmp_path: Path, sandbox_web: Announcer
+) -> None:
+    """A sandbox web announces itself; the worker's link verifies it and sends there with its token;
+    an answer that lacks the emulator's proof (a stranger now on that address) counts as not sent;
+    media may be fetched from the emulator's own address only, never another loopback port."""
+    announcer = sandbox_web
+    web_url = announcer.record.web_url
     assert await announcer.start()
     sync = redis.Redis.from_url(redis_url)
     link = EmulatorLink(sync, timeout=2)
     client = GraphClient(sandbox_settings(), endpoint=emulator_endpoint(link, "v25.0"))
     try:
-        assert (await asyncio.to_thread(link.current)).web_url == emulator.web_url
+        assert (await asyncio.to_thread(link.current)).web_url == web_url
         body = {"messaging_product": "whatsapp", "type": "text", "to": "+1", "text": {"body": "hi"}}
         result = await asyncio.to_thread(client.send_message, "1", body, in_reply_to="wamid.X")
         assert result.message_id is not None
         assert result.message_id.startswith("wamid.sandbox.")
         endpoint: Endpoint = await asyncio.to_thread(client.endpoint)
-        assert endpoint.media_allowed(f"{emulator.web_url}/sandbox/graph/media-download/1")
+        assert endpoint.media_allowed(f"{web_url}/sandbox/graph/media-download/1")
         assert not endpoint.media_allowed(f"{stranger.url}/sandbox/graph/media-download/1")
-        assert not endpoint.media_allowed(emulator.web_url.replace("127.0.0.1", "localhost") + "/x")
+        assert not endpoint.media_allowed(web_url.replace("127.0.0.1", "localhost") + "/x")
         sink = TempFile(tmp_path)
         try:
             with pytest.raises(MediaRefused):
@@ -145,21 +154,15 @@ async def test_the_webs_own_emulator_is_found_proven_and_used(
         link.close()
         await announcer.stop()
         assert read(rclient) is None  # withdrawn at stop
-        await server.close()
 
 
 async def test_a_second_web_defers_to_a_live_one_and_replaces_a_dead_ones_record(
-    redis_url: str, rclient: redis.Redis
+    redis_url: str, rclient: redis.Redis, sandbox_web: Announcer
 ) -> None:
     """Two sandbox webs on one Redis: the second leaves the record of the first while the first
     proves itself (workers keep one emulator) and withdraws only its own; a record whose web no
     longer answers (killed, then restarted with a new token) is replaced at once."""
-    app = make_app(sandbox_settings(), redis_url)
-    server = TestServer(app)
-    await server.start_server()
-    emulator = app[EMULATOR]
-    emulator.web_url = advertised_url("127.0.0.1", server.port)
-    live = Announcer(app[REDIS], EmulatorRecord(emulator.web_url, emulator.token))
+    live = sandbox_web
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
         assert await live.start()
@@ -176,4 +179,3 @@ async def test_a_second_web_defers_to_a_live_one_and_replaces_a_dead_ones_record
         assert read(rclient) is None
     finally:
         await client.aclose()
-        await server.close()
