@@ -19,10 +19,11 @@ from dramatiq import Message
 
 from daemon.config import Settings
 from daemon.queue import PIPELINE_QUEUE
-from daemon.web import make_app
+from daemon.web import GUARD, make_app
 from tests.conftest import APP_SECRET, VERIFY_TOKEN, settings_for
 from tests.support.meta import meta_bytes, signed, text_envelope
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import async_wait_for
 
 QUEUE_KEY = f"dramatiq:{PIPELINE_QUEUE}"
 
@@ -358,6 +359,16 @@ async def _slow_request(port: int, length: int) -> tuple[asyncio.StreamReader, a
     return reader, writer
 
 
+async def held_in_guard(client: TestClient[Any, Any], *, requests: int) -> None:
+    """Wait until the edge counts ``requests`` webhook requests in progress."""
+    guard = client.server.app[GUARD]
+
+    async def counted() -> bool:
+        return bool(guard.requests == requests)
+
+    await async_wait_for(counted, timeout=5, what=f"{requests} request(s) held at the edge")
+
+
 async def test_requests_over_the_cap_get_503_before_their_body_is_read(
     make_client: Callable[..., Any],
 ) -> None:
@@ -366,7 +377,7 @@ async def test_requests_over_the_cap_get_503_before_their_body_is_read(
     client = await make_client(WAPIPE_MAX_CONCURRENT_REQUESTS="1", WAPIPE_BODY_TIMEOUT_SECONDS="0.5")
     reader, writer = await _slow_request(client.server.port, 100)
     body = meta_bytes(text_envelope("wamid.CAP1"))
-    await asyncio.sleep(0.1)
+    await held_in_guard(client, requests=1)
     assert (await post(client, body, signed(body, APP_SECRET)))[0] == 503
     line = await asyncio.wait_for(reader.readline(), 5)
     assert line.startswith(b"HTTP/1.1 400")
@@ -381,7 +392,7 @@ async def test_a_small_webhook_gets_through_while_large_bodies_fill_the_byte_cap
     unread, while a webhook of a few KB still fits in the headroom kept for small bodies."""
     client = await make_client(WAPIPE_MAX_BUFFERED_BYTES="3670016", WAPIPE_BODY_TIMEOUT_SECONDS="5")
     holders = [await _slow_request(client.server.port, 3_600_000)]
-    await asyncio.sleep(0.1)
+    await held_in_guard(client, requests=1)
     big = b"{" + b" " * 200_000 + b"}"
     assert (await post(client, big, signed(big, APP_SECRET)))[0] == 503
     body = meta_bytes(text_envelope("wamid.SMALL"))
