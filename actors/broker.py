@@ -5,9 +5,10 @@ Each worker process (:mod:`actors.supervisor`) calls :func:`build_broker` once a
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
-from types import ModuleType
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -15,20 +16,20 @@ from dramatiq.asyncio import EventLoopThread, get_event_loop_thread, set_event_l
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, ShutdownNotifications, TimeLimit
 
-from actors import fetch_media, parse, reply, verify
-from actors.consumer import WakeableRedisBroker
+from actors.context import Context, ResourcesMiddleware
 from actors.dead_letters import DeadLetterRecorder
-from actors.errors import PermanentFailure
+from actors.dramatiq_adapter import WakeableRedisBroker
+from actors.errors import EnvelopeRejected, ItemRejected, PermanentFailure
 from actors.metrics import ActorMetrics
 from actors.reliability import SafeRetries, Sweeper
-from actors.runtime import RuntimeMiddleware
 from daemon.config import Settings
-from daemon.queue import ACTOR_QUEUES, NAMESPACE
+from daemon.pipeline import STAGES, ArgumentInvalid, MessageItem, Stage
+from daemon.store.keys import NAMESPACE
 
 log = logging.getLogger(__name__)
 
-#: The actor modules, each defining ``ACTOR_NAME``, ``run`` and ``OPTIONS``.
-STAGES: tuple[ModuleType, ...] = (verify, parse, fetch_media, reply)
+#: A stage's function: ``run(context, argument)``, in the module its table line names.
+StageFunction = Callable[[Context, Any], None]
 
 #: The longest an actor may run before TimeLimit interrupts it (then it is retried).
 TIME_LIMIT_MS = 120_000
@@ -82,7 +83,7 @@ def build_broker(settings: Settings, redis_url: str, threads: int | None = None)
         CurrentMessage(),
         Sweeper(settings.heartbeat_timeout_ms, settings.dlq_retention_days),
         DaemonAsyncIO(),
-        RuntimeMiddleware(settings, redis_url),
+        resources := ResourcesMiddleware(settings, redis_url),
     ]
     broker = WakeableRedisBroker(
         url=redis_url,
@@ -94,30 +95,55 @@ def build_broker(settings: Settings, redis_url: str, threads: int | None = None)
     )
     dramatiq.set_broker(broker)
     for stage in STAGES:
+        module = importlib.import_module(stage.module)
         declare = dramatiq.actor(
-            actor_name=stage.ACTOR_NAME,
-            queue_name=ACTOR_QUEUES[stage.ACTOR_NAME],
+            actor_name=stage.name,
+            queue_name=stage.queue,
             broker=broker,
-            **stage_options(stage, settings),
+            **stage_options(stage, settings, getattr(module, "RETRY_FOREVER", ())),
         )
-        declare(stage.run)
+        declare(actor_function(stage, module.run, resources))
     return broker
 
 
-def stage_options(stage: ModuleType, settings: Settings) -> dict[str, Any]:
-    """A stage's Dramatiq options: the settings' retry policy, then the stage's own ``OPTIONS``.
+def actor_function(
+    stage: Stage[Any], run: StageFunction, resources: ResourcesMiddleware
+) -> Callable[..., None]:
+    """The function Dramatiq calls for ``stage``: decode the message's argument, build the run's
+    context, call the stage. An argument that is not the stage's is dead-lettered at once."""
+    rejected = ItemRejected if stage.argument is MessageItem else EnvelopeRejected
 
-    Every stage dead-letters a :class:`PermanentFailure` at once. A stage may list
-    ``RETRY_FOREVER`` exceptions (e.g. sending paused on a bad token) that never exhaust its retries.
+    def perform(**kwargs: Any) -> None:
+        message = CurrentMessage.get_current_message()
+        if resources.resources is None or message is None:
+            raise RuntimeError(f"{stage.name} runs only inside a booted worker")
+        try:
+            argument = stage.decode(kwargs)
+        except ArgumentInvalid as error:
+            item = kwargs.get("item")
+            envelope_id = item.get("envelope_id") if isinstance(item, dict) else kwargs.get("envelope_id")
+            raise rejected(str(error), envelope_id=envelope_id) from None
+        run(resources.resources.context(str(message.message_id), message.options), argument)
+
+    perform.__name__ = perform.__qualname__ = stage.name
+    return perform
+
+
+def stage_options(
+    stage: Stage[Any], settings: Settings, forever: tuple[type[BaseException], ...] = ()
+) -> dict[str, Any]:
+    """A stage's Dramatiq options: the settings' retry policy, then the stage's own options.
+
+    Every stage dead-letters a :class:`PermanentFailure` at once. ``forever`` lists exceptions
+    (e.g. sending paused on a bad token) that never exhaust its retries.
     """
     options: dict[str, Any] = {
         "throws": (PermanentFailure,),
         "max_retries": settings.retry_max,
         "min_backoff": settings.retry_min_backoff_ms,
         "max_backoff": settings.retry_max_backoff_ms,
-        **stage.OPTIONS,
+        **stage.options,
     }
-    forever: tuple[type[BaseException], ...] = getattr(stage, "RETRY_FOREVER", ())
     if forever:
         limit = int(options["max_retries"])
         options["retry_when"] = lambda retries, error: isinstance(error, forever) or retries < limit

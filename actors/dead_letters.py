@@ -21,7 +21,6 @@ from redis.exceptions import RedisError
 
 from actors.errors import PermanentFailure
 from actors.reliability import ENQUEUE_LOST, RedisStillDown, wait_out_outage
-from daemon.dlq import REASONS_KEY
 from daemon.graph import (
     GraphError,
     GraphUnreachable,
@@ -31,6 +30,7 @@ from daemon.graph import (
     SendOutcomeUnknown,
 )
 from daemon.logs import traceback_lines
+from daemon.store.deadletters import REASONS_KEY
 
 log = logging.getLogger(__name__)
 

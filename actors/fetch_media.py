@@ -1,7 +1,8 @@
 """fetch_media: download, verify and store what users send, then hand the message to reply.
 
-Queue ``wapipe_media`` (slow media never delays text replies). Receives the same ``item`` reply
-does, for image, video, audio, document and sticker messages.
+Queue ``wapipe_media`` (slow media never delays text replies). Receives the same
+:class:`~daemon.pipeline.MessageItem` reply does, for image, video, audio, document and sticker
+messages.
 
 1. The webhook's media ``url`` is used only when its host is in ``WHATSAPP_MEDIA_HOSTS`` (in sandbox
    mode: only the emulator's own address); otherwise (or when it is absent or has expired)
@@ -14,9 +15,10 @@ does, for image, video, audio, document and sticker messages.
    still answered.
 4. ``reply`` receives the item with ``stored_media`` (path, mime type, size, whether the hash
    matched). When the file cannot be had — a permanent refusal at once, a transient failure after
-   :data:`MAX_RETRIES` retries — ``reply`` receives it without, and says it could not download it.
+   ``MEDIA_MAX_RETRIES`` (3) retries — ``reply`` receives it without, and says it could not
+   download it.
 
-Worst case: ``(MAX_RETRIES + 1)`` runs × (up to ``WAPIPE_GRAPH_ATTEMPTS`` lookups and downloads,
+Worst case: ``(MEDIA_MAX_RETRIES + 1)`` runs × (up to ``WAPIPE_GRAPH_ATTEMPTS`` lookups and downloads,
 and one URL refresh) spaced by the Dramatiq back-off.
 """
 
@@ -25,9 +27,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors import metrics, runtime
-from actors.errors import ItemRejected
-from daemon.envelope import handoff_problem
+from actors.context import Context
 from daemon.graph import (
     AnswerCut,
     GraphError,
@@ -37,17 +37,12 @@ from daemon.graph import (
     RequestInvalid,
     SendOutcomeUnknown,
 )
-from daemon.media import TempFile, expected_digest, phone_dir
-from daemon.queue import build_message
+from daemon.pipeline import FETCH_MEDIA, MEDIA_MAX_RETRIES, REPLY, MessageItem, StoredMedia
+from daemon.store.media import TempFile, expected_digest, phone_dir
 
 log = logging.getLogger(__name__)
 
-ACTOR_NAME = "fetch_media"
-#: Retries of a transient failure before the reply goes out without the file.
-MAX_RETRIES = 3
-#: A 100 MB file on a slow link takes minutes; the download's own timeouts bound each read.
-TIME_LIMIT_MS = 15 * 60 * 1000
-OPTIONS: dict[str, Any] = {"max_retries": MAX_RETRIES, "time_limit": TIME_LIMIT_MS}
+ACTOR_NAME = FETCH_MEDIA.name
 
 #: Retried (SendOutcomeUnknown covers a cut download and one under the rate floor).
 _TRANSIENT = (GraphUnreachable, SendOutcomeUnknown, MediaExpired)
@@ -55,19 +50,16 @@ _TRANSIENT = (GraphUnreachable, SendOutcomeUnknown, MediaExpired)
 _FAILURES = (MediaRefused, RequestInvalid, GraphError, *_TRANSIENT)
 
 
-def run(item: dict[str, Any]) -> None:
-    rt = runtime.current()
-    problem = handoff_problem(item)
-    if problem is not None:
-        raise ItemRejected(problem, envelope_id=item.get("envelope_id"))
-    message = item["message"]
-    kind = str(message.get("type"))
-    media = message.get(kind) if isinstance(message.get(kind), dict) else {}
-    fields = {"actor": ACTOR_NAME, "message_id": message.get("id"), "type": kind}
+def run(context: Context, item: MessageItem) -> None:
+    kind = item.type
+    found = item.message.get(kind)
+    media: dict[str, Any] = found if isinstance(found, dict) else {}
+    fields = {"actor": ACTOR_NAME, "message_id": item.id, "type": kind}
+    stored: StoredMedia | None
     try:
-        stored = _fetch(rt, str(item["phone_number_id"]), media)
+        stored = _fetch(context, item.phone_number_id, media)
     except _FAILURES as error:
-        last_try = int(runtime.current_options().get("retries", 0)) >= MAX_RETRIES
+        last_try = context.retries >= MEDIA_MAX_RETRIES
         transient = isinstance(error, _TRANSIENT) or (
             isinstance(error, GraphError) and error.kind != "permanent"
         )
@@ -76,19 +68,18 @@ def run(item: dict[str, Any]) -> None:
         log.warning(
             "media_unavailable", extra={**fields, "error": type(error).__name__, "detail": str(error)[:200]}
         )
-        metrics.current().media_downloads.labels("failed").inc()
+        context.metrics.media_downloads.labels("failed").inc()
         stored = None
-    if stored is not None:
-        item = {**item, "stored_media": stored}
-    rt.queue.enqueue(build_message("reply", {"item": item}))
+    context.store.queue.send(REPLY, item if stored is None else item.with_file(stored))
 
 
-def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any]) -> dict[str, Any]:
+def _fetch(context: Context, phone_number_id: str, media: dict[str, Any]) -> StoredMedia:
     """Look up, download and store the file."""
-    settings = rt.settings
+    settings = context.settings
+    graph = context.graph
     media_id = _text(media.get("id"))
     url = _text(media.get("url"))
-    if url is not None and not rt.graph.media_allowed(url):
+    if url is not None and not graph.media_allowed(url):
         log.info(
             "media_url_ignored", extra={"actor": ACTOR_NAME, "reason": "host not in WHATSAPP_MEDIA_HOSTS"}
         )
@@ -101,10 +92,10 @@ def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any]) -> 
             if url is None:
                 if not media_id:
                     raise MediaRefused("the message has neither a usable url nor a media id")
-                info = rt.graph.media_info(str(media_id), phone_number_id)
+                info = graph.media_info(str(media_id), phone_number_id)
                 url = _text(info.get("url")) or ""
             try:
-                content_type = rt.graph.download(url, sink, max_bytes=settings.media_max_bytes)
+                content_type = graph.download(url, sink, max_bytes=settings.media_max_bytes)
                 break
             except MediaExpired:
                 if refresh:
@@ -124,18 +115,15 @@ def _fetch(rt: runtime.Runtime, phone_number_id: str, media: dict[str, Any]) -> 
         stored = sink.store(folder, mime, expected)
     finally:
         sink.discard()
-    families = metrics.current()
+    families = context.metrics
     families.media_downloads.labels("stored" if stored.verified else "unverified").inc()
     families.media_bytes.inc(stored.size)
     if not stored.verified:
         log.warning("media_hash_mismatch", extra={"actor": ACTOR_NAME, "stored_as": str(stored.path.name)})
     log.info("media_stored", extra={"actor": ACTOR_NAME, "bytes": stored.size, "verified": stored.verified})
-    return {
-        "path": str(stored.path),
-        "mime_type": str(mime),
-        "size": stored.size,
-        "sha256_ok": stored.verified,
-    }
+    return StoredMedia(
+        path=str(stored.path), mime_type=str(mime), size=stored.size, sha256_ok=stored.verified
+    )
 
 
 def _text(value: object) -> str | None:

@@ -24,10 +24,11 @@ from actors.dead_letters import expected, reason_line
 from daemon.envelope import OTHER_FIELDS
 from daemon.graph import DOCUMENTED_CODES
 from daemon.logs import traceback_lines
+from daemon.pipeline import STAGE_NAMES
 
 log = logging.getLogger(__name__)
 
-ACTORS = ("verify", "parse", "fetch_media", "reply")
+ACTORS = STAGE_NAMES
 ACTOR_OUTCOMES = ("succeeded", "retried", "failed", "dead_lettered")
 GRAPH_ENDPOINTS = ("send", "mark_read", "media_info", "media_download")
 GRAPH_RESULTS = ("ok", "client_error", "server_error", "throttled", "auth", "unreachable", "timeout")

@@ -26,92 +26,30 @@ one Lua script for the whole envelope: one round trip, and all of it or none. Re
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 from collections import Counter
-from typing import Any
 
-from actors import metrics, runtime
-from daemon.dlq import REASONS_KEY
+from actors.context import Context
 from daemon.envelope import MEDIA_TYPES, Item, item_problem, loads, split
-from daemon.queue import NAMESPACE, PUSH_FUNCTION, WAKEUP_CHANNEL, build_message, prepare
+from daemon.pipeline import FETCH_MEDIA, PARSE, REPLY, Envelope, MessageItem, Stage, message
+from daemon.store import dedup
 
 log = logging.getLogger(__name__)
 
-ACTOR_NAME = "parse"
-OPTIONS: dict[str, Any] = {}
-
-#: Status order: a status only replaces a lower one; ``failed`` is terminal.
-STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3, "played": 4, "failed": 5}
-STATUS_TTL_SECONDS = 30 * 86_400
-#: Stands in for the dedup mark of an item without an id (never read or written).
-UNMARKED = "wapipe:seen:-"
-
-#: KEYS: per item its dedup mark and its target (a message: the queue list and message hash it goes
-#: to; a status: its status hash), then per bad item its queue's dead-letter set, their messages
-#: and the reasons hash. ARGV: the number of items, then 8 values per item: kind, owner, dedup TTL
-#: (s), '1' to skip the dedup check (replay, no id), then for a message ``push``'s id, data, queue
-#: and channel, for a status its status, rank, timestamp and TTL (s); then 4 values per bad item:
-#: its dead letter's id, message data, reason record and time (ms) — Dramatiq's dead-letter layout,
-#: as its ``nack`` writes it. A mark held by another owner makes the item a duplicate; a status only
-#: replaces a lower rank. Returns one flag per item: 1 handled now, 0 a duplicate.
-_CLAIM = (
-    PUSH_FUNCTION
-    + """
-local results = {}
-local k = 1
-local n = tonumber(ARGV[1])
-for i = 1, n do
-  local a = 1 + (i - 1) * 8
-  local kind, owner, ttl = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local fresh = ARGV[a + 4] == '1'
-  if not fresh then
-    fresh = redis.call('SET', KEYS[k], owner, 'NX', 'EX', ttl) and true or redis.call('GET', KEYS[k]) == owner
-  end
-  if kind == 'message' then
-    if fresh then push(KEYS[k + 1], KEYS[k + 2], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]) end
-    k = k + 3
-  else
-    if fresh and tonumber(ARGV[a + 6]) > tonumber(redis.call('HGET', KEYS[k + 1], 'rank') or '0') then
-      redis.call('HSET', KEYS[k + 1], 'status', ARGV[a + 5], 'rank', ARGV[a + 6], 'timestamp', ARGV[a + 7])
-      redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 8])
-    end
-    k = k + 2
-  end
-  results[i] = fresh and 1 or 0
-end
-for b = 2 + n * 8, #ARGV, 4 do
-  redis.call('ZADD', KEYS[k], ARGV[b + 3], ARGV[b])
-  redis.call('HSET', KEYS[k + 1], ARGV[b], ARGV[b + 1])
-  redis.call('HSET', KEYS[k + 2], ARGV[b], ARGV[b + 2])
-  k = k + 3
-end
-return results
-"""
-)
+ACTOR_NAME = PARSE.name
 
 
-def dedup_key(item: Item) -> str | None:
-    """The Redis key that marks ``item`` as seen, or None for items without an id."""
-    item_id = item.data.get("id")
-    if not isinstance(item_id, str) or not item_id:
-        return None
-    if item.kind == "message":
-        return f"wapipe:seen:msg:{item_id}"
-    return f"wapipe:seen:status:{item_id}:{item.data.get('status')}"
-
-
-def run(body: str, received_at: float, envelope_id: str) -> None:
-    rt = runtime.current()
-    allowed = rt.settings.phone_number_ids
+def run(context: Context, envelope: Envelope) -> None:
+    allowed = context.settings.phone_number_ids
+    envelope_id = envelope.envelope_id
     work: list[tuple[int, Item]] = []
     bad: list[tuple[int, Item, str]] = []
     fields: Counter[str] = Counter()
     errors: Counter[object] = Counter()
     foreign = invalid_statuses = 0
-    for index, item in enumerate(split(loads(body))):  # type: ignore[arg-type]  # verify checked its shape
+    for index, item in enumerate(split(loads(envelope.body))):  # type: ignore[arg-type]  # verify checked its shape
         if item.kind == "field":
             fields[item.field] += 1
             log.info(
@@ -146,9 +84,9 @@ def run(body: str, received_at: float, envelope_id: str) -> None:
                 bad.append((index, item, problem))
         else:
             work.append((index, item))
-    keys, args, bad = _claims(rt, work, bad, received_at, envelope_id)
-    handled = rt.script(_CLAIM)(keys=keys, args=[len(work), *args]) if keys else []
-    families = metrics.current()
+    claims, work, bad = _claims(context, work, bad, envelope)
+    handled = claims.run(context.store.client)
+    families = context.metrics
     for field, count in fields.items():
         families.unhandled_fields.labels(families.field_label(field)).inc(count)
     for code, count in errors.items():
@@ -177,99 +115,84 @@ def run(body: str, received_at: float, envelope_id: str) -> None:
 
 
 def _claims(
-    rt: runtime.Runtime,
+    context: Context,
     work: list[tuple[int, Item]],
     bad: list[tuple[int, Item, str]],
-    received_at: float,
-    envelope_id: str,
-) -> tuple[list[str], list[Any], list[tuple[int, Item, str]]]:
-    """``_CLAIM``'s keys and arguments for ``work`` (items with their index in the envelope), then
-    for the dead letters of ``bad`` items. An item whose arguments cannot be made joins ``bad``
-    (and leaves ``work``); the bad items are returned."""
-    settings = rt.settings
-    attempt_id = runtime.current_message_id()
-    replay = bool(runtime.current_options().get("wapipe_replay"))
-    claimed: list[tuple[int, Item, tuple[list[str], list[Any]]]] = []
+    envelope: Envelope,
+) -> tuple[dedup.Claims, list[tuple[int, Item]], list[tuple[int, Item, str]]]:
+    """The envelope's writes for ``work`` (items with their index in the envelope), then the dead
+    letters of ``bad`` items. An item whose writes cannot be made joins ``bad`` (a message) or is
+    dropped and counted (a status). Returns the writes, the claimed items and the bad ones."""
+    settings = context.settings
+    attempt_id = context.message_id
+    claims = dedup.Claims()
+    claimed: list[tuple[int, Item]] = []
     for index, item in work:
+        owner = f"{attempt_id}:{index}"
+        mark = dedup.mark(item)
         try:
-            claimed.append(
-                (
-                    index,
-                    item,
-                    _claim(item, f"{attempt_id}:{index}", replay, received_at, envelope_id, settings),
+            if item.kind == "message":
+                handoff = MessageItem.from_item(item, envelope.received_at, envelope.envelope_id)
+                claims.add_message(
+                    mark,
+                    owner,
+                    settings.message_dedup_ttl_seconds,
+                    context.replay,
+                    message(_stage(item), handoff),
                 )
-            )
+            else:
+                claims.add_status(
+                    mark,
+                    owner,
+                    settings.status_dedup_ttl_seconds,
+                    context.replay,
+                    str(item.data.get("id")),
+                    str(item.data.get("status")),
+                    str(item.data.get("timestamp", "")),
+                )
         except (TypeError, ValueError) as error:  # a value of a shape no check foresaw
             if item.kind == "message":
                 bad.append((index, item, f"{type(error).__name__}: {error}"[:300]))
             else:
-                metrics.current().dropped_items.labels("invalid_status").inc()
+                context.metrics.dropped_items.labels("invalid_status").inc()
                 log.warning("status_dropped_invalid", extra={"actor": ACTOR_NAME, "index": index})
-    work[:] = [(index, item) for index, item, _ in claimed]
-    keys = [key for _, _, (item_keys, _) in claimed for key in item_keys]
-    args = [arg for _, _, (_, item_args) in claimed for arg in item_args]
+            continue
+        claimed.append((index, item))
     now_ms = int(time.time() * 1000)
     for index, item, problem in bad:
         stage = _stage(item)
-        message = build_message(stage, {"item": _handoff(item, received_at, envelope_id)})
-        # The same id on a rerun of this parse attempt: the dead letter is written once.
-        letter_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wapipe:{attempt_id}:{index}"))
+        letter = message(stage, _raw_handoff(item, envelope))
         record = {
-            "message_id": message.message_id,
-            "stage": stage,
-            "queue": message.queue_name,
+            "message_id": letter.message_id,
+            "stage": stage.name,
+            "queue": letter.queue_name,
             "reason": {
                 "type": "ItemRejected",
                 "message": problem,
-                "envelope_id": envelope_id,
+                "envelope_id": envelope.envelope_id,
                 "index": index,
             },
             "attempts": 0,
             "failed_at": now_ms / 1000,
         }
-        stored = message.copy(options={"redis_message_id": letter_id})
-        xq = f"{NAMESPACE}:{message.queue_name}.XQ"
-        keys += [xq, f"{xq}.msgs", REASONS_KEY]
-        args += [letter_id, stored.encode(), json.dumps(record), now_ms]
-    return keys, args, bad
+        # The same id on a rerun of this parse attempt: the dead letter is written once.
+        letter_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wapipe:{attempt_id}:{index}"))
+        claims.add_dead_letter(letter, letter_id, record, now_ms)
+    return claims, claimed, bad
 
 
-def _stage(item: Item) -> str:
+def _stage(item: Item) -> Stage[MessageItem]:
     kind = item.data.get("type")
-    return "fetch_media" if isinstance(kind, str) and kind in MEDIA_TYPES else "reply"
+    return FETCH_MEDIA if isinstance(kind, str) and kind in MEDIA_TYPES else REPLY
 
 
-def _claim(
-    item: Item, owner: str, replay: bool, received_at: float, envelope_id: str, settings: Any
-) -> tuple[list[str], list[Any]]:
-    """One item's keys and arguments for ``_CLAIM``; every string is proven encodable here, so that
-    a bad one fails this item alone, not the script of the envelope."""
-    mark = dedup_key(item)
-    skip_check = "1" if replay or mark is None else "0"
-    keys = [mark or UNMARKED]
-    if item.kind == "message":
-        _, queue_keys, push_args = prepare(
-            build_message(_stage(item), {"item": _handoff(item, received_at, envelope_id)})
-        )
-        keys += queue_keys
-        args = ["message", owner, settings.message_dedup_ttl_seconds, skip_check, *push_args, WAKEUP_CHANNEL]
-    else:
-        status = str(item.data.get("status"))
-        keys.append(f"wapipe:status:{item.data.get('id')}")
-        args = ["status", owner, settings.status_dedup_ttl_seconds, skip_check]
-        args += [status, STATUS_RANK.get(status, 0), str(item.data.get("timestamp", "")), STATUS_TTL_SECONDS]
-    for value in (*keys, *args):
-        if isinstance(value, str):
-            value.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
-    return keys, args
-
-
-def _handoff(item: Item, received_at: float, envelope_id: str) -> dict[str, Any]:
-    return {
-        "message": item.data,
-        "contact": item.contact,
-        "phone_number_id": item.phone_number_id,
-        "display_phone_number": item.display_phone_number,
-        "received_at": received_at,
-        "envelope_id": envelope_id,
-    }
+def _raw_handoff(item: Item, envelope: Envelope) -> MessageItem:
+    """The hand-off of a message that cannot be handled, as it came (for its dead letter)."""
+    return MessageItem(
+        message=item.data,
+        phone_number_id=item.phone_number_id,  # type: ignore[arg-type]  # may be anything: it is dead
+        contact=item.contact,
+        display_phone_number=item.display_phone_number,
+        received_at=envelope.received_at,
+        envelope_id=envelope.envelope_id,
+    )

@@ -25,8 +25,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Retries
 
-from daemon import dlq
-from daemon.queue import NAMESPACE, QUEUES
+from actors.dramatiq_adapter import sweep
+from daemon.store import deadletters
 
 log = logging.getLogger(__name__)
 
@@ -131,27 +131,7 @@ class Sweeper(dramatiq.Middleware):
             try:
                 sweep(broker)
                 if time.monotonic() >= next_purge:
-                    dlq.purge(broker.client, older_than_seconds=self.retention_seconds)
+                    deadletters.purge(broker.client, older_than_seconds=self.retention_seconds)
                     next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
             except redis.RedisError as error:
                 log.warning("sweep_failed", extra={"error": type(error).__name__})
-
-
-def sweep(broker: RedisBroker) -> None:
-    """One forced maintenance pass (requeue dead workers' messages) on each queue and delay queue."""
-    dispatch = broker.scripts["dispatch"]
-    for queue in QUEUES:
-        for name in (queue, f"{queue}.DQ"):
-            dispatch(
-                keys=[NAMESPACE],
-                args=[
-                    "qsize",
-                    int(time.time() * 1000),
-                    name,
-                    broker.broker_id,
-                    broker.heartbeat_timeout,
-                    broker.dead_message_ttl,
-                    1,
-                    broker._max_unpack_size(),  # type: ignore[no-untyped-call]
-                ],
-            )

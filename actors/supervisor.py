@@ -49,7 +49,7 @@ import dramatiq
 from daemon import logs
 from daemon.config import Settings
 from daemon.embedded import die_with_parent
-from daemon.queue import MEDIA_QUEUE, PIPELINE_QUEUE
+from daemon.pipeline import MEDIA_QUEUE, PIPELINE_QUEUE
 from daemon.startup import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_REDIS
 
 log = logging.getLogger(__name__)

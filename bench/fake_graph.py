@@ -1,5 +1,6 @@
-"""A lean fake Graph API for the benchmark: answers sends and read receipts, records when each
-reply arrived (by the inbound id it quotes). ``GET /stats`` returns them; ``DELETE /stats`` clears.
+"""A lean transport over the fake Graph API core (:mod:`daemon.fake_graph`) for the benchmark:
+answers sends and read receipts as the core says, records when each reply arrived (by the inbound
+id it quotes). ``GET /stats`` returns them; ``DELETE /stats`` clears.
 ``PUT /delay?ms=N`` makes every later ``/messages`` answer wait N ms, as a real Graph API would
 (the overload step uses it so that the burst outruns the workers whatever their speed).
 
@@ -19,6 +20,8 @@ import json
 import sys
 import time
 
+from daemon import fake_graph as core
+
 received: dict[str, float] = {}
 received_all: dict[str, int] = {}
 sends: list[float] = []
@@ -26,7 +29,7 @@ ids = itertools.count(1)
 #: Seconds each ``/messages`` answer waits (``PUT /delay?ms=N``).
 delay = 0.0
 
-READ_OK = b'{"success":true}'
+READ_OK = json.dumps(core.READ_ANSWER).encode()
 
 
 def response(status: str, body: bytes) -> bytes:
@@ -47,17 +50,22 @@ def handle(method: str, path: str, body: bytes) -> bytes:
             return response("200 OK", b"{}")
         stats = {"received": received, "received_all": received_all, "sends": sends}
         return response("200 OK", json.dumps(stats).encode())
-    if method != "POST" or not path.endswith("/messages"):
-        return response("404 Not Found", b"{}")
-    message = json.loads(body)
-    if message.get("status") == "read":
+    message = json.loads(body) if method == "POST" else None
+    call = core.route(method, path, message)
+    if call.kind == "read":
         return response("200 OK", READ_OK)
+    if call.kind != "send":
+        return response("404 Not Found", b"{}")
+    assert isinstance(message, dict)
+    refused = core.check_send(message)
+    if refused is not None:
+        return response(f"{refused[0]} Refused", json.dumps(core.error_body(refused[1], refused[2])).encode())
     now = time.time()
     sends.append(now)
-    message_id = str((message.get("context") or {}).get("message_id"))
+    message_id = str(core.in_reply_to(message))
     received.setdefault(message_id, now)
     received_all[message_id] = received_all.get(message_id, 0) + 1
-    answer = {"messaging_product": "whatsapp", "messages": [{"id": f"wamid.bench.{next(ids)}"}]}
+    answer = core.send_answer(core.recipient_of(message), f"wamid.bench.{next(ids)}")
     return response("200 OK", json.dumps(answer).encode())
 
 

@@ -92,7 +92,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     wait_for_redis(settings, redis_url)
     _log_warnings(settings)
 
-    from daemon.media import remove_abandoned_parts
+    from daemon.store.media import remove_abandoned_parts
     from daemon.worker_metrics import MetricsDir, bind_metrics, serve
 
     with contextlib.ExitStack() as cleanup:  # undone in reverse order, however the worker ends
@@ -192,7 +192,7 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
 
     import redis
 
-    from daemon import dlq
+    from daemon.store import deadletters as dlq
 
     client = redis.Redis.from_url(resolve_redis_url(settings), socket_timeout=10)
     try:

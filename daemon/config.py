@@ -120,28 +120,28 @@ class Settings:
     redis_server: str | None
     allow_volatile_redis: bool
     dlq_retention_days: int
-    # Tuning (WAPIPE_*), listed in .env.example.
-    redis_timeout_seconds: float = 1.0
-    graph_timeout_seconds: float = 10.0
-    graph_attempts: int = 3
-    retry_max: int = 5
-    retry_min_backoff_ms: int = 1_000
-    retry_max_backoff_ms: int = 300_000
-    heartbeat_timeout_ms: int = 60_000
-    worker_poll_ms: int = 100
-    worker_cpu_affinity: str = "spread"
-    shutdown_timeout_seconds: float = 30.0
-    auth_pause_ms: int = 30_000
-    pair_interval_ms: int = 6_000
-    pair_burst: int = 20
-    message_dedup_ttl_seconds: int = 8 * DAY_SECONDS
-    status_dedup_ttl_seconds: int = DAY_SECONDS
-    redis_start_wait_seconds: float = 30.0
-    media_min_bytes_per_second: int = 65_536
-    header_timeout_seconds: float = 15.0
-    body_timeout_seconds: float = 15.0
-    max_concurrent_requests: int = 512
-    max_buffered_bytes: int = 67_108_864
+    # Tuning (WAPIPE_*), listed in .env.example; every default is in from_env, once.
+    redis_timeout_seconds: float
+    graph_timeout_seconds: float
+    graph_attempts: int
+    retry_max: int
+    retry_min_backoff_ms: int
+    retry_max_backoff_ms: int
+    heartbeat_timeout_ms: int
+    worker_poll_ms: int
+    worker_cpu_affinity: str
+    shutdown_timeout_seconds: float
+    auth_pause_ms: int
+    pair_interval_ms: int
+    pair_burst: int
+    message_dedup_ttl_seconds: int
+    status_dedup_ttl_seconds: int
+    redis_start_wait_seconds: float
+    media_min_bytes_per_second: int
+    header_timeout_seconds: float
+    body_timeout_seconds: float
+    max_concurrent_requests: int
+    max_buffered_bytes: int
     #: Start-up warnings about the configuration, logged by every process that serves.
     warnings: tuple[str, ...] = ()
 
@@ -180,7 +180,8 @@ class Settings:
             )
         port = env.integer("PORT", 8080, minimum=0, maximum=65535)
         max_body = env.integer("WAPIPE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024)
-        if env.integer("WAPIPE_MAX_BUFFERED_BYTES", 67_108_864, minimum=1024) < max_body:
+        max_buffered = env.integer("WAPIPE_MAX_BUFFERED_BYTES", 67_108_864, minimum=1024)
+        if max_buffered < max_body:
             raise ConfigError("WAPIPE_MAX_BUFFERED_BYTES", "must be at least WAPIPE_MAX_BODY_BYTES")
         data_dir = Path(env.text("WAPIPE_DATA_DIR", "./var")).expanduser()
         app_secret = env.secret("WHATSAPP_APP_SECRET", required=not sandbox)
@@ -253,7 +254,7 @@ class Settings:
             header_timeout_seconds=env.number("WAPIPE_HEADER_TIMEOUT_SECONDS", 15.0, minimum=0.1),
             body_timeout_seconds=env.number("WAPIPE_BODY_TIMEOUT_SECONDS", 15.0, minimum=0.1),
             max_concurrent_requests=env.integer("WAPIPE_MAX_CONCURRENT_REQUESTS", 512, minimum=1),
-            max_buffered_bytes=env.integer("WAPIPE_MAX_BUFFERED_BYTES", 67_108_864, minimum=1024),
+            max_buffered_bytes=max_buffered,
             warnings=tuple(warnings),
         )
 

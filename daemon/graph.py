@@ -23,7 +23,6 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 from daemon import retrying
 from daemon.config import Settings
 from daemon.http_pool import ConnectFailed, HTTPPool
-from daemon.media import TempFile, host_allowed
 from daemon.sandbox_link import (
     IN_REPLY_TO_HEADER,
     PROOF_HEADER,
@@ -32,6 +31,7 @@ from daemon.sandbox_link import (
     EmulatorRecord,
     proof,
 )
+from daemon.store.media import TempFile, host_allowed
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.envelope import MEDIA_TYPES
+from daemon.pipeline import MessageItem, StoredMedia
 
 Outbound = dict[str, Any]
 Handler = Callable[["InboundMessage"], Sequence[Outbound] | Awaitable[Sequence[Outbound]]]
@@ -45,16 +46,6 @@ class Media:
     filename: str | None = None
     voice: bool = False
     animated: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMedia:
-    """What ``fetch_media`` stored: the local path, its type, size and whether the hash matched."""
-
-    path: str
-    mime_type: str
-    size: int
-    sha256_ok: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,23 +94,22 @@ class InboundMessage:
     errors: tuple[dict[str, Any], ...] = field(default=())
 
     @classmethod
-    def from_item(cls, item: dict[str, Any]) -> InboundMessage:
+    def from_item(cls, item: MessageItem) -> InboundMessage:
         """Build from the item ``parse`` hands on (``message``, ``phone_number_id``, ``contact``…).
 
         Every field is what its type says whatever the webhook held (a value of another JSON type
         becomes None or empty): a bot never gets a list where a string was promised. ``raw`` keeps
         the message exactly as Meta sent it.
         """
-        raw: dict[str, Any] = item["message"]
+        raw = item.message
         kind = _text(raw.get("type")) or "unknown"
         body = _object(raw.get(kind))
-        profile = _object(_object(item.get("contact")).get("profile"))
-        stored = item.get("stored_media")
+        profile = _object(_object(item.contact).get("profile"))
         return cls(
-            id=str(raw["id"]),
+            id=item.id,
             type=kind,
-            phone_number_id=str(item["phone_number_id"]),
-            display_phone_number=_text(item.get("display_phone_number")),
+            phone_number_id=item.phone_number_id,
+            display_phone_number=item.display_phone_number,
             timestamp=_text(raw.get("timestamp")),
             from_=_text(raw.get("from")),
             from_user_id=_text(raw.get("from_user_id")),
@@ -128,7 +118,7 @@ class InboundMessage:
             raw=raw,
             text=_text(body.get("body")) if kind == "text" else None,
             media=_media(body) if kind in MEDIA_TYPES else None,
-            stored_media=StoredMedia(**stored) if isinstance(stored, dict) else None,
+            stored_media=item.stored_media,
             location=_location(body) if kind == "location" else None,
             contacts=_objects(raw.get("contacts")) if kind == "contacts" else (),
             interactive=_interactive(body) if kind == "interactive" else None,

@@ -17,7 +17,7 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:
-    from daemon.queue import QueueStats
+    from daemon.store.queues import QueueStats
 
 WEBHOOK_OUTCOMES = ("accepted", "bad_signature", "too_large", "bad_json", "unavailable", "overloaded")
 QUEUE_STATES = ("ready", "delayed", "in_flight", "dead")

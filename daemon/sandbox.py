@@ -24,11 +24,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import BodyPartReader, web
 
+from daemon import fake_graph
 from daemon.config import SANDBOX_GRAPH_PATH
 from daemon.sandbox_link import IDENTITY_PATH, IN_REPLY_TO_HEADER, PROOF_HEADER, new_token, proof
+from daemon.store import keys
 
-OUTBOX_KEY = "wapipe:sandbox:outbox"
-MEDIA_KEY = "wapipe:sandbox:media:"
+OUTBOX_KEY = keys.SANDBOX_OUTBOX
 #: The outbox keeps the most recent entries only.
 OUTBOX_LIMIT = 1000
 #: Uploaded media lives as long as Meta keeps uploads (30 days).
@@ -41,15 +42,7 @@ def _text(value: bytes | str | None) -> str:
 
 
 def _error(status: int, code: int, message: str) -> web.Response:
-    body = {
-        "error": {
-            "message": f"(#{code}) {message}",
-            "type": "OAuthException",
-            "code": code,
-            "fbtrace_id": "sandbox",
-        }
-    }
-    return web.json_response(body, status=status)
+    return web.json_response(fake_graph.error_body(code, message, fbtrace_id="sandbox"), status=status)
 
 
 class Emulator:
@@ -87,33 +80,29 @@ class Emulator:
 
     async def messages(self, request: web.Request) -> web.Response:
         if not self.authorised(request):
-            return _error(401, 190, "Invalid OAuth access token")
+            return _error(*fake_graph.TOKEN_REFUSED)
         try:
             body = await request.json()
         except ValueError:
             return _error(400, 100, "Invalid parameter: body is not JSON")
-        if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
-            return _error(400, 100, "Invalid parameter: messaging_product must be whatsapp")
+        refused = fake_graph.check_send(body)
+        if refused is not None:
+            return _error(*refused)
         phone_number_id = request.match_info["phone_number_id"]
         if body.get("status") == "read":
             await self._record(
                 request,
                 {"kind": "read", "phone_number_id": phone_number_id, "message_id": body.get("message_id")},
             )
-            return web.json_response({"success": True})
-        recipient = body.get("to") or body.get("recipient")
-        if not recipient or not body.get("type"):
-            return _error(400, 131008, "Required parameter is missing: to/recipient and type")
+            return web.json_response(fake_graph.READ_ANSWER)
+        recipient = fake_graph.recipient_of(body)
         out_id = f"wamid.sandbox.{uuid.uuid4().hex}"
         entry = {"kind": "message", "id": out_id, "phone_number_id": phone_number_id, "message": body}
         in_reply_to = request.headers.get(IN_REPLY_TO_HEADER)
         if in_reply_to:
             entry["in_reply_to"] = in_reply_to[:256]
         await self._record(request, entry)
-        contact = {"input": recipient, "wa_id": str(recipient).lstrip("+")}
-        return web.json_response(
-            {"messaging_product": "whatsapp", "contacts": [contact], "messages": [{"id": out_id}]}
-        )
+        return web.json_response(fake_graph.send_answer(recipient, out_id))
 
     async def _record(self, request: web.Request, entry: dict[str, Any]) -> None:
         entry["at"] = time.time()
@@ -124,30 +113,25 @@ class Emulator:
 
     async def media_info(self, request: web.Request) -> web.Response:
         if not self.authorised(request):
-            return _error(401, 190, "Invalid OAuth access token")
+            return _error(*fake_graph.TOKEN_REFUSED)
         media_id = request.match_info["media_id"]
-        stored = await self.redis_of(request).hmget(MEDIA_KEY + media_id, "mime_type", "sha256", "size")
+        stored = await self.redis_of(request).hmget(
+            keys.sandbox_media(media_id), "mime_type", "sha256", "size"
+        )
         if stored[0] is None:
-            return _error(400, 100, "Invalid parameter: unknown media id")
+            return _error(*fake_graph.UNKNOWN_MEDIA)
         mime, sha256, size = (_text(value) for value in stored)
         path = f"{SANDBOX_GRAPH_PATH}/media-download/{media_id}"
         url = f"{self.web_url}{path}" if self.web_url else str(request.url.with_path(path).with_query(None))
         return web.json_response(
-            {
-                "messaging_product": "whatsapp",
-                "url": url,
-                "mime_type": mime,
-                "sha256": sha256,
-                "file_size": size,
-                "id": media_id,
-            }
+            fake_graph.media_info_answer(media_id, url, mime, sha256=sha256, size=int(size))
         )
 
     async def media_download(self, request: web.Request) -> web.Response:
         if not self.authorised(request):
             return web.Response(status=401)
         stored = await self.redis_of(request).hmget(
-            MEDIA_KEY + request.match_info["media_id"], "content", "mime_type"
+            keys.sandbox_media(request.match_info["media_id"]), "content", "mime_type"
         )
         if stored[0] is None:
             return web.Response(status=404)
@@ -155,7 +139,7 @@ class Emulator:
 
     async def media_upload(self, request: web.Request) -> web.Response:
         if not self.authorised(request):
-            return _error(401, 190, "Invalid OAuth access token")
+            return _error(*fake_graph.TOKEN_REFUSED)
         if not request.content_type.startswith("multipart/"):
             return _error(400, 100, "Invalid parameter: expected multipart/form-data")
         content: bytes | None = None
@@ -174,7 +158,7 @@ class Emulator:
         if content is None or not mime:
             return _error(400, 131008, "Required parameter is missing: file and type")
         media_id = str(uuid.uuid4().int)[:16]
-        key = MEDIA_KEY + media_id
+        key = keys.sandbox_media(media_id)
         digest = hashlib.sha256(content)
         async with self.redis_of(request).pipeline(transaction=True) as pipe:
             pipe.hset(

@@ -33,10 +33,11 @@ import redis
 import redis.asyncio as aioredis
 
 from daemon.config import SANDBOX_GRAPH_PATH
+from daemon.store import keys, scripts
 
 log = logging.getLogger(__name__)
 
-RECORD_KEY = "wapipe:sandbox:emulator"
+RECORD_KEY = keys.SANDBOX_EMULATOR
 #: The record expires unless its web refreshes it: a web killed with SIGKILL is forgotten this fast.
 RECORD_TTL_SECONDS = 30
 REFRESH_SECONDS = 10.0
@@ -47,19 +48,6 @@ IN_REPLY_TO_HEADER = "X-Wapipe-In-Reply-To"
 IDENTITY_PATH = "/sandbox/identity"
 _PROOF_CONTEXT = "wapipe-sandbox-emulator"
 
-#: Compare-and-delete / compare-and-expire: only the web that wrote the record may touch it.
-_WITHDRAW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-_REFRESH = """
-local current = redis.call('GET', KEYS[1])
-if current == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-if not current then return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) and 1 or 0 end
-return 0
-"""
-#: Replace the record of a web that no longer answers, unless it changed meanwhile.
-_REPLACE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) and 1 or 0 end
-return 0
-"""
 #: How long a web waits for the web of an existing record to prove it is alive.
 PEER_CHECK_SECONDS = 2.0
 
@@ -143,7 +131,7 @@ class Announcer:
 
     async def _refresh(self) -> bool:
         value = self.record.encode()
-        if await self.client.eval(_REFRESH, 1, RECORD_KEY, value, RECORD_TTL_SECONDS):
+        if await self.client.eval(scripts.source("record_refresh"), 1, RECORD_KEY, value, RECORD_TTL_SECONDS):
             return True
         current = await self.client.get(RECORD_KEY)
         if current is None:
@@ -151,7 +139,9 @@ class Announcer:
         other = EmulatorRecord.decode(current)
         if other is not None and await asyncio.to_thread(verify, other, PEER_CHECK_SECONDS):
             return False
-        replaced = await self.client.eval(_REPLACE, 1, RECORD_KEY, current, value, RECORD_TTL_SECONDS)
+        replaced = await self.client.eval(
+            scripts.source("record_replace"), 1, RECORD_KEY, current, value, RECORD_TTL_SECONDS
+        )
         if replaced:
             log.info("sandbox_record_replaced", extra={"previous": other.web_url if other else None})
         return bool(replaced)
@@ -170,7 +160,7 @@ class Announcer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(redis.RedisError, TimeoutError):
-            await self.client.eval(_WITHDRAW, 1, RECORD_KEY, self.record.encode())
+            await self.client.eval(scripts.source("record_withdraw"), 1, RECORD_KEY, self.record.encode())
 
 
 class EmulatorNotFound(Exception):

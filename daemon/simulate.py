@@ -24,11 +24,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from daemon.config import SANDBOX_GRAPH_PATH, Settings
-from daemon.keys import handled_key
-from daemon.sandbox import OUTBOX_KEY
 from daemon.sandbox_link import RECORD_KEY, EmulatorRecord
 from daemon.signature import HEADER, sign
 from daemon.startup import EXIT_CONFIG, EXIT_FAILURE, StartupError
+from daemon.store import keys
 
 #: The business number simulated webhooks are addressed to (when WAPIPE_PHONE_NUMBER_IDS is unset).
 SANDBOX_PHONE_NUMBER_ID = "100000000000001"
@@ -169,7 +168,7 @@ async def _wait_answer(
     client: aioredis.Redis, phone_number_id: str, message_id: str, wait_seconds: float
 ) -> list[dict[str, Any]]:
     deadline = time.monotonic() + wait_seconds
-    key = handled_key(phone_number_id, message_id)
+    key = keys.handled(phone_number_id, message_id)
     while await client.get(key) is None:
         if time.monotonic() >= deadline:
             raise SimulateError(
@@ -178,7 +177,7 @@ async def _wait_answer(
             )
         await asyncio.sleep(POLL_SECONDS)
     answered: list[dict[str, Any]] = []
-    for raw in await client.lrange(OUTBOX_KEY, 0, -1):
+    for raw in await client.lrange(keys.SANDBOX_OUTBOX, 0, -1):
         entry = json.loads(raw)
         if entry.get("kind") == "message" and entry.get("in_reply_to") == message_id:
             answered.append(entry.get("message") or {})

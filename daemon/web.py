@@ -29,9 +29,10 @@ from redis.exceptions import RedisError
 
 from daemon import envelope, logs, metrics, sandbox, signature
 from daemon.config import Settings
-from daemon.queue import QUEUES, AsyncQueue, build_message, redis_client
+from daemon.pipeline import QUEUES, VERIFY, Webhook
 from daemon.sandbox_link import Announcer, EmulatorRecord
 from daemon.startup import listen_error
+from daemon.store.queues import AsyncQueue, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -247,18 +248,18 @@ async def _accept(request: web.Request, held: _Held) -> str:
         log.warning("webhook_bad_json", extra={"bytes": len(body)})
         raise _Refused(400, "bad_json", "body is not JSON") from None
     assert header is not None  # verified above
-    message = build_message("verify", {"body": text, "signature": header.strip(), "received_at": time.time()})
+    delivery = Webhook(body=text, signature=header.strip(), received_at=time.time())
     queue = request.app[QUEUE]
     try:
         async with asyncio.timeout(settings.redis_timeout_seconds):
             if await request.app[BACKPRESSURE].overloaded():
                 log.warning("webhook_overloaded", extra={"limit": settings.max_queue_depth})
                 raise _Refused(503, "overloaded", "queue full, retry later")
-            await queue.enqueue(message)
+            stored = await queue.send(VERIFY, delivery)
     except (RedisError, TimeoutError) as error:
         log.error("webhook_enqueue_failed", extra={"error": type(error).__name__})
         raise _Refused(503, "unavailable", "queue unavailable, retry later") from None
-    return str(message.message_id)
+    return str(stored.message_id)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -95,3 +97,15 @@ def value(found: Samples, name: str, **labels: str) -> float:
 def worker_metric(env: dict[str, str], name: str, **labels: str) -> float:
     """One sample of the worker started with ``env`` (its own WAPIPE_METRICS_PORT)."""
     return value(samples(scrape(f"http://127.0.0.1:{env['WAPIPE_METRICS_PORT']}/metrics")), name, **labels)
+
+
+def dlq_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``wapipe dlq ARGS`` with ``env``; its output, whatever its exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "dlq", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

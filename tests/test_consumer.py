@@ -13,8 +13,9 @@ import pytest
 import redis
 from dramatiq import Message
 
-from actors.consumer import WakeableRedisBroker
-from daemon.queue import WAKEUP_CHANNEL, AsyncQueue, Queue, build_message, redis_client
+from actors.dramatiq_adapter import WakeableRedisBroker
+from daemon.store.keys import WAKEUP_CHANNEL
+from daemon.store.queues import AsyncQueue, Queue, redis_client
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_for
 
@@ -138,7 +139,7 @@ def test_an_idle_consumer_is_woken_by_an_enqueue_onto_its_empty_queue(
     # An empty fetch counts a miss; the 10 s wait follows it at once.
     wait_for(lambda: consumer.misses > 100, timeout=10, what="the consumer to find its queue empty")
     enqueued_at = time.monotonic()
-    Queue(rclient).enqueue(build_message("reply", {"item": {}}))
+    Queue(rclient).enqueue(_message({}))
     thread.join(timeout=20)
     assert got, "the consumer never got the message"
     assert time.monotonic() - enqueued_at < 1.0
@@ -161,15 +162,20 @@ def test_only_an_enqueue_onto_an_empty_queue_publishes(rclient: redis.Redis, red
     async def five_at_once() -> None:
         client = redis_client(redis_url, 1.0)
         queue = AsyncQueue(client)
-        await asyncio.gather(*(queue.enqueue(build_message("reply", {"item": {"n": n}})) for n in range(5)))
+        await asyncio.gather(*(queue.enqueue(_message({"n": n})) for n in range(5)))
         await client.aclose()
 
     asyncio.run(five_at_once())
     assert rclient.llen("dramatiq:wapipe") == 5
     assert published() == 1
-    Queue(rclient).enqueue(build_message("reply", {"item": {}}))
+    Queue(rclient).enqueue(_message({}))
     assert published() == 0
     rclient.delete("dramatiq:wapipe")
-    Queue(rclient).enqueue(build_message("reply", {"item": {}}))
+    Queue(rclient).enqueue(_message({}))
     assert published() == 1
     pubsub.close()
+
+
+def _message(item: dict[str, object]) -> Message[object]:
+    """A reply message with any item: the consumer does not read arguments."""
+    return Message(queue_name="wapipe", actor_name="reply", args=(), kwargs={"item": item}, options={})

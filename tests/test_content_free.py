@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import redis
 
-from daemon.queue import build_message, prepare
+from daemon.pipeline import VERIFY, Webhook
+from daemon.pipeline import message as pipeline_message
+from daemon.store.queues import prepare
 from tests.conftest import ACCESS_TOKEN, APP_SECRET, VERIFY_TOKEN
 from tests.pipeline_helpers import dead_letters, drained, post_webhook, scrape
 from tests.support.fake_graph import FakeGraph, b64_sha256, graph_error, media_bytes
@@ -107,11 +109,7 @@ def test_content_free_outputs_hold_no_content_and_no_secret(
     assert (
         post_webhook(url, envelope([message("wamid.E", "text", {"body": TEXTS[4]})]), secret="wrong") == 401
     )
-    _, keys, args = prepare(
-        build_message(
-            "verify", {"body": json.dumps({"x": FORGED}), "signature": "sha256=00", "received_at": 0}
-        )
-    )
+    _, keys, args = prepare(pipeline_message(VERIFY, Webhook(json.dumps({"x": FORGED}), "sha256=00", 0.0)))
     rclient.hset(keys[1], args[0], args[1])
     rclient.rpush(keys[0], args[0])
     for token in (VERIFY_TOKEN, "wrong-token"):

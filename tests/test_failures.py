@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -22,7 +20,7 @@ import pytest
 import redis
 
 from tests.conftest import pipeline_env
-from tests.pipeline_helpers import dead_letters, drained, post_webhook, worker_metric
+from tests.pipeline_helpers import dead_letters, dlq_cli, drained, post_webhook, worker_metric
 from tests.support.fake_graph import FakeGraph, Reply, graph_error, sent_json
 from tests.support.meta import envelope, text_envelope
 from tests.support.procs import Proc, wait_exit
@@ -45,17 +43,6 @@ def _ready(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
-
-
-def dlq_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", "dlq", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_transient_failures_then_success_send_exactly_once(

@@ -22,7 +22,7 @@ from daemon.graph import (
     RequestInvalid,
     SendOutcomeUnknown,
 )
-from daemon.media import TempFile
+from daemon.store.media import TempFile
 from tests.conftest import ACCESS_TOKEN, APP_SECRET, VERIFY_TOKEN
 from tests.support.fake_graph import FakeGraph, Reply, graph_error
 

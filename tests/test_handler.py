@@ -15,11 +15,23 @@ from daemon.handler import (
     load_handler,
     reply_text,
 )
+from daemon.pipeline import MessageItem
 
 
-def item(message: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def item(message: dict[str, Any], **extra: Any) -> MessageItem:
+    """The hand-off ``reply`` receives, decoded as the worker decodes it."""
     base = {"id": "wamid.T", "from": "447700900123", "timestamp": "1767225600"}
-    return {"message": base | message, "phone_number_id": "620000000000001", "contact": None, **extra}
+    return MessageItem.from_kwargs(
+        {
+            "item": {
+                "message": base | message,
+                "phone_number_id": "620000000000001",
+                "contact": None,
+                "received_at": 1767225600.0,
+                **extra,
+            }
+        }
+    )
 
 
 def text_of(message: dict[str, Any], **extra: Any) -> str | None:
@@ -128,10 +140,14 @@ def test_typed_fields_are_filled() -> None:
 def test_missing_sender_fields_are_tolerated() -> None:
     """A username user has no `from`: the model keeps `from_user_id` instead."""
     parsed = InboundMessage.from_item(
-        {
-            "message": {"id": "w", "type": "text", "text": {"body": "x"}, "from_user_id": "GB.1"},
-            "phone_number_id": "1",
-        }
+        MessageItem(
+            message={"id": "w", "type": "text", "text": {"body": "x"}, "from_user_id": "GB.1"},
+            phone_number_id="1",
+            contact=None,
+            display_phone_number=None,
+            received_at=0.0,
+            envelope_id=None,
+        )
     )
     assert (parsed.from_, parsed.from_user_id) == (None, "GB.1")
 

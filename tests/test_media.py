@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from daemon.media import expected_digest, extension_for, host_allowed
+from daemon.store.media import expected_digest, extension_for, host_allowed
 from tests.pipeline_helpers import drained, post_webhook, rewrite_ids, worker_metric
 from tests.support.fake_graph import FakeGraph, Reply, b64_sha256, media_bytes, sent_json
 from tests.support.meta import envelope, text_envelope, webhook_samples

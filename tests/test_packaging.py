@@ -52,7 +52,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_wheel_carries_its_license_metadata_and_keeps_redis_optional(wheel: Path) -> None:
     """Name, version, SPDX license with its file, classifiers, no License classifier; the embedded
-    Redis binary only behind the `embedded` extra; every module of both packages and py.typed."""
+    Redis binary only behind the `embedded` extra; every module of both packages (and subpackages), the Lua scripts and py.typed."""
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         info = next(name for name in names if name.endswith(".dist-info/METADATA"))
@@ -69,8 +69,13 @@ def test_the_wheel_carries_its_license_metadata_and_keeps_redis_optional(wheel: 
     assert redis_binary
     assert all('extra == "embedded"' in r for r in redis_binary)
     for package in ("daemon", "actors"):
-        modules = {p.name for p in (ROOT / package).glob("*.py")} | {"py.typed"}
-        assert {name.split("/", 1)[1] for name in names if name.startswith(f"{package}/")} >= modules
+        files = [
+            *(ROOT / package).rglob("*.py"),
+            *(ROOT / package).rglob("*.lua"),
+            ROOT / package / "py.typed",
+        ]
+        wanted = {p.relative_to(ROOT / package).as_posix() for p in files}
+        assert {name.split("/", 1)[1] for name in names if name.startswith(f"{package}/")} >= wanted
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ import psutil
 import redis
 from dramatiq import Message
 
-from daemon.queue import build_message
+from daemon.pipeline import VERIFY, Webhook
+from daemon.pipeline import message as pipeline_message
 from tests.pipeline_helpers import dead_letters, drained, post_webhook, rewrite_ids, worker_metric
 from tests.support.fake_graph import FakeGraph, Reply, graph_error, sent_json
 from tests.support.meta import envelope, text_envelope, webhook_samples
@@ -326,13 +327,8 @@ def test_messages_forged_into_redis_are_refused_by_verify(
 ) -> None:
     """A verify message written to Redis by someone without the app secret never enters the pipeline."""
     stack = pipeline()
-    forged = build_message(
-        "verify",
-        {
-            "body": json.dumps(text_envelope("wamid.F1")),
-            "signature": "sha256=" + "0" * 64,
-            "received_at": 0.0,
-        },
+    forged = pipeline_message(
+        VERIFY, Webhook(json.dumps(text_envelope("wamid.F1")), "sha256=" + "0" * 64, 0.0)
     )
     redis_id = "forged-1"
     stored = forged.copy(options={"redis_message_id": redis_id})

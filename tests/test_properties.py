@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.envelope import Item, item_problem
-from daemon.keys import handled_key
 from daemon.signature import HEADER, sign
+from daemon.store import keys
 from tests.conftest import APP_SECRET
 from tests.pipeline_helpers import dead_letters, drained, post_webhook
 from tests.support.fake_graph import FakeGraph
@@ -211,7 +211,7 @@ def test_every_message_of_any_signed_envelope_is_handled_or_dead_lettered(
                 unreadable += 1
             elif (pnid, message["id"]) not in seen:
                 seen.add((pnid, message["id"]))
-                assert rclient.exists(handled_key(pnid, message["id"])), message
+                assert rclient.exists(keys.handled(pnid, message["id"])), message
     assert rejected == unreadable
     assert [
         letter["record"]["reason"]

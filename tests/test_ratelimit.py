@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from daemon.ratelimit import SendLimiter
+from daemon.store.ratelimit import SendLimiter
 from tests.pipeline_helpers import dead_letters, drained, post_webhook
 from tests.support.fake_graph import FakeGraph
 from tests.support.meta import envelope
@@ -18,7 +18,7 @@ from tests.support.waiting import free_port, wait_for
 
 def test_reservations_space_sends_by_the_rate(rclient: redis.Redis) -> None:
     """At 10/s per number the n-th immediate reservation waits about n × 100 ms; other numbers are free."""
-    limiter = SendLimiter(rclient, per_number_rate=10, pair_interval_ms=0)
+    limiter = SendLimiter(rclient, per_number_rate=10, pair_interval_ms=0, pair_burst=1)
     waits = [limiter.reserve("111", f"+{n}", max_wait_ms=10_000).wait_ms for n in range(5)]
     assert waits[0] == 0
     for n, wait in enumerate(waits[1:], start=1):
@@ -56,7 +56,7 @@ def test_concurrent_reservations_never_exceed_the_rate(redis_url: str) -> None:
     """200 reservations from 4 clients in 8 threads at once (as from several workers): slots are unique and spaced."""
     clients = [redis.Redis.from_url(redis_url) for _ in range(4)]
     try:
-        limiters = [SendLimiter(c, per_number_rate=100, pair_interval_ms=0) for c in clients]
+        limiters = [SendLimiter(c, per_number_rate=100, pair_interval_ms=0, pair_burst=1) for c in clients]
         seconds, micros = clients[0].time()
         began_us = seconds * 1_000_000 + micros
         with ThreadPoolExecutor(8) as pool:

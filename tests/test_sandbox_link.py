@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestServer
 
 from daemon.config import Settings
 from daemon.graph import Endpoint, GraphClient, GraphUnreachable, MediaRefused, emulator_endpoint
-from daemon.media import TempFile
 from daemon.sandbox_link import RECORD_KEY, Announcer, EmulatorLink, EmulatorNotFound, EmulatorRecord, read
+from daemon.store.media import TempFile
 from daemon.web import EMULATOR, REDIS, advertised_url, make_app
 from tests.support.procs import base_env
 from tests.support.waiting import free_port

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from dramatiq import Message
 
 from daemon.config import Settings
-from daemon.queue import PIPELINE_QUEUE
+from daemon.pipeline import PIPELINE_QUEUE
 from daemon.web import GUARD, make_app
 from tests.conftest import APP_SECRET, VERIFY_TOKEN, settings_for
 from tests.support.meta import meta_bytes, signed, text_envelope

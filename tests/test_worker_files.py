@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from daemon.media import PART_GRACE_SECONDS, TempFile, remove_abandoned_parts
+from daemon.store.media import PART_GRACE_SECONDS, TempFile, remove_abandoned_parts
 from daemon.worker_metrics import LOCK_NAME, MetricsDir, remove_stale
 
 

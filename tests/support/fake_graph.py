@@ -1,6 +1,7 @@
 """A fake Graph API: an aiohttp server on an ephemeral loopback port, in a thread of its own.
 
-It records every request and can be scripted to fail: per kind of call (``send``, ``read``,
+Its answers are the shared core's (:mod:`daemon.fake_graph`). It records every request and can be
+scripted to fail: per kind of call (``send``, ``read``,
 ``media_info``, ``download``), a queue of :class:`Reply` is consumed before the normal answer.
 Usable from sync tests and from worker subprocesses alike.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from daemon import fake_graph as core
 from tests.support.waiting import wait_for
 
 
@@ -38,15 +40,7 @@ class Reply:
 
 def graph_error(code: int, status: int = 400, message: str = "error", **extra: Any) -> Reply:
     """A Graph error object as Meta sends it (docs/whatsapp.md, *Error codes*)."""
-    body = {
-        "error": {
-            "message": f"(#{code}) {message}",
-            "type": "OAuthException",
-            "code": code,
-            "error_data": {"messaging_product": "whatsapp", "details": f"details of {code}"},
-            "fbtrace_id": f"trace-{code}",
-        }
-    }
+    body = core.error_body(code, message, details=f"details of {code}", fbtrace_id=f"trace-{code}")
     return Reply(status=status, body=body, **extra)
 
 
@@ -213,20 +207,13 @@ class FakeGraph:
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        kind = "read" if body.get("status") == "read" else "send"
+        kind = core.route("POST", request.path, body).kind
         scripted = await self._record(kind, request, body)
         if scripted is not None:
             return self._answer(request, scripted)
         if kind == "read":
-            return web.json_response({"success": True})
-        to = body.get("to") or body.get("recipient")
-        return web.json_response(
-            {
-                "messaging_product": "whatsapp",
-                "contacts": [{"input": to, "wa_id": str(to).lstrip("+")}],
-                "messages": [{"id": f"wamid.out.{next(self._ids)}"}],
-            }
-        )
+            return web.json_response(core.READ_ANSWER)
+        return web.json_response(core.send_answer(core.recipient_of(body), f"wamid.out.{next(self._ids)}"))
 
     async def _media_info(self, request: web.Request) -> web.StreamResponse:
         media_id = request.match_info["media_id"]
@@ -244,14 +231,7 @@ class FakeGraph:
             return self._answer(request, graph_error(100, 400, "Invalid parameter"))
         content, mime = stored
         return web.json_response(
-            {
-                "messaging_product": "whatsapp",
-                "url": f"{self.url}/download/{media_id}",
-                "mime_type": mime,
-                "sha256": hashlib.sha256(content).hexdigest(),
-                "file_size": str(len(content)),
-                "id": media_id,
-            }
+            core.media_info_answer(media_id, f"{self.url}/download/{media_id}", mime, content)
         )
 
     async def _download(self, request: web.Request) -> web.StreamResponse:

@@ -1,16 +1,15 @@
-"""The worker runtime's Redis: one connection per worker thread, all closed with the runtime."""
+"""The worker's resources: one Redis connection per worker thread, all closed with the resources."""
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import redis
 
-from actors import runtime
-from daemon.config import Settings
-from daemon.graph import GraphClient
-from tests.conftest import ACCESS_TOKEN, APP_SECRET, VERIFY_TOKEN
+from actors.context import Resources
 from tests.support.fake_graph import FakeGraph
+from tests.support.stages import resources
 from tests.support.waiting import wait_for
 
 
@@ -19,33 +18,24 @@ def _connection_ids(client: redis.Redis) -> set[int]:
 
 
 def test_each_thread_talks_to_redis_on_its_own_connection(
-    redis_url: str, rclient: redis.Redis, fake_graph: FakeGraph
+    redis_url: str, rclient: redis.Redis, fake_graph: FakeGraph, tmp_path: Path
 ) -> None:
     """Two threads get two connections; a thread keeps its one across commands, queue and scripts;
     closing the runtime closes them all."""
-    settings = Settings.from_env(
-        {
-            "WHATSAPP_APP_SECRET": APP_SECRET,
-            "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
-            "WHATSAPP_ACCESS_TOKEN": ACCESS_TOKEN,
-            "WHATSAPP_GRAPH_URL": fake_graph.url,
-        }
-    )
-    rt = runtime.Runtime(
-        settings=settings,
-        redis_url=redis_url,
-        graph=GraphClient(settings),
-        handler=lambda message: [],
-        loop=None,  # type: ignore[arg-type]  # no async handler here
-    )
+    with resources(redis_url, fake_graph.url, tmp_path) as worker:
+        _threads_use_their_own(worker, rclient)
+
+
+def _threads_use_their_own(worker: Resources, rclient: redis.Redis) -> None:
     seen: dict[str, list[int]] = {}
 
     def work(name: str) -> None:
-        ids = [int(rt.redis.client_id())]
-        rt.script("return redis.call('INCR', KEYS[1])")(keys=["wapipe:test:counter"])
-        assert rt.limiter is rt.limiter
-        assert rt.queue is rt.queue
-        ids.append(int(rt.redis.client_id()))
+        store = worker.context("m", {}).store
+        ids = [int(store.client.client_id())]
+        store.client.register_script("return redis.call('INCR', KEYS[1])")(keys=["wapipe:test:counter"])
+        assert worker.store is store
+        assert store.limiter is worker.context("n", {}).store.limiter
+        ids.append(int(worker.store.client.client_id()))
         seen[name] = ids
 
     threads = [threading.Thread(target=work, args=(name,)) for name in ("a", "b")]
@@ -60,5 +50,5 @@ def test_each_thread_talks_to_redis_on_its_own_connection(
     assert rclient.get("wapipe:test:counter") == b"2"
     opened = {seen["a"][0], seen["b"][0]}
     assert opened <= _connection_ids(rclient)
-    rt.close()
+    worker.close()
     wait_for(lambda: not opened & _connection_ids(rclient), timeout=5, what="connections closed")

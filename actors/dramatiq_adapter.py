@@ -1,4 +1,13 @@
-"""A Redis broker whose idle consumers are woken up instead of polling with a growing back-off.
+"""Everything wapipe relies on inside Dramatiq's Redis broker, in one module.
+
+Dramatiq's public API does not offer what wapipe needs here, so this module (and only this one)
+uses its private internals: the consumer class ``_RedisConsumer`` and its fields, the broker's
+``_should_do_maintenance`` and ``_max_unpack_size``, and the argument order of its ``dispatch.lua``
+(:func:`dispatch_args`). ``tests/test_dramatiq_adapter.py`` checks each of them against the
+installed Dramatiq, so that an upgrade that changes one fails loudly there, and ``pyproject.toml``
+pins Dramatiq to the range those tests passed on. What it works around: docs/dramatiq.md.
+
+**A Redis broker whose idle consumers are woken up instead of polling with a growing back-off.**
 
 Dramatiq's Redis consumer sleeps ``compute_backoff`` (5 ms doubling up to ``worker_timeout``)
 whenever a fetch comes back empty or its prefetch is full, so a message enqueued on an idle queue
@@ -40,7 +49,8 @@ from dramatiq.common import compute_backoff, current_millis
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
-from daemon.queue import WAKEUP_CHANNEL
+from daemon.pipeline import QUEUES
+from daemon.store.keys import NAMESPACE, WAKEUP_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -121,19 +131,9 @@ class WakeableRedisBroker(RedisBroker):
         sha = self.scripts["dispatch"].sha
         with self.client.pipeline(transaction=False) as pipe:
             for command, args in calls:
+                maintenance = self._should_do_maintenance(command)
                 pipe.evalsha(
-                    sha,
-                    1,
-                    self.namespace,
-                    command,
-                    current_millis(),
-                    queue_name,
-                    self.broker_id,
-                    self.heartbeat_timeout,
-                    self.dead_message_ttl,
-                    self._should_do_maintenance(command),
-                    self._max_unpack_size(),  # type: ignore[no-untyped-call]
-                    *args,
+                    sha, 1, self.namespace, *dispatch_args(self, command, queue_name, maintenance, *args)
                 )
             return list(pipe.execute())
 
@@ -204,6 +204,38 @@ class _WakeableConsumer(_RedisConsumer):
                     return None
         except redis.ConnectionError as error:
             raise ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
+
+
+def dispatch_args(
+    broker: RedisBroker, command: str, queue_name: str, maintenance: bool | int, *args: Any
+) -> list[Any]:
+    """The ARGV of Dramatiq's ``dispatch.lua`` for ``command`` on ``queue_name`` (its KEYS are the
+    namespace alone), in the order ``RedisBroker._dispatch`` passes them: command, time (ms),
+    queue, broker id, heartbeat timeout, dead-message TTL, whether to run maintenance, the largest
+    unpack size, then the command's own arguments."""
+    return [
+        command,
+        current_millis(),
+        queue_name,
+        broker.broker_id,
+        broker.heartbeat_timeout,
+        broker.dead_message_ttl,
+        int(maintenance),
+        broker._max_unpack_size(),  # type: ignore[no-untyped-call]
+        *args,
+    ]
+
+
+def sweep(broker: RedisBroker) -> None:
+    """One forced maintenance pass (requeue dead workers' messages) on each queue and delay queue.
+
+    Dramatiq runs its maintenance on a random 0.1 % of commands, none when idle (docs/dramatiq.md):
+    a killed worker's messages could wait for hours on a quiet queue.
+    """
+    dispatch = broker.scripts["dispatch"]
+    for queue in QUEUES:
+        for name in (queue, f"{queue}.DQ"):
+            dispatch(keys=[NAMESPACE], args=dispatch_args(broker, "qsize", name, True))
 
 
 def _proxy(message: Message[Any]) -> Any:

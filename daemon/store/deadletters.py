@@ -1,7 +1,8 @@
 """Dead letters: list, show, replay and purge (``wapipe dlq``), and retention.
 
 A dead letter is a message Dramatiq moved to ``dramatiq:<queue>.XQ`` (its id → the message, scored
-by when) plus the reason wapipe recorded beside it in ``wapipe:dlq:reasons``. Its id is the Redis
+by when) plus the reason wapipe recorded beside it in ``wapipe:dlq:reasons`` (the worker's
+dead-letter recorder writes it, and ``parse`` for an item it cannot hand on). Its id is the Redis
 message id that ``wapipe dlq list`` prints; ``show`` and ``replay`` also take a unique prefix.
 
 A replay enqueues the same actor with the same arguments and ``wapipe_replay`` set, which lets that
@@ -15,18 +16,21 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from dramatiq import Message
 
-from daemon.queue import NAMESPACE, QUEUES
+from daemon.pipeline import QUEUES, ArgumentInvalid, Envelope, MessageItem, stage_named
+from daemon.store import keys, scripts
+from daemon.store.queues import prepare
 
 log = logging.getLogger(__name__)
 
-REASONS_KEY = "wapipe:dlq:reasons"
+REASONS_KEY = keys.DEAD_LETTER_REASONS
+#: Message option of a replayed message: its stage passes its dedup marks (parse).
+REPLAY = "wapipe_replay"
 #: Message option of a replay the operator allowed to resend what may have been delivered.
 RESEND_UNKNOWN = "wapipe_resend_unknown"
 #: Dead letters of these reasons may have been delivered: replayed only with ``resend_unknown``.
@@ -52,11 +56,28 @@ class DeadLetter:
         return {"type": "Unknown", "message": "no reason was recorded"}
 
     def what(self) -> dict[str, Any]:
-        """Which envelope or item this is, by its ids (no payload)."""
+        """Which envelope or item this is, by its ids (no payload).
+
+        Read with the stage's own argument type; a message that does not decode (the very reason
+        some are dead letters) is read field by field.
+        """
         kwargs = self.message.get("kwargs") or {}
-        item = kwargs.get("item")
-        if isinstance(item, dict):
-            inbound = item.get("message") or {}
+        try:
+            argument = stage_named(self.stage).decode(kwargs)
+        except (KeyError, ArgumentInvalid):
+            argument = None
+        if isinstance(argument, MessageItem):
+            return {
+                "kind": "item",
+                "message_id": argument.id,
+                "type": argument.type,
+                "phone_number_id": argument.phone_number_id,
+                "envelope_id": argument.envelope_id,
+            }
+        item = kwargs.get("item") if isinstance(kwargs, dict) else None
+        if argument is None and isinstance(item, dict):
+            found = item.get("message")
+            inbound: dict[str, Any] = found if isinstance(found, dict) else {}
             return {
                 "kind": "item",
                 "message_id": inbound.get("id"),
@@ -64,10 +85,8 @@ class DeadLetter:
                 "phone_number_id": item.get("phone_number_id"),
                 "envelope_id": item.get("envelope_id"),
             }
-        return {
-            "kind": "envelope",
-            "envelope_id": kwargs.get("envelope_id") or self.message.get("message_id"),
-        }
+        envelope_id = argument.envelope_id if isinstance(argument, Envelope) else kwargs.get("envelope_id")
+        return {"kind": "envelope", "envelope_id": envelope_id or self.message.get("message_id")}
 
     def summary(self) -> dict[str, Any]:
         reason = self.reason
@@ -103,11 +122,10 @@ def all_letters(client: redis.Redis, queues: tuple[str, ...] = QUEUES) -> list[D
     """Every dead letter, oldest first."""
     letters = []
     for queue in queues:
-        key = f"{NAMESPACE}:{queue}.XQ"
-        entries: list[tuple[bytes, float]] = client.zrange(key, 0, -1, withscores=True)  # type: ignore[assignment]
+        entries: list[tuple[bytes, float]] = client.zrange(keys.dead_letters(queue), 0, -1, withscores=True)  # type: ignore[assignment]
         for raw_id, score in entries:
             letter_id = _text(raw_id)
-            data = client.hget(f"{key}.msgs", letter_id)
+            data = client.hget(keys.dead_letter_messages(queue), letter_id)
             if data is None:
                 continue
             reason = client.hget(REASONS_KEY, letter_id)
@@ -134,10 +152,9 @@ def find(client: redis.Redis, letter_id: str) -> DeadLetter:
 
 
 def remove(client: redis.Redis, letter: DeadLetter) -> None:
-    key = f"{NAMESPACE}:{letter.queue}.XQ"
     with client.pipeline(transaction=True) as pipe:
-        pipe.zrem(key, letter.id)
-        pipe.hdel(f"{key}.msgs", letter.id)
+        pipe.zrem(keys.dead_letters(letter.queue), letter.id)
+        pipe.hdel(keys.dead_letter_messages(letter.queue), letter.id)
         pipe.hdel(REASONS_KEY, letter.id)
         pipe.execute()
 
@@ -145,7 +162,7 @@ def remove(client: redis.Redis, letter: DeadLetter) -> None:
 def replay_message(letter: DeadLetter, *, resend_unknown: bool = False) -> Message[Any]:
     """A fresh message for the same actor and arguments, marked as a replay."""
     original = letter.message
-    options: dict[str, Any] = {"wapipe_replay": True, "redis_message_id": str(uuid.uuid4())}
+    options: dict[str, Any] = {REPLAY: True}
     if resend_unknown:
         options[RESEND_UNKNOWN] = True
     return Message(
@@ -158,7 +175,8 @@ def replay_message(letter: DeadLetter, *, resend_unknown: bool = False) -> Messa
 
 
 def replay(client: redis.Redis, letter: DeadLetter, *, resend_unknown: bool = False) -> Message[Any]:
-    """Enqueue the replay and remove the dead letter, in one transaction (it runs once).
+    """Enqueue the replay (waking idle workers, as every enqueue does) and remove the dead letter,
+    in one script: it runs once, even when two operators replay the same letter.
 
     Raises:
         MayHaveBeenDelivered: the letter's send may have reached the user, and ``resend_unknown``
@@ -169,21 +187,23 @@ def replay(client: redis.Redis, letter: DeadLetter, *, resend_unknown: bool = Fa
             f"{letter.id}: its send may have been delivered ({letter.reason.get('type')}); "
             "pass --resend-unknown to send it anyway"
         )
-    message = replay_message(letter, resend_unknown=resend_unknown)
-    queue_key = f"{NAMESPACE}:{message.queue_name}"
-    key = f"{NAMESPACE}:{letter.queue}.XQ"
-    with client.pipeline(transaction=True) as pipe:
-        pipe.hset(f"{queue_key}.msgs", message.options["redis_message_id"], message.encode())
-        pipe.rpush(queue_key, message.options["redis_message_id"])
-        pipe.zrem(key, letter.id)
-        pipe.hdel(f"{key}.msgs", letter.id)
-        pipe.hdel(REASONS_KEY, letter.id)
-        pipe.execute()
+    stored, queue_keys, push_args = prepare(replay_message(letter, resend_unknown=resend_unknown))
+    replayed = scripts.register(client, "replay")(
+        keys=[
+            *queue_keys,
+            keys.dead_letters(letter.queue),
+            keys.dead_letter_messages(letter.queue),
+            REASONS_KEY,
+        ],
+        args=[*push_args, keys.WAKEUP_CHANNEL, letter.id],
+    )
+    if not replayed:
+        raise NotFound(f"dead letter {letter.id!r} was replayed or removed meanwhile")
     log.info(
         "dead_letter_replayed",
         extra={"dead_letter": letter.id, "stage": letter.stage, "resend_unknown": resend_unknown},
     )
-    return message
+    return stored
 
 
 def purge(client: redis.Redis, *, older_than_seconds: float | None, now: float | None = None) -> int:

@@ -1,0 +1,117 @@
+"""Deduplication of what Meta delivers more than once, and ``parse``'s one write per envelope.
+
+Meta retries a webhook it did not see acknowledged, and may deliver the same message in two
+webhooks. A message is marked seen by its ``id`` (``wapipe:seen:msg:<id>``, for
+``WAPIPE_MESSAGE_DEDUP_TTL_SECONDS``), a status by its ``id`` and ``status`` (``wapipe:seen:status:
+<id>:<status>``, for ``WAPIPE_STATUS_DEDUP_TTL_SECONDS``). A mark's value is the parse attempt that
+claimed it, so a retried parse (same attempt) hands its items on again instead of taking them for
+duplicates; the reply ledger keeps that from answering twice.
+
+:class:`Claims` collects an envelope's writes — claim each mark, enqueue each fresh message, record
+each fresh status, dead-letter each item that cannot be handled — and :meth:`Claims.run` makes them
+in one script (``claim.lua``): one round trip, all of it or none.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from dramatiq import Message
+
+from daemon.envelope import Item
+from daemon.store import keys, scripts, statuses
+from daemon.store.queues import prepare
+
+
+def _encodable(values: list[Any]) -> None:
+    for value in values:
+        if isinstance(value, str):
+            value.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
+
+
+@dataclass
+class Claims:
+    """The writes of one envelope, made by :meth:`run`.
+
+    Each ``add_*`` proves its strings encodable before adding anything, so that a bad value
+    fails that item alone (``ValueError``), not the script of the whole envelope.
+    """
+
+    _keys: list[str] = field(default_factory=list)
+    _args: list[Any] = field(default_factory=list)
+    _letter_keys: list[str] = field(default_factory=list)
+    _letter_args: list[Any] = field(default_factory=list)
+    _items: int = 0
+
+    def add_message(
+        self, mark: str | None, owner: str, ttl_seconds: int, replay: bool, message: Message[Any]
+    ) -> None:
+        """Claim ``mark`` for ``owner`` and, when fresh, enqueue ``message`` (made by
+        :func:`daemon.pipeline.message`). ``replay`` or no mark: always fresh."""
+        _, queue_keys, push_args = prepare(message)
+        item_keys = [mark or keys.UNMARKED, *queue_keys]
+        skip = "1" if replay or mark is None else "0"
+        item_args = ["message", owner, ttl_seconds, skip, *push_args, keys.WAKEUP_CHANNEL]
+        _encodable([*item_keys, *item_args])
+        self._add(item_keys, item_args)
+
+    def add_status(
+        self,
+        mark: str | None,
+        owner: str,
+        ttl_seconds: int,
+        replay: bool,
+        status_id: str,
+        status: str,
+        timestamp: str,
+    ) -> None:
+        """Claim ``mark`` and, when fresh, record ``status`` unless a higher one is recorded."""
+        item_keys = [mark or keys.UNMARKED, keys.status(status_id)]
+        skip = "1" if replay or mark is None else "0"
+        item_args = [
+            "status", owner, ttl_seconds, skip,
+            status, statuses.rank(status), timestamp, statuses.STATUS_TTL_SECONDS,
+        ]  # fmt: skip
+        _encodable([*item_keys, *item_args])
+        self._add(item_keys, item_args)
+
+    def add_dead_letter(
+        self, message: Message[Any], letter_id: str, record: dict[str, Any], now_ms: int
+    ) -> None:
+        """Dead-letter ``message`` as Dramatiq's ``nack`` would, with wapipe's ``record`` of why.
+        The same ``letter_id`` on a rerun writes it once."""
+        stored = message.copy(options={"redis_message_id": letter_id})
+        self._letter_keys += [
+            keys.dead_letters(message.queue_name),
+            keys.dead_letter_messages(message.queue_name),
+            keys.DEAD_LETTER_REASONS,
+        ]
+        self._letter_args += [letter_id, stored.encode(), json.dumps(record), now_ms]
+
+    def _add(self, item_keys: list[str], item_args: list[Any]) -> None:
+        self._keys += item_keys
+        self._args += item_args
+        self._items += 1
+
+    def run(self, client: redis.Redis) -> list[bool]:
+        """Make every write; one flag per claimed item, in order: True fresh, False a duplicate."""
+        if not self._keys and not self._letter_keys:
+            return []
+        script = scripts.register(client, "claim")
+        flags = script(
+            keys=[*self._keys, *self._letter_keys], args=[self._items, *self._args, *self._letter_args]
+        )
+        return [bool(flag) for flag in flags]
+
+
+def mark(item: Item) -> str | None:
+    """The dedup mark of an envelope item, or None for an item without an id."""
+    item_id = item.data.get("id")
+    if not isinstance(item_id, str) or not item_id:
+        return None
+    if item.kind == "message":
+        return keys.seen_message(item_id)
+    return keys.seen_status(item_id, item.data.get("status"))

@@ -1,0 +1,97 @@
+"""Every Redis key wapipe reads or writes, in one place.
+
+The layouts are a contract between releases: a message queued, a dedup mark, a ledger entry or a
+dead letter written by one release is read by the next (``tests/test_upgrade.py`` holds the
+previous release's formats). Change a layout only with a migration.
+
+Dramatiq's own layout (its Redis broker, namespace ``dramatiq``): ``dramatiq:<queue>`` is the list
+of ready message ids, ``dramatiq:<queue>.msgs`` the hash id → encoded message,
+``dramatiq:<queue>.DQ`` the delay queue, and ``dramatiq:<queue>.XQ`` the dead letters (a sorted set
+scored by the time they failed, with their messages in ``dramatiq:<queue>.XQ.msgs``).
+"""
+
+from __future__ import annotations
+
+#: Dramatiq's key namespace (the broker is built with it).
+NAMESPACE = "dramatiq"
+#: Producers publish a queue's name here after enqueueing onto it when it was empty.
+WAKEUP_CHANNEL = "wapipe:wakeup"
+#: Dead-letter id → the JSON record of why it failed (stage, reason, attempts, time).
+DEAD_LETTER_REASONS = "wapipe:dlq:reasons"
+#: Sandbox: what the emulated Graph API was sent (a capped list of JSON entries).
+SANDBOX_OUTBOX = "wapipe:sandbox:outbox"
+#: Sandbox: the running emulator's address and token.
+SANDBOX_EMULATOR = "wapipe:sandbox:emulator"
+#: Stands in for the dedup mark of an item without an id (never read or written).
+UNMARKED = "wapipe:seen:-"
+
+
+def queue(name: str) -> str:
+    """The list of ready message ids of queue ``name`` (``name.DQ`` for its delay queue)."""
+    return f"{NAMESPACE}:{name}"
+
+
+def queue_messages(name: str) -> str:
+    """The hash of queue ``name``'s messages, by Redis message id."""
+    return f"{NAMESPACE}:{name}.msgs"
+
+
+def dead_letters(name: str) -> str:
+    """The sorted set of queue ``name``'s dead letters (its messages: :func:`dead_letter_messages`)."""
+    return f"{NAMESPACE}:{name}.XQ"
+
+
+def dead_letter_messages(name: str) -> str:
+    return f"{NAMESPACE}:{name}.XQ.msgs"
+
+
+def seen_message(message_id: str) -> str:
+    """The dedup mark of an inbound message; its value is the parse attempt that claimed it."""
+    return f"wapipe:seen:msg:{message_id}"
+
+
+def seen_status(status_id: str, status: object) -> str:
+    """The dedup mark of one status (``sent``, ``delivered``…) of an outbound message."""
+    return f"wapipe:seen:status:{status_id}:{status}"
+
+
+def status(status_id: str) -> str:
+    """The hash holding an outbound message's latest status (``status``, ``rank``, ``timestamp``)."""
+    return f"wapipe:status:{status_id}"
+
+
+def handled(phone_number_id: str, message_id: str) -> str:
+    """Set by ``reply`` when an inbound message is done: its value is the number of messages sent
+    in answer (``0``: handled without reply). ``wapipe simulate`` waits for it."""
+    return f"wapipe:handled:{phone_number_id}:{message_id}"
+
+
+def ledger(phone_number_id: str, message_id: str, index: int) -> str:
+    """The reply ledger entry of the ``index``-th outbound message answering ``message_id``:
+    ``sending:<attempt>:<time>`` while in doubt, ``sent:<outbound id>`` once Meta accepted it."""
+    return f"wapipe:reply:{phone_number_id}:{message_id}:{index}"
+
+
+def paused(phone_number_id: str) -> str:
+    """Present while sending from the number is paused (its token was refused)."""
+    return f"wapipe:paused:{phone_number_id}"
+
+
+def probe(phone_number_id: str) -> str:
+    """Held by the one message per pause period that probes whether the token works again."""
+    return f"wapipe:probe:{phone_number_id}"
+
+
+def rate_number(phone_number_id: str) -> str:
+    """The per-number send limiter (GCRA: the theoretical arrival time, µs)."""
+    return f"wapipe:rate:number:{phone_number_id}"
+
+
+def rate_pair(phone_number_id: str, recipient: str) -> str:
+    """The per-recipient send limiter of one business number."""
+    return f"wapipe:rate:pair:{phone_number_id}:{recipient}"
+
+
+def sandbox_media(media_id: str) -> str:
+    """Sandbox: an uploaded file (content, mime type, hash, size)."""
+    return f"wapipe:sandbox:media:{media_id}"

@@ -1,0 +1,116 @@
+"""The reply ledger: each outbound message is sent at most once.
+
+Before the ``n``-th message answering inbound ``id`` is sent, ``wapipe:reply:<phone_number_id>:
+<id>:<n>`` is claimed (``sending:<attempt>:<time>``); after Meta accepted it, it says
+``sent:<outbound id>``. A claim found ``sending`` means an earlier attempt may have sent it: it is
+not sent again unless an operator's replay takes it over. When the inbound message is done,
+``wapipe:handled:<phone_number_id>:<id>`` records how many messages answered it (``0``: handled
+without reply), written with the last ledger mark. Entries live for the message dedup window
+plus a day.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from daemon import retrying
+from daemon.store import keys, scripts
+
+#: The reply ledger outlives the message dedup window by a day.
+EXTRA_SECONDS = 86_400
+#: How long a write recording a send that happened waits for Redis: rather than leave it "in doubt".
+RECORD_WAIT_SECONDS = 60.0
+
+
+class Claim(enum.Enum):
+    """What :meth:`ReplyLedger.claim` found."""
+
+    #: Ours now: send.
+    CLAIMED = "claimed"
+    #: Sent already by an earlier attempt: do not send.
+    SENT = "sent"
+    #: An earlier attempt started this send and never finished: it may have been delivered.
+    IN_DOUBT = "in_doubt"
+
+
+class ReplyLedger:
+    """The ledger on one Redis client.
+
+    Args:
+        client: the calling thread's redis-py client.
+        dedup_ttl_seconds: ``WAPIPE_MESSAGE_DEDUP_TTL_SECONDS``; entries live a day longer.
+    """
+
+    def __init__(self, client: redis.Redis, dedup_ttl_seconds: int) -> None:
+        self._client = client
+        self._set_all = scripts.register(client, "set_all")
+        self.ttl_seconds = dedup_ttl_seconds + EXTRA_SECONDS
+
+    def claim(self, phone_number_id: str, message_id: str, index: int, attempt: str) -> Claim:
+        """Claim the ``index``-th send answering ``message_id`` for ``attempt``."""
+        key = keys.ledger(phone_number_id, message_id, index)
+        if self._client.set(key, f"sending:{attempt}", nx=True, ex=self.ttl_seconds):
+            return Claim.CLAIMED
+        stored = self._client.get(key) or b""
+        state = stored.decode() if isinstance(stored, bytes) else str(stored)
+        return Claim.SENT if state.startswith("sent") else Claim.IN_DOUBT
+
+    def take_over(self, phone_number_id: str, message_id: str, index: int, attempt: str) -> None:
+        """Claim a send in doubt for ``attempt`` (an operator accepted a possible second message)."""
+        self._client.set(
+            keys.ledger(phone_number_id, message_id, index), f"sending:{attempt}", ex=self.ttl_seconds
+        )
+
+    def release(self, phone_number_id: str, message_id: str, index: int) -> None:
+        """Give a claim back: the send surely did not happen."""
+        self._client.delete(keys.ledger(phone_number_id, message_id, index))
+
+    def sent(
+        self,
+        phone_number_id: str,
+        message_id: str,
+        index: int,
+        outbound_id: str,
+        *,
+        replies: int | None = None,
+    ) -> None:
+        """Record that the ``index``-th send happened; with ``replies``, also that the inbound
+        message is done (the last send), in the same command."""
+        values = [(keys.ledger(phone_number_id, message_id, index), f"sent:{outbound_id}")]
+        if replies is not None:
+            values.append((keys.handled(phone_number_id, message_id), str(replies)))
+        self._record(values)
+
+    def handled(self, phone_number_id: str, message_id: str, replies: int) -> None:
+        """Record that the inbound message is done, answered by ``replies`` messages."""
+        self._record([(keys.handled(phone_number_id, message_id), str(replies))])
+
+    def replies(self, phone_number_id: str, message_id: str) -> int | None:
+        """How many messages answered ``message_id``, or None when it is not done."""
+        value = self._client.get(keys.handled(phone_number_id, message_id))
+        return None if value is None else int(value)
+
+    def _record(self, values: Sequence[tuple[str, str]]) -> None:
+        """Set each key to its value, in one command. It records sends that happened: worth waiting
+        for Redis (up to :data:`RECORD_WAIT_SECONDS`) rather than leave them "in doubt"."""
+
+        def write() -> None:
+            if len(values) == 1:
+                self._client.set(values[0][0], values[0][1], ex=self.ttl_seconds)
+            else:
+                self._set_all(
+                    keys=[key for key, _ in values], args=[*(value for _, value in values), self.ttl_seconds]
+                )
+
+        retrying.call(
+            write,
+            on=(RedisConnectionError, RedisTimeoutError),
+            attempts=None,
+            timeout=RECORD_WAIT_SECONDS,
+            wait_max=2.0,
+        )

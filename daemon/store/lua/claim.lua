@@ -1,0 +1,43 @@
+-- parse's one round trip per envelope: claim each item's dedup mark, hand fresh messages on,
+-- record fresh statuses, dead-letter the items that cannot be handled. All of it or none.
+--
+-- KEYS: per item its dedup mark and its target (a message: the queue list and message hash it
+-- goes to; a status: its status hash), then per bad item its queue's dead-letter set, their
+-- messages and the reasons hash.
+-- ARGV: the number of items, then 8 values per item: kind, owner, dedup TTL (s), '1' to skip the
+-- dedup check (replay, no id), then for a message push's id, data, queue and channel, for a
+-- status its status, rank, timestamp and TTL (s); then 4 values per bad item: its dead letter's
+-- id, message data, reason record and time (ms), in Dramatiq's dead-letter layout.
+--
+-- A mark held by another owner makes the item a duplicate; a mark held by the same owner (a
+-- retried parse) hands it on again. A status only replaces a lower rank.
+-- Returns one flag per item: 1 handled now, 0 a duplicate.
+local results = {}
+local k = 1
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  local a = 1 + (i - 1) * 8
+  local kind, owner, ttl = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local fresh = ARGV[a + 4] == '1'
+  if not fresh then
+    fresh = redis.call('SET', KEYS[k], owner, 'NX', 'EX', ttl) and true or redis.call('GET', KEYS[k]) == owner
+  end
+  if kind == 'message' then
+    if fresh then push(KEYS[k + 1], KEYS[k + 2], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]) end
+    k = k + 3
+  else
+    if fresh and tonumber(ARGV[a + 6]) > tonumber(redis.call('HGET', KEYS[k + 1], 'rank') or '0') then
+      redis.call('HSET', KEYS[k + 1], 'status', ARGV[a + 5], 'rank', ARGV[a + 6], 'timestamp', ARGV[a + 7])
+      redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 8])
+    end
+    k = k + 2
+  end
+  results[i] = fresh and 1 or 0
+end
+for b = 2 + n * 8, #ARGV, 4 do
+  redis.call('ZADD', KEYS[k], ARGV[b + 3], ARGV[b])
+  redis.call('HSET', KEYS[k + 1], ARGV[b], ARGV[b + 1])
+  redis.call('HSET', KEYS[k + 2], ARGV[b], ARGV[b + 2])
+  k = k + 3
+end
+return results

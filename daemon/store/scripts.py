@@ -1,0 +1,51 @@
+"""The state store's Lua scripts: one ``.lua`` file each, read once per process.
+
+A script that enqueues (``enqueue``, ``claim``, ``replay``) is prefixed with ``push.lua``, the
+one enqueue every producer shares (see :mod:`daemon.store.queues`). Scripts are registered on a
+client by :func:`register` (redis-py: EVALSHA, with the source sent again only after Redis lost
+it, e.g. a restart).
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from typing import Literal
+
+import redis
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript, Script
+
+Name = Literal[
+    "enqueue",
+    "claim",
+    "replay",
+    "set_all",
+    "reserve",
+    "release",
+    "record_refresh",
+    "record_replace",
+    "record_withdraw",
+]
+#: Scripts that call ``push`` (defined in ``push.lua``).
+_PUSHING = frozenset({"enqueue", "claim", "replay"})
+
+
+@functools.cache
+def source(name: Name) -> str:
+    """The Lua source of script ``name``, as sent to Redis."""
+    folder = resources.files(__package__).joinpath("lua")
+    text = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if name in _PUSHING:
+        text = folder.joinpath("push.lua").read_text(encoding="utf-8") + text
+    return text
+
+
+def register(client: redis.Redis, name: Name) -> Script:
+    """Script ``name`` bound to ``client`` (its SHA is computed here, once)."""
+    return client.register_script(source(name))
+
+
+def register_async(client: aioredis.Redis, name: Name) -> AsyncScript:
+    """The same for a ``redis.asyncio`` client."""
+    return client.register_script(source(name))
