@@ -9,7 +9,6 @@ fbtrace_id), the stage and the attempt count under the same Redis message id, so
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from typing import Any
@@ -30,7 +29,7 @@ from daemon.graph import (
     SendOutcomeUnknown,
 )
 from daemon.logs import traceback_lines
-from daemon.store.deadletters import REASONS_KEY
+from daemon.store.deadletters import record_reason
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +119,11 @@ class DeadLetterRecorder(Middleware):
             "attempts": retries + 1 if permanent else max(retries, 1),
             "failed_at": time.time(),
         }
-        redis_message_id = message.options.get("redis_message_id")
+        redis_message_id = str(message.options.get("redis_message_id"))
         assert isinstance(broker, RedisBroker)
         client = broker.client
         with contextlib.suppress(RedisStillDown):  # Dramatiq keeps the message; only the reason is lost
-            wait_out_outage(
-                lambda: client.hset(REASONS_KEY, redis_message_id, json.dumps(record)), "dead letter reason"
-            )
+            wait_out_outage(lambda: record_reason(client, redis_message_id, record), "dead letter reason")
         fields: dict[str, Any] = {
             "actor": message.actor_name,
             "message_id": message.message_id,

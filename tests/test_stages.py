@@ -34,7 +34,7 @@ from daemon.store import keys, statuses
 from tests.conftest import APP_SECRET
 from tests.support.fake_graph import FakeGraph, b64_sha256, graph_error, media_bytes
 from tests.support.meta import envelope, meta_bytes, text_envelope
-from tests.support.stages import context, resources
+from tests.support.stages import context, counted, resources
 
 NUMBER = "620000000000001"
 
@@ -120,7 +120,7 @@ def test_parse_routes_messages_and_skips_duplicates(worker: Resources, rclient: 
     parse.run(context(worker, "attempt-2"), _envelope(envelope([text, image]), "env-2"))
     assert len(queued(rclient, PIPELINE_QUEUE)) == 1  # a duplicate delivery hands nothing on
     assert len(queued(rclient, MEDIA_QUEUE)) == 1
-    assert worker.metrics.duplicates.labels("message")._value.get() == 2
+    assert counted(worker.metrics.duplicates, "message") == 2
 
     parse.run(context(worker, "attempt-1"), first)  # the first parse, retried
     assert len(queued(rclient, PIPELINE_QUEUE)) == 2
@@ -187,7 +187,7 @@ def test_fetch_media_answers_without_a_file_it_cannot_have(
     fetch_media.run(context(worker), _item("wamid.M2", type="image", image={"id": "unknown"}))
     [(_, handed)] = handed_on(rclient, PIPELINE_QUEUE)
     assert handed.stored_media is None
-    assert worker.metrics.media_downloads.labels("failed")._value.get() == 1
+    assert counted(worker.metrics.media_downloads, "failed") == 1
 
 
 # --- reply ----------------------------------------------------------------------------------------

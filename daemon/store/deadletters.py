@@ -118,6 +118,12 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def record_reason(client: redis.Redis, redis_message_id: str, record: dict[str, Any]) -> None:
+    """Store why the message ``redis_message_id`` is being dead-lettered (stage, reason, attempts,
+    time), beside the dead letter Dramatiq writes under the same id."""
+    client.hset(REASONS_KEY, redis_message_id, json.dumps(record))
+
+
 def all_letters(client: redis.Redis, queues: tuple[str, ...] = QUEUES) -> list[DeadLetter]:
     """Every dead letter, oldest first."""
     letters = []

@@ -40,3 +40,12 @@ def resources(
 def context(resources: Resources, message_id: str | None = None, **options: Any) -> Context:
     """The context of one run (a fresh message id unless given: a retry keeps its id)."""
     return resources.context(message_id or str(uuid.uuid4()), dict(options))
+
+
+def counted(family: Any, *labels: str) -> float:
+    """The value of a counter ``family``'s series with ``labels``, read as a scrape would."""
+    for metric in family.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and tuple(sample.labels.values()) == labels:
+                return float(sample.value)
+    raise LookupError(f"no series {labels} in {family}")
