@@ -85,7 +85,7 @@ def run(context: Context, envelope: Envelope) -> None:
         else:
             work.append((index, item))
     claims, work, bad = _claims(context, work, bad, envelope)
-    handled = claims.run(context.store.client)
+    handled = claims.write(context.store.client)
     families = context.metrics
     for field, count in fields.items():
         families.unhandled_fields.labels(families.field_label(field)).inc(count)

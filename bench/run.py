@@ -234,7 +234,7 @@ def start_worker(stack: ExitStack, env: dict[str, str], tmp: Path, name: str) ->
     return worker
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="wapipe-bench-"))
     report: dict[str, Any] = {
         "machine": {
@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    report = run(args)
+    report = measure(args)
     report["seconds"] = round(time.monotonic() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

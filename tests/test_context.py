@@ -21,7 +21,7 @@ def test_each_thread_talks_to_redis_on_its_own_connection(
     redis_url: str, rclient: redis.Redis, fake_graph: FakeGraph, tmp_path: Path
 ) -> None:
     """Two threads get two connections; a thread keeps its one across commands, queue and scripts;
-    closing the runtime closes them all."""
+    closing the resources closes them all."""
     with resources(redis_url, fake_graph.url, tmp_path) as worker:
         _threads_use_their_own(worker, rclient)
 

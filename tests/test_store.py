@@ -71,8 +71,8 @@ def test_a_bad_value_fails_its_own_claim_alone(rclient: redis.Redis) -> None:
     with pytest.raises(UnicodeEncodeError):
         claims.add_status("wapipe-test-mark", "owner", 60, False, "wamid.\ud800", "read", "1")
     claims.add_message(keys.seen_message("wamid.D1"), "owner", 60, False, message(REPLY, _item("wamid.D1")))
-    assert claims.run(rclient) == [True]
-    assert dedup.Claims().run(rclient) == []
+    assert claims.write(rclient) == [True]
+    assert dedup.Claims().write(rclient) == []
 
 
 def test_the_ledger_says_claimed_sent_or_in_doubt(rclient: redis.Redis) -> None:

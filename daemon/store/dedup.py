@@ -8,7 +8,7 @@ claimed it, so a retried parse (same attempt) hands its items on again instead o
 duplicates; the reply ledger keeps that from answering twice.
 
 :class:`Claims` collects an envelope's writes — claim each mark, enqueue each fresh message, record
-each fresh status, dead-letter each item that cannot be handled — and :meth:`Claims.run` makes them
+each fresh status, dead-letter each item that cannot be handled — and :meth:`Claims.write` makes them
 in one script (``claim.lua``): one round trip, all of it or none.
 """
 
@@ -34,7 +34,7 @@ def _encodable(values: list[Any]) -> None:
 
 @dataclass
 class Claims:
-    """The writes of one envelope, made by :meth:`run`.
+    """The writes of one envelope, made by :meth:`write`.
 
     Each ``add_*`` proves its strings encodable before adding anything, so that a bad value
     fails that item alone (``ValueError``), not the script of the whole envelope.
@@ -96,7 +96,7 @@ class Claims:
         self._args += item_args
         self._items += 1
 
-    def run(self, client: redis.Redis) -> list[bool]:
+    def write(self, client: redis.Redis) -> list[bool]:
         """Make every write; one flag per claimed item, in order: True fresh, False a duplicate."""
         if not self._keys and not self._letter_keys:
             return []
