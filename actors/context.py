@@ -27,6 +27,7 @@ from dramatiq.asyncio import get_event_loop_thread
 
 from actors.metrics import WorkerMetrics
 from actors.metrics import current as current_metrics
+from daemon.bot import takes_conversation
 from daemon.config import Settings
 from daemon.graph import GraphClient, emulator_endpoint
 from daemon.handler import Handler, load_handler
@@ -53,6 +54,8 @@ class Context:
     metrics: WorkerMetrics
     #: The Dramatiq message id: stable across the message's retries.
     message_id: str
+    #: Whether the handler takes the conversation (a bot, or a two-argument function).
+    conversational: bool
     #: The message's options (``retries``…); a change is seen by the retry middleware.
     options: dict[str, Any]
     run_coroutine: CoroutineRunner
@@ -94,6 +97,8 @@ class Resources:
     metrics: WorkerMetrics
     run_coroutine: CoroutineRunner
     emulator: EmulatorLink | None = None
+    #: Whether :attr:`handler` takes the conversation (decided once, when it is loaded).
+    conversational: bool = False
     _local: threading.local = field(default_factory=threading.local)
     _opened: list[redis.Redis] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -118,6 +123,7 @@ class Resources:
             handler=self.handler,
             metrics=self.metrics,
             message_id=message_id,
+            conversational=self.conversational,
             options=options,
             run_coroutine=self.run_coroutine,
         )
@@ -152,11 +158,13 @@ class Resources:
             )
         else:
             graph = GraphClient(settings, observe=observe)
+        handler = load_handler(settings.handler)
         return cls(
             settings=settings,
             redis_url=redis_url,
             graph=graph,
-            handler=load_handler(settings.handler),
+            handler=handler,
+            conversational=takes_conversation(handler),
             metrics=metrics,
             run_coroutine=run_coroutine,
             emulator=emulator,

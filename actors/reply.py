@@ -37,8 +37,10 @@ import dramatiq
 
 from actors.context import Context
 from actors.errors import GraphRejected, ItemRejected, OutcomeUnknown
+from daemon.conversation import Entry
 from daemon.graph import GraphError, GraphUnreachable, RequestInvalid, SendOutcomeUnknown
-from daemon.handler import InboundMessage, Outbound, call_handler
+from daemon.handler import InboundMessage, Outbound, call_handler, inbound_text
+from daemon.messages import text_of
 from daemon.pipeline import REPLY, MessageItem
 from daemon.store.ledger import Claim
 
@@ -67,8 +69,7 @@ def run(context: Context, item: MessageItem) -> None:
     message = InboundMessage.from_item(item)
     fields = {"actor": ACTOR_NAME, "message_id": message.id, "type": message.type}
     ledger = context.store.ledger
-    # A sync handler runs in this worker thread; an async one on the worker's event loop.
-    outbound = call_handler(context.handler, message, context.run_coroutine)
+    outbound = _decide(context, message)
     if not outbound:
         ledger.handled(message.phone_number_id, message.id, 0)
         log.info("handled_without_reply", extra=fields)
@@ -94,6 +95,48 @@ def run(context: Context, item: MessageItem) -> None:
     latency = time.time() - item.received_at
     context.metrics.reply_latency.observe(max(0.0, latency))
     log.info("replied", extra={**fields, "replies": len(outbound), "latency_ms": round(latency * 1000)})
+
+
+def _decide(context: Context, message: InboundMessage) -> list[Outbound]:
+    """The replies to ``message``. A sync handler runs in this worker thread, an async one on the
+    worker's event loop. A handler that takes the conversation gets it loaded from Redis, and its
+    replies are committed with the conversation's changes as this message's turn, once: a run
+    that finds the turn committed (a retry, a redelivery, a replay) sends those replies again
+    through the ledger, without running the bot."""
+    if not context.conversational:
+        return call_handler(context.handler, message, context.run_coroutine)
+    conversations = context.store.conversations
+    decided = conversations.decided(message.phone_number_id, message.id)
+    if decided is not None:
+        log.info("turn_already_decided", extra={"actor": ACTOR_NAME, "message_id": message.id})
+        return decided
+    user = message.from_ or message.from_user_id
+    if not user:
+        raise ItemRejected("inbound message has neither from nor from_user_id", message_id=message.id)
+    conversation = conversations.load(message.phone_number_id, user)
+    inbound_at = _timestamp(message)
+    if inbound_at is not None:
+        conversation.last_inbound_at = max(conversation.last_inbound_at or 0.0, inbound_at)
+    outbound = call_handler(context.handler, message, context.run_coroutine, conversation)
+    now = time.time()
+    entries = [
+        Entry("in", message.type, inbound_text(message), inbound_at or now, message.id),
+        *(Entry("out", str(body.get("type")), text_of(body), now) for body in outbound),
+    ]
+    try:
+        turn = conversations.commit(conversation, message.id, outbound, entries, inbound_at)
+    except TypeError as error:  # json.dumps: the bot put something that is not JSON in its conversation
+        raise ItemRejected(
+            f"the conversation cannot be stored: {error}"[:300], message_id=message.id
+        ) from None
+    if turn.applied and conversation.state is not None:
+        log.debug("conversation_state", extra={"actor": ACTOR_NAME, "message_id": message.id})
+    return turn.outbound
+
+
+def _timestamp(message: InboundMessage) -> float | None:
+    """Meta's timestamp of the message (Unix seconds), when it is one."""
+    return float(message.timestamp) if message.timestamp and message.timestamp.isdigit() else None
 
 
 def _pause_retry(context: Context) -> SendingPaused:

@@ -136,6 +136,9 @@ class Settings:
     pair_burst: int
     message_dedup_ttl_seconds: int
     status_dedup_ttl_seconds: int
+    history_messages: int
+    history_characters: int
+    conversation_ttl_seconds: int
     redis_start_wait_seconds: float
     media_min_bytes_per_second: int
     header_timeout_seconds: float
@@ -249,6 +252,11 @@ class Settings:
                 "WAPIPE_MESSAGE_DEDUP_TTL_SECONDS", 8 * DAY_SECONDS, minimum=1
             ),
             status_dedup_ttl_seconds=env.integer("WAPIPE_STATUS_DEDUP_TTL_SECONDS", DAY_SECONDS, minimum=1),
+            history_messages=env.integer("WAPIPE_HISTORY_MESSAGES", 20, minimum=1, maximum=1000),
+            history_characters=env.integer("WAPIPE_HISTORY_CHARACTERS", 0, minimum=0),
+            conversation_ttl_seconds=env.integer(
+                "WAPIPE_CONVERSATION_TTL_SECONDS", 30 * DAY_SECONDS, minimum=60
+            ),
             redis_start_wait_seconds=env.number("WAPIPE_REDIS_START_WAIT_SECONDS", 30.0, minimum=0.0),
             media_min_bytes_per_second=env.integer("WAPIPE_MEDIA_MIN_BYTES_PER_SECOND", 65_536, minimum=1),
             header_timeout_seconds=env.number("WAPIPE_HEADER_TIMEOUT_SECONDS", 15.0, minimum=0.1),

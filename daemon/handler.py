@@ -1,8 +1,8 @@
 """Typed inbound messages and the reply handler API, with the default handler (the README's *The default reply*).
 
-A handler is ``def handle(message: InboundMessage) -> Sequence[Outbound]`` (or ``async def``).
-Each outbound is the type-specific part of a Graph ``/messages`` body, e.g.
-``{"type": "text", "text": {"body": "hi"}}``; wapipe adds ``messaging_product`` and the
+A handler is ``def handle(message: InboundMessage) -> Sequence[...]`` (or ``async def``). Each
+outbound is a typed builder (:mod:`daemon.messages`: ``Text("hi")``, ``Buttons(...)``…) or the
+type-specific part of a Graph ``/messages`` body, e.g. ``{"type": "text", "text": {"body": "hi"}}``; wapipe adds ``messaging_product`` and the
 recipient (``to`` / ``recipient``) unless the handler set them. Returning nothing means
 "handled without reply": no read receipt is sent either.
 
@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon import messages
 from daemon.envelope import MEDIA_TYPES
 from daemon.pipeline import MessageItem, StoredMedia
 
 Outbound = dict[str, Any]
-Handler = Callable[["InboundMessage"], Sequence[Outbound] | Awaitable[Sequence[Outbound]]]
+Result = Sequence["Outbound | messages.Outbound"]
+Handler = Callable[["InboundMessage"], Result | Awaitable[Result]]
 
 #: WhatsApp's limit on a text message body.
 TEXT_LIMIT = 4096
@@ -307,11 +309,15 @@ def _origin(module: object) -> str:
 
 
 def call_handler(
-    handler: Handler, message: InboundMessage, run_async: Callable[[Coroutine[Any, Any, Any]], Any]
+    handler: Callable[..., Any],
+    message: InboundMessage,
+    run_async: Callable[[Coroutine[Any, Any, Any]], Any],
+    conversation: Any = None,
 ) -> list[Outbound]:
     """Run a sync handler here, an async one through ``run_async`` (e.g. on the worker's event
-    loop), and check that it returned a list of objects."""
-    result = handler(message)
+    loop), and check that it returned a list of messages. With a ``conversation``, the handler
+    takes it as its second argument (see :mod:`daemon.bot`)."""
+    result = handler(message) if conversation is None else handler(message, conversation)
     if inspect.isawaitable(result):
         result = run_async(_awaited(result))
     return checked_outbound(result)
@@ -321,14 +327,31 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
-def checked_outbound(result: Sequence[Outbound] | None) -> list[Outbound]:
-    """A handler's result as a list, checked to hold only dicts with a ``type``.
+def checked_outbound(result: Sequence[Outbound | messages.Outbound] | None) -> list[Outbound]:
+    """A handler's result as a list of bodies: builders (:mod:`daemon.messages`) made into their
+    bodies, plain dicts with a ``type`` taken as they are.
 
     Raises:
         TypeError: anything else.
     """
-    outbound = list(result or ())
+    outbound = [
+        messages.body_of(item) if isinstance(item, messages.Outbound) else item for item in result or ()
+    ]
     for item in outbound:
         if not isinstance(item, dict) or "type" not in item:
-            raise TypeError("a handler must return a sequence of dicts with a 'type'")
+            raise TypeError("a handler must return a sequence of message builders or dicts with a 'type'")
     return outbound
+
+
+def inbound_text(message: InboundMessage) -> str:
+    """What a user's message says, for the context window: its text, caption, chosen button or
+    row title; "" for a message without words."""
+    if message.text is not None:
+        return message.text
+    if message.interactive is not None and message.interactive.title:
+        return message.interactive.title
+    if message.button_text:
+        return message.button_text
+    if message.media is not None and message.media.caption:
+        return message.media.caption
+    return ""

@@ -7,6 +7,7 @@ One module per concern, every key layout in :mod:`daemon.store.keys`, every Lua 
 - :mod:`~daemon.store.dedup`: seen marks, and parse's one write per envelope;
 - :mod:`~daemon.store.statuses`: delivery statuses, kept monotonic;
 - :mod:`~daemon.store.ledger`: the reply ledger (at most one send per outbound message);
+- :mod:`~daemon.store.conversations`: conversations and the turn of each inbound message;
 - :mod:`~daemon.store.ratelimit`: outbound rate limits and the pause on a refused token;
 - :mod:`~daemon.store.deadletters`: dead letters, their reasons, replay and retention;
 - :mod:`~daemon.store.media`: inbound media files.
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import redis
 
 from daemon.config import Settings
+from daemon.store.conversations import Conversations
 from daemon.store.ledger import ReplyLedger
 from daemon.store.queues import Queue
 from daemon.store.ratelimit import SendLimiter, SendPause
@@ -35,13 +37,15 @@ class Store:
     ledger: ReplyLedger
     limiter: SendLimiter
     pause: SendPause
+    conversations: Conversations
 
     @classmethod
     def on(cls, client: redis.Redis, settings: Settings) -> Store:
+        ledger = ReplyLedger(client, settings.message_dedup_ttl_seconds)
         return cls(
             client=client,
             queue=Queue(client),
-            ledger=ReplyLedger(client, settings.message_dedup_ttl_seconds),
+            ledger=ledger,
             limiter=SendLimiter(
                 client,
                 per_number_rate=settings.send_rate,
@@ -49,4 +53,11 @@ class Store:
                 pair_burst=settings.pair_burst,
             ),
             pause=SendPause(client, settings.auth_pause_ms),
+            conversations=Conversations(
+                client,
+                history_messages=settings.history_messages,
+                history_characters=settings.history_characters,
+                ttl_seconds=settings.conversation_ttl_seconds,
+                turn_ttl_seconds=ledger.ttl_seconds,
+            ),
         )

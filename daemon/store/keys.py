@@ -95,3 +95,18 @@ def rate_pair(phone_number_id: str, recipient: str) -> str:
 def sandbox_media(media_id: str) -> str:
     """Sandbox: an uploaded file (content, mime type, hash, size)."""
     return f"wapipe:sandbox:media:{media_id}"
+
+
+def conversation(phone_number_id: str, user: str) -> str:
+    """A conversation's hash: ``state`` and ``variables`` (JSON), ``last_inbound`` (Unix seconds)."""
+    return f"wapipe:conv:{phone_number_id}:{user}"
+
+
+def history(phone_number_id: str, user: str) -> str:
+    """A conversation's context window: a list of JSON entries, oldest first."""
+    return f"wapipe:conv:{phone_number_id}:{user}:history"
+
+
+def turn(phone_number_id: str, message_id: str) -> str:
+    """What the bot decided for one inbound message (its replies), kept with its state change."""
+    return f"wapipe:turn:{phone_number_id}:{message_id}"

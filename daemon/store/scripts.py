@@ -26,6 +26,7 @@ Name = Literal[
     "record_refresh",
     "record_replace",
     "record_withdraw",
+    "turn",
 ]
 #: Scripts that call ``push`` (defined in ``push.lua``).
 _PUSHING = frozenset({"enqueue", "claim", "replay"})

@@ -11,6 +11,7 @@ from typing import Any
 
 from actors.context import Context, Resources
 from actors.metrics import WorkerMetrics
+from daemon.bot import takes_conversation
 from daemon.config import Settings
 from daemon.graph import GraphClient
 from daemon.handler import Handler, load_handler
@@ -28,6 +29,7 @@ def resources(
         redis_url=redis_url,
         graph=GraphClient(settings),
         handler=handler or load_handler(None),
+        conversational=takes_conversation(handler or load_handler(None)),
         metrics=WorkerMetrics(),
         run_coroutine=asyncio.run,
     )

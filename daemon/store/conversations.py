@@ -1,0 +1,122 @@
+"""Conversations in Redis: state, variables, the context window, the window time, and turns.
+
+A conversation is keyed by (business number, user), the user being their ``wa_id`` or, for a user
+with only a business-scoped id, that id. A **turn** is what the bot decided for one inbound
+message: the replies, committed with the conversation's new state and variables, the inbound
+message's timestamp (the 24-hour window) and the history, in one script (``turn.lua``), once. A
+retry, a redelivery after a crash or an operator's replay of that message finds the turn and
+sends its replies (through the reply ledger, at most once each) without running the bot or
+applying the state again. Conversations expire ``WAPIPE_CONVERSATION_TTL_SECONDS`` after their
+last turn; a turn lives as long as the reply ledger.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from daemon.conversation import Conversation, Entry
+from daemon.store import keys, scripts
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """The replies decided for one inbound message, and whether this call committed them."""
+
+    outbound: list[dict[str, Any]]
+    #: False when the turn had been committed before (the state was not applied again).
+    applied: bool
+
+
+class Conversations:
+    """Conversations on one Redis client (one worker thread's).
+
+    Args:
+        history_messages: entries kept in the context window.
+        history_characters: the most text the window handed to the bot holds (0: no limit).
+        ttl_seconds: a conversation's life after its last turn.
+        turn_ttl_seconds: a turn's life (the reply ledger's).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        history_messages: int,
+        history_characters: int,
+        ttl_seconds: int,
+        turn_ttl_seconds: int,
+    ) -> None:
+        self._client = client
+        self._turn = scripts.register(client, "turn")
+        self.history_messages = history_messages
+        self.history_characters = history_characters
+        self.ttl_seconds = ttl_seconds
+        self.turn_ttl_seconds = turn_ttl_seconds
+
+    def decided(self, phone_number_id: str, message_id: str) -> list[dict[str, Any]] | None:
+        """The replies of a turn already committed for ``message_id``, or None."""
+        stored = self._client.get(keys.turn(phone_number_id, message_id))
+        return None if stored is None else list(json.loads(stored)["outbound"])
+
+    def load(self, phone_number_id: str, user: str) -> Conversation:
+        """The conversation as the last committed turn left it (a new one if there is none)."""
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.conversation(phone_number_id, user), "state", "variables", "last_inbound")
+            pipe.lrange(keys.history(phone_number_id, user), -self.history_messages, -1)
+            (state, variables, last_inbound), raw_history = pipe.execute()
+        history = [Entry.from_json(json.loads(entry)) for entry in raw_history]
+        return Conversation(
+            phone_number_id=phone_number_id,
+            user=user,
+            state=json.loads(state) if state else None,
+            variables=dict(json.loads(variables)) if variables else {},
+            history=tuple(self._within_budget(history)),
+            last_inbound_at=float(last_inbound) if last_inbound else None,
+        )
+
+    def commit(
+        self,
+        conversation: Conversation,
+        message_id: str,
+        outbound: Sequence[dict[str, Any]],
+        entries: Sequence[Entry],
+        inbound_at: float | None,
+    ) -> Turn:
+        """Commit the turn of ``message_id``: its replies and the conversation's changes, once.
+
+        Raises:
+            TypeError: the state or a variable is not JSON (the bot's bug: nothing is committed).
+        """
+        number, user = conversation.phone_number_id, conversation.user
+        applied, stored = self._turn(
+            keys=[keys.turn(number, message_id), keys.conversation(number, user), keys.history(number, user)],
+            args=[
+                json.dumps({"outbound": list(outbound), "user": user}),
+                json.dumps(conversation.state),
+                json.dumps(conversation.variables),
+                "" if inbound_at is None else repr(inbound_at),
+                self.history_messages,
+                self.ttl_seconds,
+                self.turn_ttl_seconds,
+                *(json.dumps(entry.to_json()) for entry in entries),
+            ],
+        )
+        return Turn(list(json.loads(stored)["outbound"]), bool(applied))
+
+    def _within_budget(self, history: list[Entry]) -> list[Entry]:
+        """The newest entries whose text fits the character budget (all when there is none)."""
+        if self.history_characters <= 0:
+            return history
+        kept: list[Entry] = []
+        used = 0
+        for entry in reversed(history):
+            used += len(entry.text)
+            if used > self.history_characters and kept:
+                break
+            kept.append(entry)
+        return kept[::-1]

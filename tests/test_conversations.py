@@ -1,0 +1,159 @@
+"""Conversations through the reply stage, against a real Redis and the fake Graph API: a message's
+state change is applied once with its replies, whatever retries, redeliveries or replays follow."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from actors import reply
+from actors.context import Resources
+from actors.errors import ItemRejected, OutcomeUnknown
+from daemon.bot import Bot
+from daemon.conversation import Conversation
+from daemon.graph import GraphError
+from daemon.handler import InboundMessage
+from daemon.messages import Text
+from daemon.pipeline import MessageItem
+from daemon.store import keys
+from tests.support.fake_graph import FakeGraph, Reply
+from tests.support.stages import context, resources
+
+NUMBER = "620000000000001"
+
+
+class CountingBot:
+    """Counts its visits in the conversation, and how often it was run."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.bot = Bot()
+
+        @self.bot.fallback
+        def visit(message: InboundMessage, conversation: Conversation) -> list[Text]:
+            self.runs += 1
+            seen = int(conversation.variables.get("visits", 0))
+            conversation.variables["visits"] = seen + 1
+            conversation.state = "talking"
+            return [Text(f"visit {seen}: {message.text}")]
+
+
+@pytest.fixture
+def counting() -> CountingBot:
+    return CountingBot()
+
+
+@pytest.fixture
+def worker(
+    redis_url: str, fake_graph: FakeGraph, tmp_path: Path, counting: CountingBot
+) -> Iterator[Resources]:
+    with resources(
+        redis_url, fake_graph.url, tmp_path, handler=counting.bot, WAPIPE_HISTORY_MESSAGES="4"
+    ) as opened:
+        yield opened
+
+
+def item(
+    message_id: str, text: str = "hi", sender: str = "447700900123", at: int | None = None
+) -> MessageItem:
+    message = {
+        "id": message_id,
+        "from": sender,
+        "timestamp": str(at if at is not None else int(time.time())),
+        "type": "text",
+        "text": {"body": text},
+    }
+    return MessageItem(message, NUMBER, None, None, time.time(), "env")
+
+
+def sent_texts(fake_graph: FakeGraph) -> list[str]:
+    return [record.json["text"]["body"] for record in fake_graph.sends()]
+
+
+def test_a_retry_sends_the_decided_reply_without_running_the_bot_again(
+    worker: Resources, fake_graph: FakeGraph, counting: CountingBot
+) -> None:
+    """The send fails after the turn was committed; the retry sends the same reply, and the
+    conversation's change is applied once."""
+    fake_graph.script("send", *[Reply(status=500, body={"error": {"code": 1, "message": "down"}})] * 3)
+    with pytest.raises(GraphError):  # after the Graph client's own 3 attempts
+        reply.run(context(worker, "run-1"), item("wamid.C1"))
+    reply.run(context(worker, "run-1", retries=1), item("wamid.C1"))
+    assert counting.runs == 1
+    assert sent_texts(fake_graph) == ["visit 0: hi"] * 4  # 3 refused attempts, then the one accepted
+    talk = worker.store.conversations.load(NUMBER, "447700900123")
+    assert (talk.state, talk.variables) == ("talking", {"visits": 1})
+
+
+def test_a_send_in_doubt_replayed_by_the_operator_keeps_the_state_once(
+    worker: Resources, fake_graph: FakeGraph, counting: CountingBot
+) -> None:
+    """A send that may have been delivered is dead-lettered; the operator's ``--resend-unknown``
+    replay resends the same reply; the bot ran once and the visit was counted once."""
+    fake_graph.script("send", Reply(delay=4.0))  # past the tests' 3 s Graph timeout
+    with pytest.raises(OutcomeUnknown):
+        reply.run(context(worker), item("wamid.C2"))
+    reply.run(context(worker, wapipe_resend_unknown=True, wapipe_replay=True), item("wamid.C2"))
+    assert counting.runs == 1
+    assert sent_texts(fake_graph)[-1] == "visit 0: hi"
+    assert worker.store.conversations.load(NUMBER, "447700900123").variables == {"visits": 1}
+
+
+def test_the_context_window_keeps_the_last_messages_in_and_out(
+    worker: Resources, fake_graph: FakeGraph, rclient: redis.Redis
+) -> None:
+    """Three messages: the window holds the last four entries (WAPIPE_HISTORY_MESSAGES=4), oldest
+    first, with their direction; another user's conversation is separate."""
+    for n in range(3):
+        reply.run(context(worker), item(f"wamid.H{n}", text=f"m{n}", at=1_800_000_000 + n))
+    reply.run(context(worker), item("wamid.other", sender="447700900999"))
+    talk = worker.store.conversations.load(NUMBER, "447700900123")
+    assert [(entry.direction, entry.text) for entry in talk.history] == [
+        ("in", "m1"),
+        ("out", "visit 1: m1"),
+        ("in", "m2"),
+        ("out", "visit 2: m2"),
+    ]
+    assert talk.history[0].id == "wamid.H1"
+    assert talk.last_inbound_at == 1_800_000_002
+    assert worker.store.conversations.load(NUMBER, "447700900999").variables == {"visits": 1}
+    assert 0 < rclient.ttl(keys.conversation(NUMBER, "447700900123")) <= 30 * 86_400
+
+
+def test_the_character_budget_trims_the_oldest_entries(
+    redis_url: str, fake_graph: FakeGraph, tmp_path: Path, counting: CountingBot
+) -> None:
+    """With WAPIPE_HISTORY_CHARACTERS, the bot is handed the newest entries that fit."""
+    with resources(
+        redis_url, fake_graph.url, tmp_path, handler=counting.bot, WAPIPE_HISTORY_CHARACTERS="30"
+    ) as worker:
+        for n in range(3):
+            reply.run(context(worker), item(f"wamid.B{n}", text="x" * 10))
+        history = worker.store.conversations.load(NUMBER, "447700900123").history
+    assert sum(len(entry.text) for entry in history) <= 30
+    assert history[-1].text == "visit 2: xxxxxxxxxx"
+
+
+def test_a_conversation_that_is_not_json_is_refused_and_nothing_is_kept(
+    redis_url: str, fake_graph: FakeGraph, tmp_path: Path, rclient: redis.Redis
+) -> None:
+    """A bot that puts something JSON cannot hold in its variables: the message is dead-lettered
+    with the reason, no reply is sent, the conversation is unchanged."""
+
+    def careless(message: InboundMessage, conversation: Conversation) -> list[Any]:
+        conversation.variables["when"] = object()
+        return [Text("never sent")]
+
+    with (
+        resources(redis_url, fake_graph.url, tmp_path, handler=careless) as worker,
+        pytest.raises(ItemRejected, match="the conversation cannot be stored"),
+    ):
+        reply.run(context(worker), item("wamid.J1"))
+    assert fake_graph.sends() == []
+    assert not rclient.exists(keys.turn(NUMBER, "wamid.J1"))
+    assert not rclient.exists(keys.conversation(NUMBER, "447700900123"))
