@@ -24,14 +24,14 @@ run: $(STAMP)
 	$(BIN)/wapipe run
 
 lint: $(TESTSTAMP)
-	$(BIN)/ruff check daemon actors tests bench
-	$(BIN)/ruff format --check daemon actors tests bench
+	$(BIN)/ruff check daemon actors tests bench examples
+	$(BIN)/ruff format --check daemon actors tests bench examples
 
 typecheck: $(TESTSTAMP)
 	$(BIN)/mypy
 
 test: $(TESTSTAMP)
-	$(BIN)/ruff check daemon actors tests bench
+	$(BIN)/ruff check daemon actors tests bench examples
 	$(BIN)/mypy
 	$(BIN)/pytest
 

@@ -18,7 +18,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Interrupt, Middleware
 from redis.exceptions import RedisError
 
-from actors.errors import PermanentFailure
+from actors.errors import ConversationBusy, PermanentFailure
 from actors.reliability import ENQUEUE_LOST, RedisStillDown, wait_out_outage
 from daemon.graph import (
     GraphError,
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 #: message: only its type goes to the logs and to ``dlq list``.
 KNOWN_FAILURES: tuple[type[BaseException], ...] = (
     PermanentFailure,
+    ConversationBusy,
     GraphError,
     GraphUnreachable,
     SendOutcomeUnknown,

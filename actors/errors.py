@@ -35,3 +35,8 @@ class OutcomeUnknown(PermanentFailure):
 
 class GraphRejected(PermanentFailure):
     """The Graph API refused a request with a permanent error code."""
+
+
+class ConversationBusy(Exception):
+    """Other messages of the user kept changing the conversation while the bot decided: the
+    message is retried later (not a permanent failure)."""

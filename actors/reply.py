@@ -36,12 +36,13 @@ import time
 import dramatiq
 
 from actors.context import Context
-from actors.errors import GraphRejected, ItemRejected, OutcomeUnknown
+from actors.errors import ConversationBusy, GraphRejected, ItemRejected, OutcomeUnknown
 from daemon.conversation import Entry
 from daemon.graph import GraphError, GraphUnreachable, RequestInvalid, SendOutcomeUnknown
 from daemon.handler import InboundMessage, Outbound, call_handler, inbound_text
 from daemon.messages import text_of
 from daemon.pipeline import REPLY, MessageItem
+from daemon.store.conversations import ConversationChanged
 from daemon.store.ledger import Claim
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ ACTOR_NAME = REPLY.name
 
 #: Seconds to wait for each throttling code without a ``Retry-After`` (131056 grows as 4^X).
 THROTTLE_SECONDS = {130429: 2.0, 131057: 60.0, 80007: 60.0, 4: 60.0}
+
+
+#: Decisions made in a row for one message before it is retried later (another message of the
+#: same user committed between loading the conversation and committing this one's turn).
+DECIDE_ATTEMPTS = 5
 
 
 class SendingPaused(dramatiq.Retry):
@@ -102,7 +108,9 @@ def _decide(context: Context, message: InboundMessage) -> list[Outbound]:
     worker's event loop. A handler that takes the conversation gets it loaded from Redis, and its
     replies are committed with the conversation's changes as this message's turn, once: a run
     that finds the turn committed (a retry, a redelivery, a replay) sends those replies again
-    through the ledger, without running the bot."""
+    through the ledger, without running the bot. When another message of the user committed
+    meanwhile, the bot decides again from the new state (it may run more than once; only one
+    decision is kept and sent)."""
     if not context.conversational:
         return call_handler(context.handler, message, context.run_coroutine)
     conversations = context.store.conversations
@@ -113,25 +121,29 @@ def _decide(context: Context, message: InboundMessage) -> list[Outbound]:
     user = message.from_ or message.from_user_id
     if not user:
         raise ItemRejected("inbound message has neither from nor from_user_id", message_id=message.id)
-    conversation = conversations.load(message.phone_number_id, user)
     inbound_at = _timestamp(message)
-    if inbound_at is not None:
-        conversation.last_inbound_at = max(conversation.last_inbound_at or 0.0, inbound_at)
-    outbound = call_handler(context.handler, message, context.run_coroutine, conversation)
-    now = time.time()
-    entries = [
-        Entry("in", message.type, inbound_text(message), inbound_at or now, message.id),
-        *(Entry("out", str(body.get("type")), text_of(body), now) for body in outbound),
-    ]
-    try:
-        turn = conversations.commit(conversation, message.id, outbound, entries, inbound_at)
-    except TypeError as error:  # json.dumps: the bot put something that is not JSON in its conversation
-        raise ItemRejected(
-            f"the conversation cannot be stored: {error}"[:300], message_id=message.id
-        ) from None
-    if turn.applied and conversation.state is not None:
-        log.debug("conversation_state", extra={"actor": ACTOR_NAME, "message_id": message.id})
-    return turn.outbound
+    for attempt in range(DECIDE_ATTEMPTS):
+        conversation = conversations.load(message.phone_number_id, user)
+        if inbound_at is not None:
+            conversation.last_inbound_at = max(conversation.last_inbound_at or 0.0, inbound_at)
+        outbound = call_handler(context.handler, message, context.run_coroutine, conversation)
+        now = time.time()
+        entries = [
+            Entry("in", message.type, inbound_text(message), inbound_at or now, message.id),
+            *(Entry("out", str(body.get("type")), text_of(body), now) for body in outbound),
+        ]
+        try:
+            return conversations.commit(conversation, message.id, outbound, entries, inbound_at).outbound
+        except TypeError as error:  # json.dumps: the bot put something that is not JSON in it
+            raise ItemRejected(
+                f"the conversation cannot be stored: {error}"[:300], message_id=message.id
+            ) from None
+        except ConversationChanged:
+            log.info(
+                "conversation_changed",
+                extra={"actor": ACTOR_NAME, "message_id": message.id, "attempt": attempt},
+            )
+    raise ConversationBusy(f"the conversation kept changing during {DECIDE_ATTEMPTS} decisions")
 
 
 def _timestamp(message: InboundMessage) -> float | None:

@@ -168,6 +168,9 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
             url=args.url,
             wait_seconds=args.timeout,
             sender=args.sender,
+            button=args.button,
+            list_row=args.list_row,
+            location=args.location,
         )
     )
     if not answer:
@@ -175,6 +178,17 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     for sent in answer:
         print(render(sent))
     return EXIT_OK
+
+
+def _coordinates(value: str) -> tuple[float, float]:
+    """``LAT,LON`` in degrees."""
+    try:
+        latitude, longitude = (float(part) for part in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not LAT,LON (e.g. 38.7223,-9.1393)") from None
+    if not (abs(latitude) <= 90 and abs(longitude) <= 180):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a place on Earth")
+    return latitude, longitude
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
@@ -280,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     what = sim.add_mutually_exclusive_group(required=True)
     what.add_argument("--text", help="send a text message")
     what.add_argument("--image", type=Path, help="upload this image to the emulator and send it")
+    what.add_argument(
+        "--button", metavar="ID", help="press the reply button ID of the last message offering it"
+    )
+    what.add_argument("--list-row", metavar="ID", help="pick the list row ID of the last message offering it")
+    what.add_argument("--location", type=_coordinates, metavar="LAT,LON", help="share a location")
     sim.add_argument("--from", dest="sender", default=None, help="the simulated user's number (digits)")
     sim.add_argument("--url", help="webhook URL (default: the address the web recorded in Redis)")
     sim.add_argument(

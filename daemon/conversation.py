@@ -66,6 +66,8 @@ class Conversation:
     history: tuple[Entry, ...] = ()
     #: Meta's timestamp of the user's last message (Unix seconds), None when unknown.
     last_inbound_at: float | None = None
+    #: How many turns changed it: a turn commits only onto the version it was decided from.
+    version: int = 0
 
     def window_open(self, now: float) -> bool:
         """Whether free-form messages may be sent at ``now``: the user wrote in the last 24 hours."""

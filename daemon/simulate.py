@@ -85,8 +85,15 @@ async def simulate(
     url: str | None,
     wait_seconds: float,
     sender: str | None = None,
+    button: str | None = None,
+    list_row: str | None = None,
+    location: tuple[float, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Send one simulated inbound message; return the outbound messages that answered it (maybe none).
+
+    ``button`` and ``list_row`` press a reply button or pick a list row of the last message sent to
+    the user that has one with that id, as Meta's webhook reports it (the id and its title, quoting
+    that message); ``location`` shares a location.
 
     Raises:
         SimulateError: a bad argument, no sandbox web to talk to, the webhook refused, or the message
@@ -112,6 +119,13 @@ async def simulate(
             if content is not None and record is not None:
                 media = await _upload(session, record, settings.api_version, phone_number_id, *content)
                 message |= {"type": "image", "image": media}
+            elif button is not None or list_row is not None:
+                message |= await _choice(client, user, button, list_row)
+            elif location is not None:
+                message |= {
+                    "type": "location",
+                    "location": {"latitude": location[0], "longitude": location[1]},
+                }
             else:
                 message |= {"type": "text", "text": {"body": text or ""}}
             await _post(session, webhook, meta_body(envelope(phone_number_id, user, message)), settings)
@@ -120,6 +134,47 @@ async def simulate(
         raise SimulateError(f"Redis: {error}") from None
     finally:
         await client.aclose()
+
+
+async def _choice(
+    client: aioredis.Redis, user: str, button: str | None, list_row: str | None
+) -> dict[str, Any]:
+    """The ``interactive`` part of the webhook Meta sends when ``user`` presses reply button
+    ``button`` or picks list row ``list_row`` of the newest message sent to them that offers it."""
+    wanted = button if button is not None else list_row
+    for raw in reversed(await client.lrange(keys.SANDBOX_OUTBOX, 0, -1)):
+        entry = json.loads(raw)
+        sent = entry.get("message") or {}
+        if (
+            entry.get("kind") != "message"
+            or str(sent.get("to") or sent.get("recipient") or "").lstrip("+") != user
+        ):
+            continue
+        for choice in _choices(sent, "button" if button is not None else "list"):
+            if choice.get("id") == wanted:
+                context = {"from": str(entry.get("phone_number_id")), "id": str(entry.get("id"))}
+                if button is not None:
+                    reply = {
+                        "type": "button_reply",
+                        "button_reply": {"id": wanted, "title": choice.get("title")},
+                    }
+                else:
+                    row = {key: choice[key] for key in ("id", "title", "description") if key in choice}
+                    reply = {"type": "list_reply", "list_reply": row}
+                return {"type": "interactive", "interactive": reply, "context": context}
+    flag = "--button" if button is not None else "--list-row"
+    raise SimulateError(f"{flag} {wanted}: no message sent to {user} offers it", EXIT_CONFIG)
+
+
+def _choices(sent: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """The reply buttons (``kind`` "button") or list rows ("list") a sent message offers."""
+    interactive = sent.get("interactive") if sent.get("type") == "interactive" else None
+    if not isinstance(interactive, dict) or interactive.get("type") != kind:
+        return []
+    action = interactive.get("action") or {}
+    if kind == "button":
+        return [b.get("reply") or {} for b in action.get("buttons") or [] if isinstance(b, dict)]
+    return [row for section in action.get("sections") or [] for row in (section.get("rows") or [])]
 
 
 async def _record(client: aioredis.Redis) -> EmulatorRecord | None:
@@ -227,7 +282,7 @@ def _interactive(part: dict[str, Any]) -> str:
         for button in action.get("buttons") or []:
             reply = button.get("reply") if isinstance(button, dict) else None
             if isinstance(reply, dict):
-                lines.append(f"  [{reply.get('title')}]")
+                lines.append(f"  [{reply.get('title')}]  --button {reply.get('id')}")
     elif kind == "list":
         lines.append(f"  ({action.get('button')})")
         for section in action.get("sections") or []:
@@ -238,7 +293,7 @@ def _interactive(part: dict[str, Any]) -> str:
             for row in section.get("rows") or []:
                 if isinstance(row, dict):
                     description = f" - {row['description']}" if row.get("description") else ""
-                    lines.append(f"    - {row.get('title')}{description}")
+                    lines.append(f"    - {row.get('title')}{description}  --list-row {row.get('id')}")
     elif kind == "cta_url":
         parameters = action.get("parameters")
         parameters = parameters if isinstance(parameters, dict) else {}

@@ -157,3 +157,30 @@ def test_a_conversation_that_is_not_json_is_refused_and_nothing_is_kept(
     assert fake_graph.sends() == []
     assert not rclient.exists(keys.turn(NUMBER, "wamid.J1"))
     assert not rclient.exists(keys.conversation(NUMBER, "447700900123"))
+
+
+def test_a_conversation_changed_meanwhile_is_decided_again_from_the_new_state(
+    redis_url: str, fake_graph: FakeGraph, tmp_path: Path
+) -> None:
+    """While the bot decides message A, message B of the same user commits (another worker):
+    A's first decision is not kept; the bot decides A again from B's state, so no change is lost,
+    and A's reply is the second decision's, sent once."""
+    runs: list[str] = []
+    holder: dict[str, Resources] = {}
+
+    def bot(message: InboundMessage, conversation: Conversation) -> list[Text]:
+        runs.append(str(message.text))
+        if message.text == "A" and len(runs) == 1:
+            reply.run(context(holder["worker"]), item("wamid.RB", text="B"))  # B commits meanwhile
+        visits = int(conversation.variables.get("visits", 0)) + 1
+        conversation.variables["visits"] = visits
+        return [Text(f"{message.text} is visit {visits}")]
+
+    with resources(redis_url, fake_graph.url, tmp_path, handler=bot) as worker:
+        holder["worker"] = worker
+        reply.run(context(worker), item("wamid.RA", text="A"))
+        talk = worker.store.conversations.load(NUMBER, "447700900123")
+    assert runs == ["A", "B", "A"]
+    assert talk.variables == {"visits": 2}
+    assert talk.version == 2
+    assert sent_texts(fake_graph) == ["B is visit 1", "A is visit 2"]

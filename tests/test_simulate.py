@@ -73,7 +73,8 @@ def simulate(folder: Path, env: dict[str, str], *args: str) -> subprocess.Comple
         ("quiet", "(no reply: the handler answered nothing)\n"),
         (
             "menu",
-            "Pick one\n  [Yes]\n  [No]\nChoose\n  (Options)\n  Fruits:\n    - Apple - red\n    - Pear\n",
+            "Pick one\n  [Yes]  --button y\n  [No]  --button n\nChoose\n  (Options)\n  Fruits:\n"
+            "    - Apple - red  --list-row a\n    - Pear  --list-row p\n",
         ),
     ],
     ids=["unquoted", "several", "nothing", "interactive"],

@@ -32,6 +32,11 @@ class Turn:
     applied: bool
 
 
+class ConversationChanged(Exception):
+    """Another message of the same user changed the conversation after it was loaded: nothing
+    was committed; load it again and decide again."""
+
+
 class Conversations:
     """Conversations on one Redis client (one worker thread's).
 
@@ -65,10 +70,12 @@ class Conversations:
 
     def load(self, phone_number_id: str, user: str) -> Conversation:
         """The conversation as the last committed turn left it (a new one if there is none)."""
-        with self._client.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.conversation(phone_number_id, user), "state", "variables", "last_inbound")
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.hmget(
+                keys.conversation(phone_number_id, user), "state", "variables", "last_inbound", "version"
+            )
             pipe.lrange(keys.history(phone_number_id, user), -self.history_messages, -1)
-            (state, variables, last_inbound), raw_history = pipe.execute()
+            (state, variables, last_inbound, version), raw_history = pipe.execute()
         history = [Entry.from_json(json.loads(entry)) for entry in raw_history]
         return Conversation(
             phone_number_id=phone_number_id,
@@ -77,6 +84,7 @@ class Conversations:
             variables=dict(json.loads(variables)) if variables else {},
             history=tuple(self._within_budget(history)),
             last_inbound_at=float(last_inbound) if last_inbound else None,
+            version=int(version or 0),
         )
 
     def commit(
@@ -91,6 +99,7 @@ class Conversations:
 
         Raises:
             TypeError: the state or a variable is not JSON (the bot's bug: nothing is committed).
+            ConversationChanged: another message's turn changed the conversation since it was loaded.
         """
         number, user = conversation.phone_number_id, conversation.user
         applied, stored = self._turn(
@@ -103,10 +112,13 @@ class Conversations:
                 self.history_messages,
                 self.ttl_seconds,
                 self.turn_ttl_seconds,
+                str(conversation.version),
                 *(json.dumps(entry.to_json()) for entry in entries),
             ],
         )
-        return Turn(list(json.loads(stored)["outbound"]), bool(applied))
+        if int(applied) < 0:
+            raise ConversationChanged(f"{number}:{message_id}")
+        return Turn(list(json.loads(stored)["outbound"]), bool(int(applied)))
 
     def _within_budget(self, history: list[Entry]) -> list[Entry]:
         """The newest entries whose text fits the character budget (all when there is none)."""

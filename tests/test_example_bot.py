@@ -1,0 +1,82 @@
+"""The example pizza bot, walked end to end in the sandbox with `wapipe simulate`: text, reply
+buttons, a list row and a location, as Meta's webhooks would carry them; its state and variables
+survive from one message to the next."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import WAPIPE_SCRIPT, Proc, sandbox_env
+from tests.support.waiting import free_port, wait_for
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def shop() -> Iterator[tuple[Path, dict[str, str]]]:
+    """`wapipe run` in sandbox mode, started from the examples folder with the pizza bot."""
+    data_dir = Path(tempfile.mkdtemp(prefix="wapipe-pizza-"))
+    env = sandbox_env(data_dir, free_port(), WAPIPE_HANDLER="pizza:bot")
+    run = Proc("run", ["run"], env, data_dir, cwd=EXAMPLES, command=[WAPIPE_SCRIPT])
+    try:
+        wait_for(lambda: "worker_ready" in run.output() or not run.alive(), timeout=60, what="wapipe run")
+        assert run.alive(), run.output()
+        wait_for(lambda: "sandbox_emulator_recorded" in run.output(), timeout=20, what="the web")
+        yield EXAMPLES, env
+    finally:
+        run.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def say(shop: tuple[Path, dict[str, str]], *args: str) -> str:
+    folder, env = shop
+    result = subprocess.run(
+        [WAPIPE_SCRIPT, "simulate", "--from", "351910000001", *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_pizza_bot_takes_an_order_from_menu_to_confirmation(shop: tuple[Path, dict[str, str]]) -> None:
+    """menu → Order → a pizza from the list → a quantity → confirm: each step answers from the
+    state the previous one left, and the order count is kept afterwards."""
+    assert "--button order" in say(shop, "--text", "menu")
+    listing = say(shop, "--button", "order")
+    assert "Margherita - €9.50  --list-row margherita" in listing
+    assert "How many?" in say(shop, "--list-row", "margherita")
+    assert "2 × Margherita, €19.00. Shall we bake it?" in say(shop, "--button", "qty_2")
+    assert say(shop, "--button", "confirm") == "Order #1 confirmed: 2 × Margherita. Ready in 25 minutes!\n"
+    assert "Say 'menu'" in say(shop, "--location", "38.7223,-9.1393")
+    say(shop, "--text", "menu")
+    say(shop, "--button", "order")
+    say(shop, "--list-row", "diavola")
+    say(shop, "--button", "qty_1")
+    assert say(shop, "--button", "confirm").startswith("Order #2 confirmed: 1 × Diavola")
+
+
+def test_a_button_no_message_offered_is_refused_in_one_line(shop: tuple[Path, dict[str, str]]) -> None:
+    """`--button` presses a button of a message the user was sent; any other id is exit 2."""
+    folder, env = shop
+    result = subprocess.run(
+        [WAPIPE_SCRIPT, "simulate", "--from", "351910000002", "--button", "nope"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("--button nope: no message sent to 351910000002 offers it")
