@@ -319,7 +319,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     purging = actions.add_parser("purge", help="delete dead letters older than WAPIPE_DLQ_RETENTION_DAYS")
     purging.add_argument("--all", action="store_true", help="delete every dead letter")
+    talk = commands.add_parser("conversation", help="show or reset one user's conversation (shows content)")
+    talk_actions = talk.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("show", "state, variables, window and history, as JSON"),
+        ("reset", "forget state, variables, history"),
+    ):
+        one = talk_actions.add_parser(action, help=text)
+        one.add_argument("phone_number_id", metavar="PHONE_NUMBER_ID")
+        one.add_argument("user", metavar="USER", help="the user's wa_id (digits) or business-scoped id")
     return parser
+
+
+def cmd_conversation(settings: Settings, args: argparse.Namespace) -> int:
+    """Show or reset one user's conversation (a deliberate view of content, for support staff)."""
+    import json
+
+    import redis
+
+    from daemon.store.conversations import Conversations
+
+    client = redis.Redis.from_url(resolve_redis_url(settings), socket_timeout=10)
+    try:
+        conversations = Conversations(
+            client,
+            history_messages=settings.history_messages,
+            history_characters=0,
+            ttl_seconds=settings.conversation_ttl_seconds,
+            turn_ttl_seconds=settings.message_dedup_ttl_seconds,
+        )
+        if args.action == "reset":
+            had = conversations.reset(args.phone_number_id, args.user)
+            print("reset" if had else "no conversation to reset")
+            return EXIT_OK
+        talk = conversations.load(args.phone_number_id, args.user)
+        shown = {
+            "phone_number_id": talk.phone_number_id,
+            "user": talk.user,
+            "state": talk.state,
+            "variables": talk.variables,
+            "last_inbound_at": talk.last_inbound_at,
+            "window_open": talk.window_open(time.time()),
+            "turns": talk.version,
+            "history": [entry.to_json() for entry in talk.history],
+        }
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    finally:
+        client.close()
 
 
 COMMANDS = {
@@ -329,6 +376,7 @@ COMMANDS = {
     "simulate": cmd_simulate,
     "check": cmd_check,
     "dlq": cmd_dlq,
+    "conversation": cmd_conversation,
 }
 
 

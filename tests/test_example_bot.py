@@ -4,6 +4,7 @@ survive from one message to the next."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.simulate import SANDBOX_PHONE_NUMBER_ID
 from tests.support.procs import WAPIPE_SCRIPT, Proc, sandbox_env
 from tests.support.waiting import free_port, wait_for
 
@@ -36,8 +38,9 @@ def shop() -> Iterator[tuple[Path, dict[str, str]]]:
 
 def say(shop: tuple[Path, dict[str, str]], *args: str) -> str:
     folder, env = shop
+    sender = [] if "--from" in args else ["--from", "351910000001"]
     result = subprocess.run(
-        [WAPIPE_SCRIPT, "simulate", "--from", "351910000001", *args],
+        [WAPIPE_SCRIPT, "simulate", *sender, *args],
         cwd=folder,
         env=env,
         capture_output=True,
@@ -80,3 +83,29 @@ def test_a_button_no_message_offered_is_refused_in_one_line(shop: tuple[Path, di
     )
     assert result.returncode == 2
     assert result.stderr.strip().endswith("--button nope: no message sent to 351910000002 offers it")
+
+
+def test_support_staff_see_and_reset_a_conversation(shop: tuple[Path, dict[str, str]]) -> None:
+    """`wapipe conversation show` prints the state, variables, window and history as JSON;
+    `reset` forgets them, and the bot starts again from nothing."""
+    folder, env = shop
+    say(shop, "--from", "351910000003", "--text", "menu")
+
+    def conversation(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [WAPIPE_SCRIPT, "conversation", *args, SANDBOX_PHONE_NUMBER_ID, "351910000003"],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    shown = json.loads(conversation("show").stdout)
+    assert shown["state"] == "menu"
+    assert shown["window_open"] is True
+    assert (shown["history"][0]["direction"], shown["history"][0]["text"]) == ("in", "menu")
+    assert conversation("reset").stdout == "reset\n"
+    again = json.loads(conversation("show").stdout)
+    assert (again["state"], again["variables"], again["history"]) == (None, {}, [])

@@ -120,6 +120,14 @@ class Conversations:
             raise ConversationChanged(f"{number}:{message_id}")
         return Turn(list(json.loads(stored)["outbound"]), bool(int(applied)))
 
+    def reset(self, phone_number_id: str, user: str) -> bool:
+        """Forget a conversation's state, variables and history; True when there was one. The turns
+        of messages already decided stay, so that a redelivered one is still not answered twice."""
+        removed = self._client.delete(
+            keys.conversation(phone_number_id, user), keys.history(phone_number_id, user)
+        )
+        return bool(removed)
+
     def _within_budget(self, history: list[Entry]) -> list[Entry]:
         """The newest entries whose text fits the character budget (all when there is none)."""
         if self.history_characters <= 0:
