@@ -110,6 +110,9 @@ class WorkerMetrics:
         self.webhook_error_items = counter(
             "wapipe_webhook_error_items", "Value-level errors Meta reported in webhooks, by code.", ("code",)
         )
+        self.ordering_waits = counter(
+            "wapipe_ordering_waits", "Messages that waited for an earlier message of their conversation."
+        )
         self.dropped_items = counter(
             "wapipe_dropped_items", "Items not handled on purpose, by reason.", ("reason",)
         )

@@ -39,6 +39,8 @@ from daemon.store import dedup
 log = logging.getLogger(__name__)
 
 ACTOR_NAME = PARSE.name
+#: A conversation's order outlives any bound on waiting in it.
+ORDER_TTL_SECONDS = 86_400
 
 
 def run(context: Context, envelope: Envelope) -> None:
@@ -127,6 +129,9 @@ def _claims(
     attempt_id = context.message_id
     claims = dedup.Claims()
     claimed: list[tuple[int, Item]] = []
+    now_ms = int(time.time() * 1000)
+    # A user's messages take their places in the order Meta's timestamps give, within an envelope.
+    work = sorted(work, key=lambda entry: (_timestamp(entry[1]), entry[0]))
     for index, item in work:
         owner = f"{attempt_id}:{index}"
         mark = dedup.mark(item)
@@ -140,6 +145,9 @@ def _claims(
                     context.replay,
                     message(_stage(item), handoff),
                 )
+                user = _user(item)
+                if context.conversational and user is not None:
+                    claims.order_last(handoff.phone_number_id, user, handoff.id, now_ms, ORDER_TTL_SECONDS)
             else:
                 claims.add_status(
                     mark,
@@ -158,7 +166,6 @@ def _claims(
                 log.warning("status_dropped_invalid", extra={"actor": ACTOR_NAME, "index": index})
             continue
         claimed.append((index, item))
-    now_ms = int(time.time() * 1000)
     for index, item, problem in bad:
         stage = _stage(item)
         letter = message(stage, _raw_handoff(item, envelope))
@@ -179,6 +186,20 @@ def _claims(
         letter_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wapipe:{attempt_id}:{index}"))
         claims.add_dead_letter(letter, letter_id, record, now_ms)
     return claims, claimed, bad
+
+
+def _user(item: Item) -> str | None:
+    """Who a message's conversation is with: its ``from`` (wa_id), else its ``from_user_id``."""
+    for field in ("from", "from_user_id"):
+        value = item.data.get(field)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _timestamp(item: Item) -> int:
+    value = item.data.get("timestamp")
+    return int(value) if isinstance(value, str) and value.isdigit() else 0
 
 
 def _stage(item: Item) -> Stage[MessageItem]:

@@ -66,7 +66,13 @@ class SendDeferred(dramatiq.Retry):
     """An outbound rate limit puts the next slot further away than a thread should sleep."""
 
 
-RETRY_FOREVER = (SendingPaused, SendDeferred)
+class OrderWait(dramatiq.Retry):
+    """An earlier message of the same conversation is not decided yet: come back shortly."""
+
+
+RETRY_FOREVER = (SendingPaused, SendDeferred, OrderWait)
+#: How often a message waiting for an earlier one looks again, while it waits in the thread.
+ORDER_POLL_SECONDS = 0.05
 #: The longest a send sleeps for its rate-limit slot; a longer wait goes back to the queue.
 MAX_INLINE_WAIT_MS = 2_000
 
@@ -114,13 +120,14 @@ def _decide(context: Context, message: InboundMessage) -> list[Outbound]:
     if not context.conversational:
         return call_handler(context.handler, message, context.run_coroutine)
     conversations = context.store.conversations
-    decided = conversations.decided(message.phone_number_id, message.id)
-    if decided is not None:
-        log.info("turn_already_decided", extra={"actor": ACTOR_NAME, "message_id": message.id})
-        return decided
     user = message.from_ or message.from_user_id
     if not user:
         raise ItemRejected("inbound message has neither from nor from_user_id", message_id=message.id)
+    decided = conversations.decided(message.phone_number_id, message.id, user)
+    if decided is not None:
+        log.info("turn_already_decided", extra={"actor": ACTOR_NAME, "message_id": message.id})
+        return decided
+    _wait_for_earlier(context, message, user)
     inbound_at = _timestamp(message)
     for attempt in range(DECIDE_ATTEMPTS):
         conversation = conversations.load(message.phone_number_id, user)
@@ -144,6 +151,29 @@ def _decide(context: Context, message: InboundMessage) -> list[Outbound]:
                 extra={"actor": ACTOR_NAME, "message_id": message.id, "attempt": attempt},
             )
     raise ConversationBusy(f"the conversation kept changing during {DECIDE_ATTEMPTS} decisions")
+
+
+def _wait_for_earlier(context: Context, message: InboundMessage, user: str) -> None:
+    """Hold the message while an earlier message of its conversation is undecided (at most
+    ``WAPIPE_ORDER_WAIT_SECONDS`` after that one was seen): briefly in this thread, then back in
+    the queue without using up a retry."""
+    bound_ms = int(context.settings.order_wait_seconds * 1000)
+    deadline = time.monotonic() + MAX_INLINE_WAIT_MS / 1000
+    counted = False
+    while True:
+        now_ms = int(time.time() * 1000)
+        wait = context.store.conversations.wait_ms(
+            message.phone_number_id, user, message.id, now_ms, bound_ms
+        )
+        if wait <= 0:
+            return
+        if not counted:
+            context.metrics.ordering_waits.inc()
+            log.info("ordering_wait", extra={"actor": ACTOR_NAME, "message_id": message.id, "wait_ms": wait})
+            counted = True
+        if time.monotonic() + ORDER_POLL_SECONDS >= deadline:
+            raise context.not_counted(OrderWait(delay=min(wait, 1_000)))
+        time.sleep(ORDER_POLL_SECONDS)
 
 
 def _timestamp(message: InboundMessage) -> float | None:

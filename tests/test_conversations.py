@@ -184,3 +184,67 @@ def test_a_conversation_changed_meanwhile_is_decided_again_from_the_new_state(
     assert talk.variables == {"visits": 2}
     assert talk.version == 2
     assert sent_texts(fake_graph) == ["B is visit 1", "A is visit 2"]
+
+
+def test_a_users_messages_reach_the_bot_in_the_order_parse_saw_them(
+    redis_url: str, fake_graph: FakeGraph, tmp_path: Path, rclient: redis.Redis, counting: CountingBot
+) -> None:
+    """Three messages of one user in one envelope (Meta's timestamps out of order): the second
+    waits while the first is undecided, then goes; another user's message never waits; an earlier
+    message older than WAPIPE_ORDER_WAIT_SECONDS no longer holds the later ones back."""
+    from actors import parse
+    from daemon.pipeline import REPLY, Envelope
+    from tests.support.meta import envelope, meta_bytes
+
+    def text(message_id: str, at: int, sender: str = "447700900123") -> dict[str, Any]:
+        return {
+            "id": message_id,
+            "from": sender,
+            "timestamp": str(at),
+            "type": "text",
+            "text": {"body": message_id},
+        }
+
+    now = int(time.time())
+    body = envelope(
+        [
+            text("wamid.O3", now + 2),
+            text("wamid.O1", now),
+            text("wamid.O2", now + 1),
+            text("wamid.X", now, "447700900999"),
+        ]
+    )
+    with resources(
+        redis_url, fake_graph.url, tmp_path, handler=counting.bot, WAPIPE_ORDER_WAIT_SECONDS="30"
+    ) as worker:
+        parse.run(context(worker), Envelope(meta_bytes(body).decode(), time.time(), "env"))
+        ids = [m.decode() for m in rclient.zrange(keys.order(NUMBER, "447700900123"), 0, -1)]
+        assert ids == ["wamid.O1", "wamid.O2", "wamid.O3"]
+        items = {i.id: i for i in (REPLY.decode(m.kwargs) for m in _queued(rclient))}
+        started = time.monotonic()
+        reply.run(context(worker), items["wamid.X"])  # another user: no wait
+        assert time.monotonic() - started < 1.5
+        with pytest.raises(reply.OrderWait):
+            reply.run(context(worker), items["wamid.O2"])
+        assert counting.runs == 1  # only X ran
+        reply.run(context(worker), items["wamid.O1"])
+        reply.run(context(worker), items["wamid.O2"])
+        assert sent_texts(fake_graph) == ["visit 0: wamid.X", "visit 0: wamid.O1", "visit 1: wamid.O2"]
+        assert rclient.zrange(keys.order(NUMBER, "447700900123"), 0, -1) == [b"wamid.O3"]
+    with resources(
+        redis_url, fake_graph.url, tmp_path, handler=counting.bot, WAPIPE_ORDER_WAIT_SECONDS="0.2"
+    ) as worker:
+        body = envelope([text("wamid.S1", now + 5), text("wamid.S2", now + 6)])
+        parse.run(context(worker), Envelope(meta_bytes(body).decode(), time.time(), "env-2"))
+        late = {i.id: i for i in (REPLY.decode(m.kwargs) for m in _queued(rclient))}
+        started = time.monotonic()
+        reply.run(context(worker), late["wamid.S2"])  # S1 is stuck: S2 goes after the bound
+        assert 0.1 < time.monotonic() - started < 2.0
+
+
+def _queued(rclient: redis.Redis) -> list[Any]:
+    from dramatiq import Message
+
+    ids = rclient.lrange(keys.queue("wapipe"), 0, -1)
+    rclient.delete(keys.queue("wapipe"))
+    return [Message.decode(rclient.hget(keys.queue_messages("wapipe"), i)) for i in ids]  # type: ignore[arg-type]

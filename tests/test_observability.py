@@ -74,6 +74,7 @@ WORKER_FAMILIES = {
     "wapipe_unhandled_fields_total",
     "wapipe_webhook_error_items_total",
     "wapipe_dropped_items_total",
+    "wapipe_ordering_waits_total",
 }
 
 

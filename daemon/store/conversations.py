@@ -6,7 +6,12 @@ message: the replies, committed with the conversation's new state and variables,
 message's timestamp (the 24-hour window) and the history, in one script (``turn.lua``), once. A
 retry, a redelivery after a crash or an operator's replay of that message finds the turn and
 sends its replies (through the reply ledger, at most once each) without running the bot or
-applying the state again. Conversations expire ``WAPIPE_CONVERSATION_TTL_SECONDS`` after their
+applying the state again.
+
+**Order.** When the bot takes conversations, parse gives each fresh message the next place in its
+conversation's order (in ``claim.lua``); :meth:`Conversations.wait_ms` holds a message back while
+an earlier one, younger than ``WAPIPE_ORDER_WAIT_SECONDS``, is not decided; committing a turn
+takes the message out of the order. Conversations expire ``WAPIPE_CONVERSATION_TTL_SECONDS`` after their
 last turn; a turn lives as long as the reply ledger.
 """
 
@@ -58,15 +63,32 @@ class Conversations:
     ) -> None:
         self._client = client
         self._turn = scripts.register(client, "turn")
+        self._order_wait = scripts.register(client, "order_wait")
         self.history_messages = history_messages
         self.history_characters = history_characters
         self.ttl_seconds = ttl_seconds
         self.turn_ttl_seconds = turn_ttl_seconds
 
-    def decided(self, phone_number_id: str, message_id: str) -> list[dict[str, Any]] | None:
-        """The replies of a turn already committed for ``message_id``, or None."""
+    def decided(self, phone_number_id: str, message_id: str, user: str) -> list[dict[str, Any]] | None:
+        """The replies of a turn already committed for ``message_id``, or None. A message found
+        decided leaves its conversation's order (a redelivery after a crash)."""
         stored = self._client.get(keys.turn(phone_number_id, message_id))
-        return None if stored is None else list(json.loads(stored)["outbound"])
+        if stored is None:
+            return None
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.order(phone_number_id, user), message_id)
+            pipe.hdel(keys.order_since(phone_number_id, user), message_id)
+            pipe.execute()
+        return list(json.loads(stored)["outbound"])
+
+    def wait_ms(self, phone_number_id: str, user: str, message_id: str, now_ms: int, bound_ms: int) -> int:
+        """How long ``message_id`` must still wait for earlier messages of its conversation (0: go).
+
+        Messages reach the bot one at a time per conversation, in the order parse saw them; a
+        message waits for an earlier one only while that one is younger than ``bound_ms``.
+        """
+        order = (keys.order(phone_number_id, user), keys.order_since(phone_number_id, user))
+        return int(self._order_wait(keys=list(order), args=[message_id, now_ms, bound_ms]))
 
     def load(self, phone_number_id: str, user: str) -> Conversation:
         """The conversation as the last committed turn left it (a new one if there is none)."""
@@ -103,7 +125,13 @@ class Conversations:
         """
         number, user = conversation.phone_number_id, conversation.user
         applied, stored = self._turn(
-            keys=[keys.turn(number, message_id), keys.conversation(number, user), keys.history(number, user)],
+            keys=[
+                keys.turn(number, message_id),
+                keys.conversation(number, user),
+                keys.history(number, user),
+                keys.order(number, user),
+                keys.order_since(number, user),
+            ],
             args=[
                 json.dumps({"outbound": list(outbound), "user": user}),
                 json.dumps(conversation.state),
@@ -113,6 +141,7 @@ class Conversations:
                 self.ttl_seconds,
                 self.turn_ttl_seconds,
                 str(conversation.version),
+                message_id,
                 *(json.dumps(entry.to_json()) for entry in entries),
             ],
         )

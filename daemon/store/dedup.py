@@ -42,6 +42,8 @@ class Claims:
 
     _keys: list[str] = field(default_factory=list)
     _args: list[Any] = field(default_factory=list)
+    _order_keys: list[str] = field(default_factory=list)
+    _order_args: list[Any] = field(default_factory=list)
     _letter_keys: list[str] = field(default_factory=list)
     _letter_args: list[Any] = field(default_factory=list)
     _items: int = 0
@@ -78,6 +80,19 @@ class Claims:
         _encodable([*item_keys, *item_args])
         self._add(item_keys, item_args)
 
+    def order_last(
+        self, phone_number_id: str, user: str, message_id: str, now_ms: int, ttl_seconds: int
+    ) -> None:
+        """Give the message added last, if it is fresh, the next place in its conversation's order
+        (see :mod:`daemon.store.ordering`)."""
+        _encodable([user, message_id])
+        self._order_keys += [
+            keys.order(phone_number_id, user),
+            keys.order_since(phone_number_id, user),
+            keys.order_counter(phone_number_id, user),
+        ]
+        self._order_args += [self._items, message_id, now_ms, ttl_seconds]
+
     def add_dead_letter(
         self, message: Message[Any], letter_id: str, record: dict[str, Any], now_ms: int
     ) -> None:
@@ -102,7 +117,14 @@ class Claims:
             return []
         script = scripts.register(client, "claim")
         flags = script(
-            keys=[*self._keys, *self._letter_keys], args=[self._items, *self._args, *self._letter_args]
+            keys=[*self._keys, *self._order_keys, *self._letter_keys],
+            args=[
+                self._items,
+                len(self._order_args) // 4,
+                *self._args,
+                *self._order_args,
+                *self._letter_args,
+            ],
         )
         return [bool(flag) for flag in flags]
 

@@ -110,3 +110,19 @@ def history(phone_number_id: str, user: str) -> str:
 def turn(phone_number_id: str, message_id: str) -> str:
     """What the bot decided for one inbound message (its replies), kept with its state change."""
     return f"wapipe:turn:{phone_number_id}:{message_id}"
+
+
+def order(phone_number_id: str, user: str) -> str:
+    """A conversation's messages waiting for the bot, in the order parse saw them: a sorted set of
+    message ids scored by their place (see :func:`order_since` and :func:`order_counter`)."""
+    return f"wapipe:order:{phone_number_id}:{user}"
+
+
+def order_since(phone_number_id: str, user: str) -> str:
+    """When each waiting message was seen by parse (message id → Unix ms)."""
+    return f"wapipe:order:{phone_number_id}:{user}:since"
+
+
+def order_counter(phone_number_id: str, user: str) -> str:
+    """The last place given in a conversation's order."""
+    return f"wapipe:order:{phone_number_id}:{user}:counter"

@@ -27,6 +27,7 @@ Name = Literal[
     "record_replace",
     "record_withdraw",
     "turn",
+    "order_wait",
 ]
 #: Scripts that call ``push`` (defined in ``push.lua``).
 _PUSHING = frozenset({"enqueue", "claim", "replay"})

@@ -2,12 +2,15 @@
 -- record fresh statuses, dead-letter the items that cannot be handled. All of it or none.
 --
 -- KEYS: per item its dedup mark and its target (a message: the queue list and message hash it
--- goes to; a status: its status hash), then per bad item its queue's dead-letter set, their
--- messages and the reasons hash.
--- ARGV: the number of items, then 8 values per item: kind, owner, dedup TTL (s), '1' to skip the
--- dedup check (replay, no id), then for a message push's id, data, queue and channel, for a
--- status its status, rank, timestamp and TTL (s); then 4 values per bad item: its dead letter's
--- id, message data, reason record and time (ms), in Dramatiq's dead-letter layout.
+-- goes to; a status: its status hash), then per ordered message its conversation's order set,
+-- "since" hash and counter, then per bad item its queue's dead-letter set, their messages and the
+-- reasons hash.
+-- ARGV: the number of items, the number of ordered messages, then 8 values per item: kind, owner,
+-- dedup TTL (s), '1' to skip the dedup check (replay, no id), then for a message push's id, data,
+-- queue and channel, for a status its status, rank, timestamp and TTL (s); then 4 values per
+-- ordered message: its item's number (1-based), its message id, the time (ms) and the order's TTL
+-- (s) — a fresh one takes the next place in its conversation's order; then 4 values per bad item:
+-- its dead letter's id, message data, reason record and time (ms), in Dramatiq's dead-letter layout.
 --
 -- A mark held by another owner makes the item a duplicate; a mark held by the same owner (a
 -- retried parse) hands it on again. A status only replaces a lower rank.
@@ -15,8 +18,9 @@
 local results = {}
 local k = 1
 local n = tonumber(ARGV[1])
+local m = tonumber(ARGV[2])
 for i = 1, n do
-  local a = 1 + (i - 1) * 8
+  local a = 2 + (i - 1) * 8
   local kind, owner, ttl = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local fresh = ARGV[a + 4] == '1'
   if not fresh then
@@ -34,7 +38,17 @@ for i = 1, n do
   end
   results[i] = fresh and 1 or 0
 end
-for b = 2 + n * 8, #ARGV, 4 do
+for j = 0, m - 1 do
+  local o = 3 + n * 8 + j * 4
+  if results[tonumber(ARGV[o])] == 1 then
+    local place = redis.call('INCR', KEYS[k + 2])
+    redis.call('ZADD', KEYS[k], place, ARGV[o + 1])
+    redis.call('HSET', KEYS[k + 1], ARGV[o + 1], ARGV[o + 2])
+    for e = 0, 2 do redis.call('EXPIRE', KEYS[k + e], ARGV[o + 3]) end
+  end
+  k = k + 3
+end
+for b = 3 + n * 8 + m * 4, #ARGV, 4 do
   redis.call('ZADD', KEYS[k], ARGV[b + 3], ARGV[b])
   redis.call('HSET', KEYS[k + 1], ARGV[b], ARGV[b + 1])
   redis.call('HSET', KEYS[k + 2], ARGV[b], ARGV[b + 2])
