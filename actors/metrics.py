@@ -43,6 +43,7 @@ RATE_LIMITS = ("per_number", "pair")
 FIELDS = (*OTHER_FIELDS, "other")
 ERROR_CODES = (*(str(code) for code in sorted(DOCUMENTED_CODES)), "other")
 DROP_REASONS = ("foreign_number", "invalid_status")
+WINDOW_OUTCOMES = ("template", "refused")
 #: The value of a label whose value is not one of those listed for it.
 OTHER = "other"
 
@@ -110,6 +111,11 @@ class WorkerMetrics:
         self.webhook_error_items = counter(
             "wapipe_webhook_error_items", "Value-level errors Meta reported in webhooks, by code.", ("code",)
         )
+        self.outside_window = counter(
+            "wapipe_outside_window",
+            "Free-form replies due after the user's 24-hour window closed: sent as the handler's template, or refused.",
+            ("outcome",),
+        )
         self.ordering_waits = counter(
             "wapipe_ordering_waits", "Messages that waited for an earlier message of their conversation."
         )
@@ -134,6 +140,7 @@ class WorkerMetrics:
             (FIELDS, self.unhandled_fields),
             (ERROR_CODES, self.webhook_error_items),
             (DROP_REASONS, self.dropped_items),
+            (WINDOW_OUTCOMES, self.outside_window),
         ):
             for label in labels:
                 family.labels(label)

@@ -37,10 +37,10 @@ import dramatiq
 
 from actors.context import Context
 from actors.errors import ConversationBusy, GraphRejected, ItemRejected, OutcomeUnknown
-from daemon.conversation import Entry
+from daemon.conversation import WINDOW_SECONDS, Entry
 from daemon.graph import GraphError, GraphUnreachable, RequestInvalid, SendOutcomeUnknown
 from daemon.handler import InboundMessage, Outbound, call_handler, inbound_text
-from daemon.messages import text_of
+from daemon.messages import OUTSIDE_WINDOW, free_form, text_of
 from daemon.pipeline import REPLY, MessageItem
 from daemon.store.conversations import ConversationChanged
 from daemon.store.ledger import Claim
@@ -91,14 +91,15 @@ def run(context: Context, item: MessageItem) -> None:
     _mark_read(context, message, fields)
     # Only an operator's `dlq replay --resend-unknown` may send again what may have been delivered.
     take_over = context.resend_unknown
-    for index, body in enumerate(outbound):
+    window_open = _window_open(context, message)
+    for index, decided in enumerate(outbound):
+        last = len(outbound) if index == len(outbound) - 1 else None
+        body = _within_window(context, message, decided, window_open)
+        if body is None:
+            _refuse(context, message, index, last)
+            continue
         _send_once(
-            context,
-            message,
-            index,
-            {**recipient, **body, "messaging_product": "whatsapp"},
-            take_over,
-            replies=len(outbound) if index == len(outbound) - 1 else None,
+            context, message, index, {**recipient, **body, "messaging_product": "whatsapp"}, take_over, last
         )
     if probing and context.store.pause.resume(message.phone_number_id):
         log.warning(
@@ -174,6 +175,53 @@ def _wait_for_earlier(context: Context, message: InboundMessage, user: str) -> N
         if time.monotonic() + ORDER_POLL_SECONDS >= deadline:
             raise context.not_counted(OrderWait(delay=min(wait, 1_000)))
         time.sleep(ORDER_POLL_SECONDS)
+
+
+def _window_open(context: Context, message: InboundMessage) -> bool:
+    """Whether the user's 24-hour customer-service window is open now, counted as Meta counts it:
+    from the user's last message's own ``timestamp`` (this one, or a later one the bot saw). A
+    message without a readable timestamp is taken as sent now."""
+    last = _timestamp(message)
+    user = message.from_ or message.from_user_id
+    if context.conversational and user:
+        stored = context.store.conversations.last_inbound(message.phone_number_id, user)
+        if stored is not None:
+            last = max(last or 0.0, stored)
+    return last is None or time.time() - last < WINDOW_SECONDS
+
+
+def _within_window(
+    context: Context, message: InboundMessage, body: Outbound, window_open: bool
+) -> Outbound | None:
+    """What may be sent of ``body``: itself inside the window (or a template), else the template
+    the handler gave for outside it, else None (refused)."""
+    fallback = body.get(OUTSIDE_WINDOW)
+    sendable = {key: value for key, value in body.items() if key != OUTSIDE_WINDOW}
+    if window_open or not free_form(sendable):
+        return sendable
+    if isinstance(fallback, dict):
+        context.metrics.outside_window.labels("template").inc()
+        log.info("window_closed_template_sent", extra={"actor": ACTOR_NAME, "message_id": message.id})
+        return fallback
+    return None
+
+
+def _refuse(context: Context, message: InboundMessage, index: int, replies: int | None) -> None:
+    """A free-form reply due after the window closed, with no template to send instead: not sent
+    (Meta would refuse it with 131047), counted, logged, recorded in the ledger so that a retry
+    does not send it either."""
+    ledger = context.store.ledger
+    number = message.phone_number_id
+    claim = ledger.claim(number, message.id, index, f"{context.message_id}:{time.time():.3f}")
+    if claim is Claim.SENT:
+        if replies is not None:
+            ledger.handled(number, message.id, replies)
+        return
+    ledger.refused(number, message.id, index, "window", replies=replies)
+    context.metrics.outside_window.labels("refused").inc()
+    log.warning(
+        "window_closed_reply_refused", extra={"actor": ACTOR_NAME, "message_id": message.id, "index": index}
+    )
 
 
 def _timestamp(message: InboundMessage) -> float | None:

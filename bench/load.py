@@ -24,7 +24,7 @@ def webhook(message_id: str, text: str = "benchmark message") -> bytes:
             {
                 "from": "15550001234",
                 "id": message_id,
-                "timestamp": "1767225600",
+                "timestamp": str(int(time.time())),  # inside the 24-hour window
                 "type": "text",
                 "text": {"body": text},
             }

@@ -53,6 +53,10 @@ CONTACTS_MIN, CONTACTS_MAX = 1, 5
 CALLBACK_DATA_MAX = 512
 
 
+#: The key of a body holding the template to send instead outside the window (never sent to Meta).
+OUTSIDE_WINDOW = "wapipe_outside_window"
+
+
 class MessageInvalid(ValueError):
     """An outbound message breaks one of Meta's rules; the message names the field and the limit."""
 
@@ -86,6 +90,9 @@ class Outbound:
     reply_to: str | None = None
     #: Opaque data Meta echoes in this message's statuses (at most 512 characters).
     callback_data: str | None = None
+    #: What to send instead when the user's 24-hour window has closed (only a template may go
+    #: out then); without it, a free-form message outside the window is not sent.
+    outside_window: Template | None = None
 
     kind: ClassVar[str] = ""
 
@@ -106,6 +113,8 @@ class Outbound:
             body["context"] = {"message_id": self.reply_to}
         if self.callback_data is not None:
             body["biz_opaque_callback_data"] = self.callback_data
+        if self.outside_window is not None:
+            body[OUTSIDE_WINDOW] = self.outside_window.to_body()
         return body
 
     @property
@@ -618,3 +627,8 @@ def text_of(body: dict[str, Any]) -> str:
     if kind == "template":
         return f"[template {payload.get('name')}]"
     return str(payload.get("caption", ""))
+
+
+def free_form(body: dict[str, Any]) -> bool:
+    """Whether a body may only be sent inside the 24-hour window (everything but a template)."""
+    return body.get("type") != "template"

@@ -6,6 +6,7 @@ import copy
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,11 @@ def dead_letters(client: redis.Redis, queue: str = "wapipe") -> list[dict[str, A
 
 
 def rewrite_ids(obj: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """A copy whose message and status ids carry ``prefix`` (so samples do not deduplicate each other)."""
+    """A copy whose message and status ids carry ``prefix`` (so samples do not deduplicate each
+    other), and whose messages are dated by the test's clock (the samples' fixed dates are long
+    past: their 24-hour windows have closed)."""
     obj = copy.deepcopy(obj)
+    now = str(int(time.time()))
     for entry in obj.get("entry", []):
         for change in entry.get("changes", []):
             value = change.get("value", {})
@@ -62,6 +66,8 @@ def rewrite_ids(obj: dict[str, Any], prefix: str) -> dict[str, Any]:
                 for item in value.get(key, []):
                     if "id" in item:
                         item["id"] = f"{prefix}:{item['id']}"
+                    if key == "messages" and "timestamp" in item:
+                        item["timestamp"] = now
     return obj
 
 

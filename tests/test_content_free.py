@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -43,7 +44,7 @@ def handle(message):
 
 
 def message(message_id: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-    return {"from": USER, "id": message_id, "timestamp": "1767225600", "type": kind, kind: body}
+    return {"from": USER, "id": message_id, "timestamp": str(int(time.time())), "type": kind, kind: body}
 
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

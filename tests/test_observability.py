@@ -75,6 +75,7 @@ WORKER_FAMILIES = {
     "wapipe_webhook_error_items_total",
     "wapipe_dropped_items_total",
     "wapipe_ordering_waits_total",
+    "wapipe_outside_window_total",
 }
 
 

@@ -35,7 +35,7 @@ def _old_reply_message(redis_id: str, message_id: str, inbound_id: str) -> str:
                     "message": {
                         "from": "447700900123",
                         "id": inbound_id,
-                        "timestamp": "1767225600",
+                        "timestamp": str(int(time.time())),
                         "text": {"body": "from the old release"},
                         "type": "text",
                     },

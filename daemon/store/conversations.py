@@ -81,6 +81,11 @@ class Conversations:
             pipe.execute()
         return list(json.loads(stored)["outbound"])
 
+    def last_inbound(self, phone_number_id: str, user: str) -> float | None:
+        """Meta's timestamp of the user's last message the bot decided on, if any."""
+        value = self._client.hget(keys.conversation(phone_number_id, user), "last_inbound")
+        return None if value is None else float(value)
+
     def wait_ms(self, phone_number_id: str, user: str, message_id: str, now_ms: int, bound_ms: int) -> int:
         """How long ``message_id`` must still wait for earlier messages of its conversation (0: go).
 

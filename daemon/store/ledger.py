@@ -32,7 +32,7 @@ class Claim(enum.Enum):
 
     #: Ours now: send.
     CLAIMED = "claimed"
-    #: Sent already by an earlier attempt: do not send.
+    #: Sent already by an earlier attempt, or refused for good (outside the window): do not send.
     SENT = "sent"
     #: An earlier attempt started this send and never finished: it may have been delivered.
     IN_DOUBT = "in_doubt"
@@ -58,7 +58,7 @@ class ReplyLedger:
             return Claim.CLAIMED
         stored = self._client.get(key) or b""
         state = stored.decode() if isinstance(stored, bytes) else str(stored)
-        return Claim.SENT if state.startswith("sent") else Claim.IN_DOUBT
+        return Claim.SENT if state.startswith(("sent", "refused")) else Claim.IN_DOUBT
 
     def take_over(self, phone_number_id: str, message_id: str, index: int, attempt: str) -> None:
         """Claim a send in doubt for ``attempt`` (an operator accepted a possible second message)."""
@@ -82,6 +82,16 @@ class ReplyLedger:
         """Record that the ``index``-th send happened; with ``replies``, also that the inbound
         message is done (the last send), in the same command."""
         values = [(keys.ledger(phone_number_id, message_id, index), f"sent:{outbound_id}")]
+        if replies is not None:
+            values.append((keys.handled(phone_number_id, message_id), str(replies)))
+        self._record(values)
+
+    def refused(
+        self, phone_number_id: str, message_id: str, index: int, reason: str, *, replies: int | None = None
+    ) -> None:
+        """Record that the ``index``-th send was refused for good (``refused:<reason>``, e.g. the
+        window closed): a retry does not send it either. With ``replies``, the message is done."""
+        values = [(keys.ledger(phone_number_id, message_id, index), f"refused:{reason}")]
         if replies is not None:
             values.append((keys.handled(phone_number_id, message_id), str(replies)))
         self._record(values)

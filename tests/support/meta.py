@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def text_envelope(
     """A one-message text webhook."""
     message: dict[str, Any] = {
         "id": message_id,
-        "timestamp": "1767225600",
+        "timestamp": str(int(time.time())),  # the test's clock: the 24-hour window is open
         "type": "text",
         "text": {"body": body},
     }
