@@ -319,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     purging = actions.add_parser("purge", help="delete dead letters older than WAPIPE_DLQ_RETENTION_DAYS")
     purging.add_argument("--all", action="store_true", help="delete every dead letter")
+    sending = commands.add_parser("send", help="send a text or template to a user (business-initiated)")
+    sending.add_argument("phone_number_id", metavar="PHONE_NUMBER_ID")
+    sending.add_argument("user", metavar="USER", help="the user's wa_id (digits) or business-scoped id")
+    sending.add_argument("--text", help="a text (sent as the template instead outside the 24-hour window)")
+    sending.add_argument("--template", metavar="NAME", help="an approved template (no parameters)")
+    sending.add_argument("--language", default="en_US", help="the template's language (default en_US)")
+    sending.add_argument("--key", help="an idempotency key: a second send with it sends nothing")
     talk = commands.add_parser("conversation", help="show or reset one user's conversation (shows content)")
     talk_actions = talk.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (
@@ -329,6 +336,42 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("phone_number_id", metavar="PHONE_NUMBER_ID")
         one.add_argument("user", metavar="USER", help="the user's wa_id (digits) or business-scoped id")
     return parser
+
+
+def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    """Queue a business-initiated message (a text, or a template) to one user."""
+    import uuid
+
+    import redis
+
+    from daemon import outgoing
+    from daemon.messages import MessageInvalid, Template, Text
+
+    if not args.text and not args.template:
+        raise StartupError("send takes --text, --template, or both (the template goes outside the window)")
+    try:
+        template = Template(args.template, args.language) if args.template else None
+        built = Text(args.text, outside_window=template) if args.text else template
+    except MessageInvalid as error:
+        raise StartupError(str(error)) from None
+    assert built is not None  # the parser requires --text or --template
+    request = {
+        "phone_number_id": args.phone_number_id,
+        "to": args.user,
+        "idempotency_key": args.key or str(uuid.uuid4()),
+        "messages": [built.to_body()],
+    }
+    try:
+        asked = outgoing.outgoing(request, settings)
+    except outgoing.RequestRefused as error:
+        raise StartupError(str(error)) from None
+    client = redis.Redis.from_url(resolve_redis_url(settings), socket_timeout=10)
+    try:
+        duplicate = outgoing.enqueue(client, asked, settings)
+    finally:
+        client.close()
+    print(f"{'already queued' if duplicate else 'queued'} {asked.key}")
+    return EXIT_OK
 
 
 def cmd_conversation(settings: Settings, args: argparse.Namespace) -> int:
@@ -377,6 +420,7 @@ COMMANDS = {
     "check": cmd_check,
     "dlq": cmd_dlq,
     "conversation": cmd_conversation,
+    "send": cmd_send,
 }
 
 

@@ -96,6 +96,8 @@ class Settings:
     app_secret: Secret
     verify_token: Secret
     access_token: Secret | None
+    #: The bearer token of ``POST /send`` (business-initiated messages); None: not mounted.
+    send_token: Secret | None
     #: None in sandbox mode: the worker finds the emulator of its deployment at run time.
     graph_url: str | None
     api_version: str
@@ -211,6 +213,7 @@ class Settings:
             app_secret=app_secret or Secret(SANDBOX_APP_SECRET),
             verify_token=verify_token or Secret(SANDBOX_VERIFY_TOKEN),
             access_token=access_token,
+            send_token=env.secret("WAPIPE_SEND_TOKEN", required=False),
             graph_url=None
             if sandbox
             else env.url("WHATSAPP_GRAPH_URL", DEFAULT_GRAPH_URL, schemes=("http", "https")),

@@ -4,6 +4,7 @@
 
     web edge ──Webhook──▶ verify ──Envelope──▶ parse ──MessageItem──▶ fetch_media ──▶ reply
                                                   └─────────MessageItem─────────────────▶ reply
+    POST /send, wapipe send ──Outgoing──▶ send
 
 A stage's argument is a frozen dataclass here; it crosses Redis as the keyword arguments of a
 Dramatiq message (:meth:`to_kwargs`, :meth:`from_kwargs`), in the same layout every release has
@@ -201,7 +202,53 @@ def _stored_file(value: object) -> StoredMedia | None:
         raise ArgumentInvalid("stored_media is not a stored file") from None
 
 
-A = TypeVar("A", Webhook, Envelope, MessageItem)
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """``send``'s argument: messages the business sends a user on its own initiative (an agent, an
+    order system), through ``wapipe send`` or ``POST /send``."""
+
+    phone_number_id: str
+    #: The user: their wa_id (digits) or business-scoped user id.
+    to: str
+    #: The message bodies (as :func:`daemon.messages.body_of` makes them).
+    messages: tuple[dict[str, Any], ...]
+    #: The caller's idempotency key: a second request with it sends nothing.
+    key: str
+    requested_at: float
+
+    def to_kwargs(self) -> dict[str, Any]:
+        return {
+            "send": {
+                "phone_number_id": self.phone_number_id,
+                "to": self.to,
+                "messages": list(self.messages),
+                "key": self.key,
+                "requested_at": self.requested_at,
+            }
+        }
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> Outgoing:
+        send = kwargs.get("send")
+        if not isinstance(send, dict):
+            raise ArgumentInvalid("the message has no send object")
+        messages = send.get("messages")
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(body, dict) and isinstance(body.get("type"), str) for body in messages)
+        ):
+            raise ArgumentInvalid("messages must be a non-empty list of bodies with a type")
+        return cls(
+            _text(send, "phone_number_id"),
+            _text(send, "to"),
+            tuple(messages),
+            _text(send, "key"),
+            _number(send, "requested_at"),
+        )
+
+
+A = TypeVar("A", Webhook, Envelope, MessageItem, Outgoing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,9 +289,10 @@ FETCH_MEDIA = Stage(
     {"max_retries": MEDIA_MAX_RETRIES, "time_limit": MEDIA_TIME_LIMIT_MS},
 )
 REPLY = Stage("reply", PIPELINE_QUEUE, MessageItem, "actors.reply")
+SEND = Stage("send", PIPELINE_QUEUE, Outgoing, "actors.send")
 
 #: Every stage, in pipeline order. The only list of them.
-STAGES: tuple[Stage[Any], ...] = (VERIFY, PARSE, FETCH_MEDIA, REPLY)
+STAGES: tuple[Stage[Any], ...] = (VERIFY, PARSE, FETCH_MEDIA, REPLY, SEND)
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 _BY_NAME = {stage.name: stage for stage in STAGES}
 

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from daemon import envelope, logs, metrics, sandbox, signature
+from daemon import envelope, logs, metrics, outgoing, sandbox, signature
 from daemon.config import Settings
 from daemon.pipeline import QUEUES, VERIFY, Webhook
 from daemon.sandbox_link import Announcer, EmulatorRecord
@@ -314,6 +314,8 @@ def make_app(settings: Settings, redis_url: str) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    if settings.send_token is not None:
+        app.router.add_post("/send", outgoing.endpoint(settings, lambda request: request.app[REDIS]))
     if settings.sandbox:
         emulator = sandbox.Emulator(lambda request: request.app[REDIS], settings.max_body_bytes)
         app[EMULATOR] = emulator

@@ -19,6 +19,7 @@ from dramatiq import Message
 from actors import fetch_media, parse, reply, verify
 from actors.context import Resources
 from actors.errors import EnvelopeRejected, GraphRejected, OutcomeUnknown
+from actors.sending import SendingPaused
 from daemon.pipeline import (
     FETCH_MEDIA,
     MEDIA_QUEUE,
@@ -243,7 +244,7 @@ def test_reply_pauses_the_number_on_a_refused_token(
     probe's success resumes sending."""
     fake_graph.script("send", graph_error(190, 401))
     run = context(worker, retries=2)
-    with pytest.raises(reply.SendingPaused):
+    with pytest.raises(SendingPaused):
         reply.run(run, _item("wamid.R4"))
     assert run.options["retries"] == 1  # the retry middleware adds it back
     assert worker.store.pause.paused(NUMBER)

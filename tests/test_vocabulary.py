@@ -9,11 +9,13 @@ from daemon.pipeline import (
     FETCH_MEDIA,
     PARSE,
     REPLY,
+    SEND,
     STAGES,
     VERIFY,
     ArgumentInvalid,
     Envelope,
     MessageItem,
+    Outgoing,
     StoredMedia,
     Webhook,
     message,
@@ -33,6 +35,9 @@ ARGUMENTS = {
     PARSE.name: Envelope('{"object":"x"}', 1.0, "env"),
     FETCH_MEDIA.name: ITEM,
     REPLY.name: ITEM.with_file(StoredMedia("/m/1.jpg", "image/jpeg", 3, sha256_ok=True)),
+    SEND.name: Outgoing(
+        "620000000000001", "447700900123", ({"type": "text", "text": {"body": "hi"}},), "k-1", 2.0
+    ),
 }
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 from dramatiq import Message
 
 from daemon.envelope import Item
@@ -44,6 +45,8 @@ class Claims:
     _args: list[Any] = field(default_factory=list)
     _order_keys: list[str] = field(default_factory=list)
     _order_args: list[Any] = field(default_factory=list)
+    _dated_keys: list[str] = field(default_factory=list)
+    _dated_args: list[Any] = field(default_factory=list)
     _letter_keys: list[str] = field(default_factory=list)
     _letter_args: list[Any] = field(default_factory=list)
     _items: int = 0
@@ -93,6 +96,13 @@ class Claims:
         ]
         self._order_args += [self._items, message_id, now_ms, ttl_seconds]
 
+    def date_last(self, phone_number_id: str, user: str, timestamp: int, ttl_seconds: int) -> None:
+        """Move the conversation's ``last_inbound`` (the 24-hour window) to the message added last,
+        if it is fresh and later (see :mod:`daemon.store.conversations`)."""
+        _encodable([user])
+        self._dated_keys.append(keys.conversation(phone_number_id, user))
+        self._dated_args += [self._items, timestamp, ttl_seconds]
+
     def add_dead_letter(
         self, message: Message[Any], letter_id: str, record: dict[str, Any], now_ms: int
     ) -> None:
@@ -111,22 +121,34 @@ class Claims:
         self._args += item_args
         self._items += 1
 
+    def arguments(self) -> tuple[list[str], list[Any]]:
+        """``claim.lua``'s keys and arguments for these writes."""
+        return (
+            [*self._keys, *self._order_keys, *self._dated_keys, *self._letter_keys],
+            [
+                self._items,
+                len(self._order_args) // 4,
+                len(self._dated_args) // 3,
+                *self._args,
+                *self._order_args,
+                *self._dated_args,
+                *self._letter_args,
+            ],
+        )
+
     def write(self, client: redis.Redis) -> list[bool]:
         """Make every write; one flag per claimed item, in order: True fresh, False a duplicate."""
         if not self._keys and not self._letter_keys:
             return []
-        script = scripts.register(client, "claim")
-        flags = script(
-            keys=[*self._keys, *self._order_keys, *self._letter_keys],
-            args=[
-                self._items,
-                len(self._order_args) // 4,
-                *self._args,
-                *self._order_args,
-                *self._letter_args,
-            ],
-        )
-        return [bool(flag) for flag in flags]
+        names, args = self.arguments()
+        return [bool(flag) for flag in scripts.register(client, "claim")(keys=names, args=args)]
+
+    async def write_async(self, client: aioredis.Redis) -> list[bool]:
+        """:meth:`write` through ``redis.asyncio`` (the web edge)."""
+        if not self._keys and not self._letter_keys:
+            return []
+        names, args = self.arguments()
+        return [bool(flag) for flag in await scripts.register_async(client, "claim")(keys=names, args=args)]
 
 
 def mark(item: Item) -> str | None:

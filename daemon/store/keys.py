@@ -55,6 +55,11 @@ def seen_status(status_id: str, status: object) -> str:
     return f"wapipe:seen:status:{status_id}:{status}"
 
 
+def seen_send(phone_number_id: str, key: str) -> str:
+    """The mark of a business-initiated send's idempotency key: a second request is a duplicate."""
+    return f"wapipe:seen:send:{phone_number_id}:{key}"
+
+
 def status(status_id: str) -> str:
     """The hash holding an outbound message's latest status (``status``, ``rank``, ``timestamp``)."""
     return f"wapipe:status:{status_id}"
