@@ -148,7 +148,8 @@ async def test_a_flood_without_signature_is_bounded_and_meta_still_gets_through(
         slow = [asyncio.ensure_future(slow_body(port)) for _ in range(60)]
 
         async def flooded() -> bool:
-            return len(psutil.Process(web.pid).net_connections(kind="tcp")) >= 500
+            # The 400 heads and 60 trickling bodies stay open for their 2 s timeouts; big bodies come and go.
+            return len(psutil.Process(web.pid).net_connections(kind="tcp")) >= 450
 
         await async_wait_for(flooded, timeout=10, what="the flood's connections open at the web")
         started = time.monotonic()
