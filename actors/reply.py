@@ -145,13 +145,14 @@ def _wait_for_earlier(context: Context, message: InboundMessage, user: str) -> N
 
 def _last_inbound(context: Context, message: InboundMessage) -> float | None:
     """When the user's 24-hour window opened, as Meta counts it: their last message's own
-    ``timestamp`` (this one, or a later one a conversation bot saw); None when unknown."""
+    ``timestamp`` — this one, or a later one parse recorded (looked up only when this one's window
+    has closed: a webhook Meta delivered late); None when unknown."""
     last = _timestamp(message)
     user = message.from_ or message.from_user_id
-    if context.conversational and user:
+    if last is not None and not sending.window_open(last) and user:
         stored = context.store.conversations.last_inbound(message.phone_number_id, user)
         if stored is not None:
-            last = max(last or 0.0, stored)
+            last = max(last, stored)
     return last
 
 

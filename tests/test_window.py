@@ -95,3 +95,26 @@ def test_a_later_message_keeps_the_window_open_for_an_earlier_one(
         "about wamid.L2",
         "about wamid.L1",
     ]
+
+
+def test_the_last_message_parse_saw_keeps_the_window_open_for_any_handler(
+    redis_url: str, fake_graph: FakeGraph, tmp_path: Path
+) -> None:
+    """With the default handler: parse records the user's newest message; a reply due to a
+    message of 25 h ago that Meta delivered late is sent, the user having written an hour ago."""
+    from actors import parse
+    from daemon.pipeline import Envelope
+    from tests.support.meta import envelope, meta_bytes
+
+    recent = {
+        "id": "wamid.N1",
+        "from": "447700900123",
+        "timestamp": str(int(time.time() - HOUR)),
+        "type": "text",
+        "text": {"body": "hi"},
+    }
+    with resources(redis_url, fake_graph.url, tmp_path) as worker:
+        parse.run(context(worker), Envelope(meta_bytes(envelope([recent])).decode(), time.time(), "env"))
+        reply.run(context(worker), item("wamid.N0", hours_ago=25))
+        assert worker.store.conversations.last_inbound(NUMBER, "447700900123") == int(recent["timestamp"])
+    assert len(fake_graph.sends()) == 1
