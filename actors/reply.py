@@ -29,6 +29,7 @@ from actors import sending
 from actors.context import Context
 from actors.errors import ConversationBusy, ItemRejected
 from actors.sending import Target
+from daemon.bot import Bot
 from daemon.conversation import Entry
 from daemon.graph import GraphError, GraphUnreachable, SendOutcomeUnknown
 from daemon.handler import InboundMessage, Outbound, call_handler, inbound_text
@@ -68,7 +69,8 @@ def run(context: Context, item: MessageItem) -> None:
     recipient = _recipient(message)
     target = Target(message.phone_number_id, message.id, in_reply_to=message.id, actor=ACTOR_NAME)
     probing = sending.wait_if_paused(context, message.phone_number_id)
-    _mark_read(context, message, fields)
+    if not _typing(context):  # else marked read, "typing…", before the bot ran
+        _mark_read(context, message, fields)
     sending.send_all(context, target, recipient, outbound, _last_inbound(context, message))
     sending.resume_if_probing(context, target, probing)
     latency = time.time() - item.received_at
@@ -95,6 +97,8 @@ def _decide(context: Context, message: InboundMessage) -> list[Outbound]:
         log.info("turn_already_decided", extra={"actor": ACTOR_NAME, "message_id": message.id})
         return decided
     _wait_for_earlier(context, message, user)
+    if _typing(context):
+        _mark_read(context, message, {"actor": ACTOR_NAME, "message_id": message.id}, typing=True)
     inbound_at = _timestamp(message)
     for attempt in range(DECIDE_ATTEMPTS):
         conversation = conversations.load(message.phone_number_id, user)
@@ -169,8 +173,15 @@ def _recipient(message: InboundMessage) -> dict[str, str]:
     raise ItemRejected("inbound message has neither from nor from_user_id", message_id=message.id)
 
 
-def _mark_read(context: Context, message: InboundMessage, fields: dict[str, str]) -> None:
+def _typing(context: Context) -> bool:
+    """Whether the bot asked for a "typing…" indicator while it decides."""
+    return context.conversational and isinstance(context.handler, Bot) and context.handler.typing_indicator
+
+
+def _mark_read(
+    context: Context, message: InboundMessage, fields: dict[str, str], *, typing: bool = False
+) -> None:
     try:
-        context.graph.mark_read(message.phone_number_id, message.id)
+        context.graph.mark_read(message.phone_number_id, message.id, typing_indicator=typing)
     except (GraphError, GraphUnreachable, SendOutcomeUnknown) as error:
         log.warning("mark_read_failed", extra={**fields, "error": str(error)[:200]})

@@ -93,6 +93,9 @@ class Bot:
 
     routes: list[Route] = field(default_factory=list)
     fallback_route: Route | None = None
+    #: Mark each message read with a "typing…" indicator before the bot runs (for a slow bot,
+    #: e.g. one that asks a language model): the user sees it until the reply, or for 25 s.
+    typing_indicator: bool = False
 
     def on(
         self,

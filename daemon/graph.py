@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
-from daemon import retrying
+from daemon import messages, retrying
 from daemon.config import Settings
 from daemon.http_pool import ConnectFailed, HTTPPool
 from daemon.sandbox_link import (
@@ -303,9 +303,10 @@ class GraphClient:
         message_id = messages[0].get("id") if isinstance(messages, list) and messages else None
         return SendResult(message_id=message_id, body=data)
 
-    def mark_read(self, phone_number_id: str, message_id: str) -> None:
-        """Mark an inbound message read (idempotent on Meta's side)."""
-        body = {"messaging_product": "whatsapp", "status": "read", "message_id": message_id}
+    def mark_read(self, phone_number_id: str, message_id: str, *, typing_indicator: bool = False) -> None:
+        """Mark an inbound message read (idempotent on Meta's side); with ``typing_indicator``, the
+        user sees "typing…" until the reply or for 25 s."""
+        body = messages.mark_read(message_id, typing_indicator=typing_indicator)
         self._retrying(_retry_hook, "mark_read", "POST", f"/{_segment(phone_number_id)}/messages", body)
 
     def media_info(self, media_id: str, phone_number_id: str | None = None) -> dict[str, Any]:

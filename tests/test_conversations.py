@@ -248,3 +248,29 @@ def _queued(rclient: redis.Redis) -> list[Any]:
     ids = rclient.lrange(keys.queue("wapipe"), 0, -1)
     rclient.delete(keys.queue("wapipe"))
     return [Message.decode(rclient.hget(keys.queue_messages("wapipe"), i)) for i in ids]  # type: ignore[arg-type]
+
+
+def test_a_bot_that_asks_for_it_shows_typing_before_it_decides(
+    redis_url: str, fake_graph: FakeGraph, tmp_path: Path
+) -> None:
+    """``Bot(typing_indicator=True)``: the message is marked read with a "typing…" indicator
+    before the bot runs (one read receipt, before the reply)."""
+    bot = Bot(typing_indicator=True)
+    seen_reads: list[int] = []
+
+    @bot.fallback
+    def slow(message: InboundMessage, conversation: Conversation) -> list[Text]:
+        seen_reads.append(len(fake_graph.of_kind("read")))
+        return [Text("thought about it")]
+
+    with resources(redis_url, fake_graph.url, tmp_path, handler=bot) as worker:
+        reply.run(context(worker), item("wamid.TY1"))
+    [read] = fake_graph.of_kind("read")
+    assert read.json == {
+        "messaging_product": "whatsapp",
+        "status": "read",
+        "message_id": "wamid.TY1",
+        "typing_indicator": {"type": "text"},
+    }
+    assert seen_reads == [1]
+    assert len(fake_graph.sends()) == 1
