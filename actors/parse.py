@@ -146,9 +146,13 @@ def _claims(
                     message(_stage(item), handoff),
                 )
                 user = _user(item)
-                if user is not None and (timestamp := _timestamp(item)):
+                if user is not None:
                     claims.date_last(
-                        handoff.phone_number_id, user, timestamp, settings.conversation_ttl_seconds
+                        handoff.phone_number_id,
+                        user,
+                        handoff.id,
+                        _timestamp(item),
+                        settings.conversation_ttl_seconds,
                     )
                 if context.conversational and user is not None:
                     claims.order_last(handoff.phone_number_id, user, handoff.id, now_ms, ORDER_TTL_SECONDS)

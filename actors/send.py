@@ -27,7 +27,9 @@ def run(context: Context, outgoing: Outgoing) -> None:
     target = Target(outgoing.phone_number_id, f"send:{outgoing.key}", in_reply_to=None, actor=SEND.name)
     to = outgoing.to
     recipient = {"recipient_type": "individual", **({"to": "+" + to} if to.isdigit() else {"recipient": to})}
-    last_inbound = context.store.conversations.last_inbound(outgoing.phone_number_id, to)
+    conversations = context.store.conversations
+    conversations.note(outgoing.phone_number_id, to, subject=target.ledger_id)  # for `wapipe forget`
+    last_inbound = conversations.last_inbound(outgoing.phone_number_id, to)
     probing = sending.wait_if_paused(context, outgoing.phone_number_id)
     # No record of the user writing: the window is closed (only templates go out).
     sending.send_all(context, target, recipient, list(outgoing.messages), last_inbound or 0.0)

@@ -326,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     sending.add_argument("--template", metavar="NAME", help="an approved template (no parameters)")
     sending.add_argument("--language", default="en_US", help="the template's language (default en_US)")
     sending.add_argument("--key", help="an idempotency key: a second send with it sends nothing")
+    forgetting = commands.add_parser("forget", help="erase everything kept of one user (erasure requests)")
+    forgetting.add_argument("phone_number_id", metavar="PHONE_NUMBER_ID")
+    forgetting.add_argument("user", metavar="USER", help="the user's wa_id (digits) or business-scoped id")
     talk = commands.add_parser("conversation", help="show or reset one user's conversation (shows content)")
     talk_actions = talk.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (
@@ -371,6 +374,24 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         client.close()
     print(f"{'already queued' if duplicate else 'queued'} {asked.key}")
+    return EXIT_OK
+
+
+def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
+    """Erase everything kept of one user (an erasure request)."""
+    import redis
+
+    from daemon.store.erasure import forget
+
+    client = redis.Redis.from_url(resolve_redis_url(settings), socket_timeout=10)
+    try:
+        erased = forget(client, args.phone_number_id, args.user, settings.media_dir)
+    finally:
+        client.close()
+    print(
+        f"forgot {args.user}: {erased.keys} keys, {erased.dead_letters} dead letters, "
+        f"{erased.outbox_entries} outbox entries, {erased.media_files} media files"
+    )
     return EXIT_OK
 
 
@@ -421,6 +442,7 @@ COMMANDS = {
     "dlq": cmd_dlq,
     "conversation": cmd_conversation,
     "send": cmd_send,
+    "forget": cmd_forget,
 }
 
 

@@ -86,6 +86,21 @@ class Conversations:
         value = self._client.hget(keys.conversation(phone_number_id, user), "last_inbound")
         return None if value is None else float(value)
 
+    def note(
+        self, phone_number_id: str, user: str, *, subject: str | None = None, media: str | None = None
+    ) -> None:
+        """Add a ledger ``subject`` (a business send, ``send:<key>``) or a stored ``media`` file to
+        the user's index, which :mod:`daemon.store.erasure` follows to forget them."""
+        with self._client.pipeline(transaction=True) as pipe:
+            for key, member in (
+                (keys.user_messages(phone_number_id, user), subject),
+                (keys.user_media(phone_number_id, user), media),
+            ):
+                if member is not None:
+                    pipe.sadd(key, member)
+                    pipe.expire(key, self.ttl_seconds)
+            pipe.execute()
+
     def wait_ms(self, phone_number_id: str, user: str, message_id: str, now_ms: int, bound_ms: int) -> int:
         """How long ``message_id`` must still wait for earlier messages of its conversation (0: go).
 

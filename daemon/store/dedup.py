@@ -96,12 +96,18 @@ class Claims:
         ]
         self._order_args += [self._items, message_id, now_ms, ttl_seconds]
 
-    def date_last(self, phone_number_id: str, user: str, timestamp: int, ttl_seconds: int) -> None:
-        """Move the conversation's ``last_inbound`` (the 24-hour window) to the message added last,
-        if it is fresh and later (see :mod:`daemon.store.conversations`)."""
-        _encodable([user])
-        self._dated_keys.append(keys.conversation(phone_number_id, user))
-        self._dated_args += [self._items, timestamp, ttl_seconds]
+    def date_last(
+        self, phone_number_id: str, user: str, message_id: str, timestamp: int, ttl_seconds: int
+    ) -> None:
+        """For the message added last, if it is fresh: move its conversation's ``last_inbound`` (the
+        24-hour window) to its ``timestamp`` if later (0: unknown), and add it to its user's index
+        of messages (for erasure). See :mod:`daemon.store.conversations`."""
+        _encodable([user, message_id])
+        self._dated_keys += [
+            keys.conversation(phone_number_id, user),
+            keys.user_messages(phone_number_id, user),
+        ]
+        self._dated_args += [self._items, timestamp, ttl_seconds, message_id]
 
     def add_dead_letter(
         self, message: Message[Any], letter_id: str, record: dict[str, Any], now_ms: int
@@ -128,7 +134,7 @@ class Claims:
             [
                 self._items,
                 len(self._order_args) // 4,
-                len(self._dated_args) // 3,
+                len(self._dated_args) // 4,
                 *self._args,
                 *self._order_args,
                 *self._dated_args,

@@ -131,3 +131,13 @@ def order_since(phone_number_id: str, user: str) -> str:
 def order_counter(phone_number_id: str, user: str) -> str:
     """The last place given in a conversation's order."""
     return f"wapipe:order:{phone_number_id}:{user}:counter"
+
+
+def user_messages(phone_number_id: str, user: str) -> str:
+    """Every ledger subject of a user (their inbound message ids, ``send:<key>``), for erasure."""
+    return f"wapipe:conv:{phone_number_id}:{user}:messages"
+
+
+def user_media(phone_number_id: str, user: str) -> str:
+    """The paths of the media files a user sent, for erasure."""
+    return f"wapipe:conv:{phone_number_id}:{user}:media"

@@ -3,15 +3,17 @@
 --
 -- KEYS: per item its dedup mark and its target (a message: the queue list and message hash it
 -- goes to; a status: its status hash), then per ordered message its conversation's order set,
--- "since" hash and counter, then per dated message its conversation's hash, then per bad item its queue's dead-letter set, their messages and the
+-- "since" hash and counter, then per dated message its conversation's hash and its user's index
+-- of messages, then per bad item its queue's dead-letter set, their messages and the
 -- reasons hash.
 -- ARGV: the number of items, of ordered messages and of dated messages, then 8 values per item: kind, owner,
 -- dedup TTL (s), '1' to skip the dedup check (replay, no id), then for a message push's id, data,
 -- queue and channel, for a status its status, rank, timestamp and TTL (s); then 4 values per
 -- ordered message: its item's number (1-based), its message id, the time (ms) and the order's TTL
--- (s) — a fresh one takes the next place in its conversation's order; then 3 values per dated
--- message: its item's number, Meta's timestamp of it and the conversation's TTL (s) — a fresh one
--- moves its conversation's last_inbound (the 24-hour window) forward; then 4 values per bad item:
+-- (s) — a fresh one takes the next place in its conversation's order; then 4 values per dated
+-- message: its item's number, Meta's timestamp of it (0 if unknown), the conversation's TTL
+-- (s) and its message id — a fresh one moves its conversation's last_inbound (the 24-hour window) forward and joins
+-- its user's index (for erasure); then 4 values per bad item:
 -- its dead letter's id, message data, reason record and time (ms), in Dramatiq's dead-letter layout.
 --
 -- A mark held by another owner makes the item a duplicate; a mark held by the same owner (a
@@ -52,16 +54,18 @@ for j = 0, m - 1 do
   k = k + 3
 end
 for j = 0, t - 1 do
-  local o = 4 + n * 8 + m * 4 + j * 3
+  local o = 4 + n * 8 + m * 4 + j * 4
   if results[tonumber(ARGV[o])] == 1 then
     if tonumber(ARGV[o + 1]) > tonumber(redis.call('HGET', KEYS[k], 'last_inbound') or '0') then
       redis.call('HSET', KEYS[k], 'last_inbound', ARGV[o + 1])
     end
     redis.call('EXPIRE', KEYS[k], ARGV[o + 2])
+    redis.call('SADD', KEYS[k + 1], ARGV[o + 3])
+    redis.call('EXPIRE', KEYS[k + 1], ARGV[o + 2])
   end
-  k = k + 1
+  k = k + 2
 end
-for b = 4 + n * 8 + m * 4 + t * 3, #ARGV, 4 do
+for b = 4 + n * 8 + m * 4 + t * 4, #ARGV, 4 do
   redis.call('ZADD', KEYS[k], ARGV[b + 3], ARGV[b])
   redis.call('HSET', KEYS[k + 1], ARGV[b], ARGV[b + 1])
   redis.call('HSET', KEYS[k + 2], ARGV[b], ARGV[b + 2])

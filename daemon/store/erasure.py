@@ -1,0 +1,144 @@
+"""Erasure: ``wapipe forget PHONE_NUMBER_ID USER`` removes everything wapipe keeps of one user.
+
+It follows the user's index (every inbound message id parse saw from them, every business send to
+them, every media file they sent; :mod:`daemon.store.conversations`) and removes: the conversation
+(state, variables, history, order, index), each message's dedup mark, turn, reply ledger entries,
+handled mark and the statuses of the messages sent in answer, the per-recipient rate limit, the
+dead letters of their messages, the sandbox outbox entries to or about them, and the media files.
+
+Messages still queued or in flight when it runs are not touched: run it when the user's messages
+have been handled (an erasure request is not that urgent), or run it again afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from daemon.store import deadletters, keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Erased:
+    """What was removed."""
+
+    keys: int
+    dead_letters: int
+    outbox_entries: int
+    media_files: int
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def forget(client: redis.Redis, phone_number_id: str, user: str, media_dir: Path) -> Erased:
+    """Remove everything kept of ``user`` on ``phone_number_id``; return what was removed."""
+    subjects = {_text(m) for m in client.smembers(keys.user_messages(phone_number_id, user))}
+    media = {_text(m) for m in client.smembers(keys.user_media(phone_number_id, user))}
+    doomed: set[str] = {
+        keys.conversation(phone_number_id, user),
+        keys.history(phone_number_id, user),
+        keys.order(phone_number_id, user),
+        keys.order_since(phone_number_id, user),
+        keys.order_counter(phone_number_id, user),
+        keys.user_messages(phone_number_id, user),
+        keys.user_media(phone_number_id, user),
+        keys.rate_pair(phone_number_id, "+" + user),
+        keys.rate_pair(phone_number_id, user),
+    }
+    for subject in subjects:
+        if subject.startswith("send:"):
+            doomed.add(keys.seen_send(phone_number_id, subject.removeprefix("send:")))
+        else:
+            doomed.add(keys.seen_message(subject))
+        doomed |= {keys.turn(phone_number_id, subject), keys.handled(phone_number_id, subject)}
+        for raw in client.scan_iter(
+            match=_glob(keys.ledger(phone_number_id, subject, 0)[:-1]) + "*", count=100
+        ):
+            ledger_key = _text(raw)
+            doomed.add(ledger_key)
+            value = _text(client.get(ledger_key) or b"")
+            if value.startswith("sent:"):
+                outbound_id = value.removeprefix("sent:")
+                doomed.add(keys.status(outbound_id))
+                doomed |= {
+                    _text(mark)
+                    for mark in client.scan_iter(
+                        match=_glob(keys.seen_status(outbound_id, "")) + "*", count=100
+                    )
+                }
+    removed_keys = int(client.delete(*doomed)) if doomed else 0
+    letters = 0
+    for letter in deadletters.all_letters(client):
+        if _concerns(letter.message.get("kwargs") or {}, phone_number_id, user, subjects):
+            deadletters.remove(client, letter)
+            letters += 1
+    entries = _forget_outbox(client, phone_number_id, user, subjects)
+    files = 0
+    root = media_dir.resolve()
+    for path in media:
+        file = Path(path).resolve()
+        if file.is_relative_to(root) and file.is_file():
+            file.unlink()
+            files += 1
+    erased = Erased(removed_keys, letters, entries, files)
+    log.info(
+        "user_forgotten",
+        extra={
+            "keys": erased.keys,
+            "dead_letters": erased.dead_letters,
+            "outbox_entries": erased.outbox_entries,
+            "media_files": erased.media_files,
+        },
+    )
+    return erased
+
+
+def _glob(text: str) -> str:
+    """``text`` with Redis's glob characters escaped."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def _concerns(kwargs: dict[str, object], phone_number_id: str, user: str, subjects: set[str]) -> bool:
+    """Whether a dead letter's arguments are one of the user's messages or sends."""
+    item = kwargs.get("item")
+    if isinstance(item, dict) and item.get("phone_number_id") == phone_number_id:
+        message = item.get("message")
+        if isinstance(message, dict):
+            return user in (message.get("from"), message.get("from_user_id")) or message.get("id") in subjects
+    send = kwargs.get("send")
+    if isinstance(send, dict):
+        return send.get("phone_number_id") == phone_number_id and send.get("to") == user
+    return False
+
+
+def _forget_outbox(client: redis.Redis, phone_number_id: str, user: str, subjects: set[str]) -> int:
+    """Remove the sandbox outbox entries sent to the user or about their messages."""
+    removed = 0
+    with client.pipeline(transaction=True) as pipe:
+        pipe.watch(keys.SANDBOX_OUTBOX)  # type: ignore[no-untyped-call]
+        entries = [_text(raw) for raw in pipe.lrange(keys.SANDBOX_OUTBOX, 0, -1)]
+        kept: list[str] = []
+        for raw in entries:
+            entry = json.loads(raw)
+            sent = entry.get("message") or {}
+            about = entry.get("in_reply_to") in subjects or entry.get("message_id") in subjects
+            to_user = str(sent.get("to") or "").lstrip("+") == user or sent.get("recipient") == user
+            if entry.get("phone_number_id") == phone_number_id and (about or to_user):
+                removed += 1
+            else:
+                kept.append(raw)
+        if removed:
+            pipe.multi()
+            pipe.delete(keys.SANDBOX_OUTBOX)
+            if kept:
+                pipe.rpush(keys.SANDBOX_OUTBOX, *kept)
+            pipe.execute()
+    return removed
