@@ -5,17 +5,14 @@ survive from one message to the next."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from daemon.simulate import SANDBOX_PHONE_NUMBER_ID
-from tests.support.procs import WAPIPE_SCRIPT, Proc, sandbox_env
-from tests.support.waiting import free_port, wait_for
+from tests.support.procs import sandbox_deployment, wapipe
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -23,31 +20,15 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 @pytest.fixture(scope="module")
 def shop() -> Iterator[tuple[Path, dict[str, str]]]:
     """`wapipe run` in sandbox mode, started from the examples folder with the pizza bot."""
-    data_dir = Path(tempfile.mkdtemp(prefix="wapipe-pizza-"))
-    env = sandbox_env(data_dir, free_port(), WAPIPE_HANDLER="pizza:bot")
-    run = Proc("run", ["run"], env, data_dir, cwd=EXAMPLES, command=[WAPIPE_SCRIPT])
-    try:
-        wait_for(lambda: "worker_ready" in run.output() or not run.alive(), timeout=60, what="wapipe run")
-        assert run.alive(), run.output()
-        wait_for(lambda: "sandbox_emulator_recorded" in run.output(), timeout=20, what="the web")
+    with sandbox_deployment(EXAMPLES, "pizza:bot") as env:
         yield EXAMPLES, env
-    finally:
-        run.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def say(shop: tuple[Path, dict[str, str]], *args: str) -> str:
+    """What `wapipe simulate` printed (a user of ours unless ``--from`` is given)."""
     folder, env = shop
     sender = [] if "--from" in args else ["--from", "351910000001"]
-    result = subprocess.run(
-        [WAPIPE_SCRIPT, "simulate", *sender, *args],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = wapipe(folder, env, "simulate", *sender, *args)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -71,16 +52,7 @@ def test_the_pizza_bot_takes_an_order_from_menu_to_confirmation(shop: tuple[Path
 
 def test_a_button_no_message_offered_is_refused_in_one_line(shop: tuple[Path, dict[str, str]]) -> None:
     """`--button` presses a button of a message the user was sent; any other id is exit 2."""
-    folder, env = shop
-    result = subprocess.run(
-        [WAPIPE_SCRIPT, "simulate", "--from", "351910000002", "--button", "nope"],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = wapipe(*shop, "simulate", "--from", "351910000002", "--button", "nope")
     assert result.returncode == 2
     assert result.stderr.strip().endswith("--button nope: no message sent to 351910000002 offers it")
 
@@ -92,15 +64,7 @@ def test_support_staff_see_and_reset_a_conversation(shop: tuple[Path, dict[str, 
     say(shop, "--from", "351910000003", "--text", "menu")
 
     def conversation(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [WAPIPE_SCRIPT, "conversation", *args, SANDBOX_PHONE_NUMBER_ID, "351910000003"],
-            cwd=folder,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        return wapipe(folder, env, "conversation", *args, SANDBOX_PHONE_NUMBER_ID, "351910000003")
 
     shown = json.loads(conversation("show").stdout)
     assert shown["state"] == "menu"

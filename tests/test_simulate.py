@@ -3,17 +3,14 @@ nothing; sandbox only; one-line errors."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from daemon.simulate import render
-from tests.support.procs import WAPIPE_SCRIPT, Proc, base_env, sandbox_env
-from tests.support.waiting import free_port, wait_for
+from tests.support.procs import WAPIPE_SCRIPT, base_env, sandbox_deployment, wapipe
 
 #: A handler answering in every shape a bot might.
 SIM_BOT = """
@@ -40,29 +37,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
     """`wapipe run` in sandbox mode, started from a bot folder holding `sim_bot.py`."""
     folder = tmp_path_factory.mktemp("simbot")
     (folder / "sim_bot.py").write_text(SIM_BOT, encoding="utf-8")
-    data_dir = Path(tempfile.mkdtemp(prefix="wapipe-sim-"))  # short: a unix socket lives there
-    env = sandbox_env(data_dir, free_port(), WAPIPE_HANDLER="sim_bot:handle")
-    run = Proc("run", ["run"], env, folder, cwd=folder, command=[WAPIPE_SCRIPT])
-    try:
-        wait_for(lambda: "worker_ready" in run.output() or not run.alive(), timeout=60, what="wapipe run")
-        assert run.alive(), run.output()
-        wait_for(lambda: "sandbox_emulator_recorded" in run.output(), timeout=20, what="the web")
+    with sandbox_deployment(folder, "sim_bot:handle") as env:
         yield folder, env
-    finally:
-        run.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def simulate(folder: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [WAPIPE_SCRIPT, "simulate", *args],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return wapipe(folder, env, "simulate", *args)
 
 
 @pytest.mark.parametrize(

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+
+from tests.support.waiting import free_port, wait_for
 
 WAPIPE = [sys.executable, "-m", "daemon"]
 #: The console script, as a user (or a Procfile runner) starts wapipe: its sys.path[0] is the
@@ -130,8 +135,6 @@ def running(processes: list[psutil.Process]) -> list[psutil.Process]:
 def sandbox_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
     """A user's fresh environment for `wapipe run` in sandbox mode: no REDIS_URL, no Meta setting,
     a small worker, free ports."""
-    from tests.support.waiting import free_port
-
     defaults = {
         "PORT": str(port),
         "WAPIPE_DATA_DIR": str(data_dir),
@@ -141,3 +144,27 @@ def sandbox_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
         "WAPIPE_SHUTDOWN_TIMEOUT_SECONDS": "5",
     }
     return base_env(**(defaults | extra))
+
+
+@contextlib.contextmanager
+def sandbox_deployment(folder: Path, handler: str) -> Iterator[dict[str, str]]:
+    """`wapipe run` in sandbox mode started from ``folder`` (a bot's folder) with
+    ``WAPIPE_HANDLER=handler``; yields its environment, and stops everything on exit."""
+    data_dir = Path(tempfile.mkdtemp(prefix="wapipe-sbx-"))  # short: a unix socket lives there
+    env = sandbox_env(data_dir, free_port(), WAPIPE_HANDLER=handler)
+    run = Proc("run", ["run"], env, data_dir, cwd=folder, command=[WAPIPE_SCRIPT])
+    try:
+        wait_for(lambda: "worker_ready" in run.output() or not run.alive(), timeout=60, what="wapipe run")
+        assert run.alive(), run.output()
+        wait_for(lambda: "sandbox_emulator_recorded" in run.output(), timeout=20, what="the web")
+        yield env
+    finally:
+        run.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def wapipe(folder: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``wapipe ARGS`` (the console script) from ``folder``, its output captured."""
+    return subprocess.run(
+        [WAPIPE_SCRIPT, *args], cwd=folder, env=env, capture_output=True, text=True, timeout=30, check=False
+    )
