@@ -116,6 +116,12 @@ class WorkerMetrics:
             "Free-form replies due after the user's 24-hour window closed: sent as the handler's template, or refused.",
             ("outcome",),
         )
+        self.active_conversations = Gauge(
+            "wapipe_active_conversations",
+            "Conversations whose 24-hour window is open (the user wrote in the last 24 hours).",
+            registry=None,
+            multiprocess_mode="max",
+        )
         self.ordering_waits = counter(
             "wapipe_ordering_waits", "Messages that waited for an earlier message of their conversation."
         )

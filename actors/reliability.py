@@ -26,7 +26,7 @@ from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Retries
 
 from actors.dramatiq_adapter import sweep
-from daemon.store import deadletters
+from daemon.store import conversations, deadletters
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,18 @@ class Sweeper(dramatiq.Middleware):
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def _count_active(self, broker: RedisBroker) -> None:
+        """Refresh ``wapipe_active_conversations`` (and forget conversations past their window)."""
+        from actors.metrics import current  # actors.metrics imports this module (via dead_letters)
+
+        current().active_conversations.set(conversations.active(broker.client, time.time()))
+
     def _run(self, broker: RedisBroker) -> None:
         next_purge = 0.0
         while not _stopping.wait(self.interval):
             try:
                 sweep(broker)
+                self._count_active(broker)
                 if time.monotonic() >= next_purge:
                     deadletters.purge(broker.client, older_than_seconds=self.retention_seconds)
                     next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS

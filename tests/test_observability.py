@@ -76,6 +76,7 @@ WORKER_FAMILIES = {
     "wapipe_dropped_items_total",
     "wapipe_ordering_waits_total",
     "wapipe_outside_window_total",
+    "wapipe_active_conversations",
 }
 
 

@@ -140,3 +140,19 @@ def test_purge_removes_old_letters_and_orphan_reasons(rclient: redis.Redis) -> N
     assert deadletters.purge(rclient, older_than_seconds=3600) == 1
     assert [letter.id for letter in deadletters.all_letters(rclient)] == ["dl-new"]
     assert set(rclient.hkeys(keys.DEAD_LETTER_REASONS)) == {b"dl-new"}
+
+
+def test_active_conversations_are_those_whose_window_is_open(rclient: redis.Redis) -> None:
+    """parse's claim puts each user's conversation in the active set at their message's time; the
+    count keeps those of the last 24 hours and forgets the older ones."""
+    from daemon.store import conversations
+
+    now = time.time()
+    for user, hours_ago in (("1", 1), ("2", 23), ("3", 25)):
+        claims = dedup.Claims()
+        message_id = f"wamid.A{user}"
+        claims.add_message(keys.seen_message(message_id), "o", 60, False, message(REPLY, _item(message_id)))
+        claims.date_last(NUMBER, user, message_id, int(now - hours_ago * 3600), 60)
+        assert claims.write(rclient) == [True]
+    assert conversations.active(rclient, now) == 2
+    assert rclient.zscore(keys.ACTIVE_CONVERSATIONS, f"{NUMBER}:3") is None  # past its window: gone

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from daemon.conversation import Conversation, Entry
+from daemon.conversation import WINDOW_SECONDS, Conversation, Entry
 from daemon.store import keys, scripts
 
 
@@ -189,3 +189,13 @@ class Conversations:
                 break
             kept.append(entry)
         return kept[::-1]
+
+
+def active(client: redis.Redis, now: float) -> int:
+    """How many conversations have their 24-hour window open at ``now`` (the user wrote in the last
+    24 hours); the older ones leave the count."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.zremrangebyscore(keys.ACTIVE_CONVERSATIONS, "-inf", now - WINDOW_SECONDS)
+        pipe.zcard(keys.ACTIVE_CONVERSATIONS)
+        _, count = pipe.execute()
+    return int(count)

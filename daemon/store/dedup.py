@@ -101,13 +101,15 @@ class Claims:
     ) -> None:
         """For the message added last, if it is fresh: move its conversation's ``last_inbound`` (the
         24-hour window) to its ``timestamp`` if later (0: unknown), and add it to its user's index
-        of messages (for erasure). See :mod:`daemon.store.conversations`."""
+        of messages (for erasure) and to the active conversations. See
+        :mod:`daemon.store.conversations`."""
         _encodable([user, message_id])
         self._dated_keys += [
             keys.conversation(phone_number_id, user),
             keys.user_messages(phone_number_id, user),
+            keys.ACTIVE_CONVERSATIONS,
         ]
-        self._dated_args += [self._items, timestamp, ttl_seconds, message_id]
+        self._dated_args += [self._items, timestamp, ttl_seconds, message_id, f"{phone_number_id}:{user}"]
 
     def add_dead_letter(
         self, message: Message[Any], letter_id: str, record: dict[str, Any], now_ms: int
@@ -134,7 +136,7 @@ class Claims:
             [
                 self._items,
                 len(self._order_args) // 4,
-                len(self._dated_args) // 4,
+                len(self._dated_args) // 5,
                 *self._args,
                 *self._order_args,
                 *self._dated_args,

@@ -75,6 +75,7 @@ def forget(client: redis.Redis, phone_number_id: str, user: str, media_dir: Path
                     )
                 }
     removed_keys = int(client.delete(*doomed)) if doomed else 0
+    client.zrem(keys.ACTIVE_CONVERSATIONS, f"{phone_number_id}:{user}")
     letters = 0
     for letter in deadletters.all_letters(client):
         if _concerns(letter.message.get("kwargs") or {}, phone_number_id, user, subjects):

@@ -22,6 +22,8 @@ DEAD_LETTER_REASONS = "wapipe:dlq:reasons"
 SANDBOX_OUTBOX = "wapipe:sandbox:outbox"
 #: Sandbox: the running emulator's address and token.
 SANDBOX_EMULATOR = "wapipe:sandbox:emulator"
+#: Conversations by the time of their user's last message: ``<phone_number_id>:<user>`` → Unix s.
+ACTIVE_CONVERSATIONS = "wapipe:active"
 #: Stands in for the dedup mark of an item without an id (never read or written).
 UNMARKED = "wapipe:seen:-"
 

@@ -3,16 +3,17 @@
 --
 -- KEYS: per item its dedup mark and its target (a message: the queue list and message hash it
 -- goes to; a status: its status hash), then per ordered message its conversation's order set,
--- "since" hash and counter, then per dated message its conversation's hash and its user's index
--- of messages, then per bad item its queue's dead-letter set, their messages and the
+-- "since" hash and counter, then per dated message its conversation's hash, its user's index
+-- of messages and the set of active conversations, then per bad item its queue's dead-letter set, their messages and the
 -- reasons hash.
 -- ARGV: the number of items, of ordered messages and of dated messages, then 8 values per item: kind, owner,
 -- dedup TTL (s), '1' to skip the dedup check (replay, no id), then for a message push's id, data,
 -- queue and channel, for a status its status, rank, timestamp and TTL (s); then 4 values per
 -- ordered message: its item's number (1-based), its message id, the time (ms) and the order's TTL
--- (s) — a fresh one takes the next place in its conversation's order; then 4 values per dated
+-- (s) — a fresh one takes the next place in its conversation's order; then 5 values per dated
 -- message: its item's number, Meta's timestamp of it (0 if unknown), the conversation's TTL
--- (s) and its message id — a fresh one moves its conversation's last_inbound (the 24-hour window) forward and joins
+-- (s), its message id and its conversation's member of the active set — a fresh one moves its
+-- conversation's last_inbound and its place in the active set (the 24-hour window) forward and joins
 -- its user's index (for erasure); then 4 values per bad item:
 -- its dead letter's id, message data, reason record and time (ms), in Dramatiq's dead-letter layout.
 --
@@ -54,7 +55,7 @@ for j = 0, m - 1 do
   k = k + 3
 end
 for j = 0, t - 1 do
-  local o = 4 + n * 8 + m * 4 + j * 4
+  local o = 4 + n * 8 + m * 4 + j * 5
   if results[tonumber(ARGV[o])] == 1 then
     if tonumber(ARGV[o + 1]) > tonumber(redis.call('HGET', KEYS[k], 'last_inbound') or '0') then
       redis.call('HSET', KEYS[k], 'last_inbound', ARGV[o + 1])
@@ -62,10 +63,11 @@ for j = 0, t - 1 do
     redis.call('EXPIRE', KEYS[k], ARGV[o + 2])
     redis.call('SADD', KEYS[k + 1], ARGV[o + 3])
     redis.call('EXPIRE', KEYS[k + 1], ARGV[o + 2])
+    redis.call('ZADD', KEYS[k + 2], 'GT', ARGV[o + 1], ARGV[o + 4])
   end
-  k = k + 2
+  k = k + 3
 end
-for b = 4 + n * 8 + m * 4 + t * 4, #ARGV, 4 do
+for b = 4 + n * 8 + m * 4 + t * 5, #ARGV, 4 do
   redis.call('ZADD', KEYS[k], ARGV[b + 3], ARGV[b])
   redis.call('HSET', KEYS[k + 1], ARGV[b], ARGV[b + 1])
   redis.call('HSET', KEYS[k + 2], ARGV[b], ARGV[b + 2])
