@@ -70,9 +70,10 @@ def run(context: Context, item: MessageItem) -> None:
         )
         context.metrics.media_downloads.labels("failed").inc()
         stored = None
-    user = item.message.get("from") or item.message.get("from_user_id")
-    if stored is not None and isinstance(user, str) and user:
-        context.store.conversations.note(item.phone_number_id, user, media=stored.path)  # for `wapipe forget`
+    if stored is not None and item.user is not None:
+        context.store.conversations.note(
+            item.phone_number_id, item.user, media=stored.path
+        )  # for `wapipe forget`
     context.store.queue.send(REPLY, item if stored is None else item.with_file(stored))
 
 

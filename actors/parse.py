@@ -145,7 +145,7 @@ def _claims(
                     context.replay,
                     message(_stage(item), handoff),
                 )
-                user = _user(item)
+                user = handoff.user
                 if user is not None:
                     claims.date_last(
                         handoff.phone_number_id,
@@ -194,15 +194,6 @@ def _claims(
         letter_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wapipe:{attempt_id}:{index}"))
         claims.add_dead_letter(letter, letter_id, record, now_ms)
     return claims, claimed, bad
-
-
-def _user(item: Item) -> str | None:
-    """Who a message's conversation is with: its ``from`` (wa_id), else its ``from_user_id``."""
-    for field in ("from", "from_user_id"):
-        value = item.data.get(field)
-        if isinstance(value, str) and value:
-            return value
-    return None
 
 
 def _timestamp(item: Item) -> int:

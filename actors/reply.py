@@ -89,7 +89,7 @@ def _decide(context: Context, message: InboundMessage) -> list[Outbound]:
     if not context.conversational:
         return call_handler(context.handler, message, context.run_coroutine)
     conversations = context.store.conversations
-    user = message.from_ or message.from_user_id
+    user = message.user
     if not user:
         raise ItemRejected("inbound message has neither from nor from_user_id", message_id=message.id)
     decided = conversations.decided(message.phone_number_id, message.id, user)
@@ -152,7 +152,7 @@ def _last_inbound(context: Context, message: InboundMessage) -> float | None:
     ``timestamp`` — this one, or a later one parse recorded (looked up only when this one's window
     has closed: a webhook Meta delivered late); None when unknown."""
     last = _timestamp(message)
-    user = message.from_ or message.from_user_id
+    user = message.user
     if last is not None and not sending.window_open(last) and user:
         stored = context.store.conversations.last_inbound(message.phone_number_id, user)
         if stored is not None:

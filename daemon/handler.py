@@ -95,6 +95,11 @@ class InboundMessage:
     order_items: tuple[dict[str, Any], ...] = ()
     errors: tuple[dict[str, Any], ...] = field(default=())
 
+    @property
+    def user(self) -> str | None:
+        """Who the message is from, as conversations are keyed: ``from_``, else ``from_user_id``."""
+        return self.from_ or self.from_user_id
+
     @classmethod
     def from_item(cls, item: MessageItem) -> InboundMessage:
         """Build from the item ``parse`` hands on (``message``, ``phone_number_id``, ``contact``…).

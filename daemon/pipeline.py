@@ -130,6 +130,16 @@ class MessageItem:
     def type(self) -> str:
         return str(self.message.get("type"))
 
+    @property
+    def user(self) -> str | None:
+        """Who the message is from, as conversations are keyed: its ``from`` (wa_id), else its
+        ``from_user_id`` (business-scoped id); None when it has neither."""
+        for field_name in ("from", "from_user_id"):
+            value = self.message.get(field_name)
+            if isinstance(value, str) and value:
+                return value
+        return None
+
     @classmethod
     def from_item(cls, item: Item, received_at: float, envelope_id: str) -> MessageItem:
         """The hand-off of a message ``parse`` split from an envelope."""

@@ -29,6 +29,7 @@ from daemon.pipeline import (
     Envelope,
     MessageItem,
     Webhook,
+    stage_named,
 )
 from daemon.signature import sign
 from daemon.store import keys, statuses
@@ -54,8 +55,6 @@ def queued(rclient: redis.Redis, queue: str) -> list[Message[Any]]:
 
 def handed_on(rclient: redis.Redis, queue: str) -> list[tuple[str, Any]]:
     """(stage, decoded argument) of each message waiting on ``queue``."""
-    from daemon.pipeline import stage_named
-
     return [(m.actor_name, stage_named(m.actor_name).decode(m.kwargs)) for m in queued(rclient, queue)]
 
 
