@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 ACTORS = STAGE_NAMES
 ACTOR_OUTCOMES = ("succeeded", "retried", "failed", "dead_lettered")
-GRAPH_ENDPOINTS = ("send", "mark_read", "media_info", "media_download")
+GRAPH_ENDPOINTS = ("send", "mark_read", "media_info", "media_download", "media_upload")
 GRAPH_RESULTS = ("ok", "client_error", "server_error", "throttled", "auth", "unreachable", "timeout")
 INBOUND_TYPES = (
     "text", "image", "video", "audio", "document", "sticker", "location", "contacts", "interactive",

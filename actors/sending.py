@@ -14,9 +14,12 @@ is dead-lettered as "unknown outcome", never resent by itself.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import dramatiq
 
@@ -25,7 +28,7 @@ from actors.errors import GraphRejected, ItemRejected, OutcomeUnknown
 from daemon.conversation import WINDOW_SECONDS
 from daemon.graph import GraphError, GraphUnreachable, RequestInvalid, SendOutcomeUnknown
 from daemon.handler import Outbound
-from daemon.messages import OUTSIDE_WINDOW, free_form
+from daemon.messages import OUTSIDE_WINDOW, free_form, has_uploads, with_uploads
 from daemon.store.ledger import Claim
 
 log = logging.getLogger(__name__)
@@ -175,6 +178,8 @@ def send_once(
             )
         store.ledger.take_over(number, subject, index, attempt)  # an operator's replay takes it over
     try:
+        if has_uploads(body):
+            body = with_uploads(body, _uploader(context, target))
         result = context.graph.send_message(number, body, in_reply_to=target.in_reply_to)
     except SendOutcomeUnknown as error:
         raise OutcomeUnknown(str(error), message_id=subject, index=index) from None
@@ -183,6 +188,32 @@ def send_once(
         store.limiter.release(number, recipient)
         raise _not_sent(context, target, index, error) from None
     store.ledger.sent(number, subject, index, str(result.message_id), replies=replies)
+
+
+def _uploader(context: Context, target: Target) -> Callable[[dict[str, str]], str]:
+    """Uploads a local file the message names (``POST /{phone_number_id}/media``) and gives its
+    media id; the same content uploaded before from this number is not uploaded again."""
+    number = target.phone_number_id
+
+    def upload(spec: dict[str, str]) -> str:
+        path = Path(str(spec.get("path", "")))
+        try:
+            content = path.read_bytes()
+        except OSError as error:
+            raise RequestInvalid(f"the file to upload cannot be read: {error.strerror}") from None
+        digest = hashlib.sha256(content).hexdigest()
+        uploads = context.store.uploads
+        media_id = uploads.get(number, digest)
+        if media_id is None:
+            media_id = context.graph.upload_media(number, content, str(spec.get("mime_type")), path.name)
+            uploads.put(number, digest, media_id)
+            log.info(
+                "media_uploaded",
+                extra={"actor": target.actor, "message_id": target.ledger_id, "bytes": len(content)},
+            )
+        return media_id
+
+    return upload
 
 
 def _pause_retry(context: Context) -> SendingPaused:

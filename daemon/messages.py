@@ -19,8 +19,10 @@ characters, not 4,096). Lengths are counted in Unicode code points, as Meta coun
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -55,6 +57,39 @@ CALLBACK_DATA_MAX = 512
 
 #: The key of a body holding the template to send instead outside the window (never sent to Meta).
 OUTSIDE_WINDOW = "wapipe_outside_window"
+#: The key of a media object naming a local file that wapipe uploads before the send
+#: (``{"path": …, "mime_type": …}``), replaced by the uploaded media's ``id``.
+UPLOAD = "wapipe_upload"
+
+MB = 1_000_000
+#: What may be uploaded, by kind: file suffix → MIME type, and the largest file (Meta's "5 MB" taken
+#: as 5,000,000 bytes: the stricter reading).
+UPLOAD_TYPES: dict[str, dict[str, str]] = {
+    "image": {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"},
+    "video": {".mp4": "video/mp4", ".3gp": "video/3gpp", ".3gpp": "video/3gpp"},
+    "audio": {
+        ".aac": "audio/aac",
+        ".amr": "audio/amr",
+        ".mp3": "audio/mpeg",
+        ".m4a": "audio/mp4",
+        ".ogg": "audio/ogg",
+        ".opus": "audio/ogg",
+    },
+    "document": {
+        ".txt": "text/plain",
+        ".pdf": "application/pdf",
+        ".doc": "application/msword",
+        ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        ".xls": "application/vnd.ms-excel",
+        ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        ".ppt": "application/vnd.ms-powerpoint",
+        ".pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    },
+    "sticker": {".webp": "image/webp"},
+}
+UPLOAD_MAX_BYTES = {"image": 5 * MB, "video": 16 * MB, "audio": 16 * MB, "document": 100 * MB}
+#: Stickers: an animated WebP may be 500 KB, a static one 100 KB.
+STICKER_MAX_BYTES, ANIMATED_STICKER_MAX_BYTES = 100_000, 500_000
 
 
 class MessageInvalid(ValueError):
@@ -147,22 +182,33 @@ class Text(Outbound):
 
 @dataclass(frozen=True)
 class _Media(Outbound):
-    """Media by an uploaded (or received) media ``id`` or by a public ``link``: exactly one."""
+    """Media by an uploaded (or received) media ``id``, by a public ``link``, or a local ``file``
+    that wapipe uploads (``POST /{phone_number_id}/media``) when it sends: exactly one.
+
+    A ``file`` is checked when the message is built (a regular file, a type Meta takes for this
+    kind by its suffix, within Meta's size limit) and read when it is sent, by the worker sending
+    it: every worker must see it at the same path. Its upload is kept for a week, by content, so
+    a menu sent to a thousand users is uploaded once."""
 
     id: str | None = None
     link: str | None = None
+    file: str | os.PathLike[str] | None = None
     captioned: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if (self.id is None) == (self.link is None):
-            raise MessageInvalid(f"{self.kind} needs exactly one of id and link")
+        if sum(value is not None for value in (self.id, self.link, self.file)) != 1:
+            raise MessageInvalid(f"{self.kind} needs exactly one of id, link and file")
         if self.id is not None:
             _text(f"{self.kind} id", self.id, 256)
         if self.link is not None:
             _link(f"{self.kind} link", self.link)
+        if self.file is not None:
+            _upload(self.kind, self.file)
 
     def payload(self) -> dict[str, Any]:
+        if self.file is not None:
+            return {UPLOAD: _upload(self.kind, self.file)}
         return {"id": self.id} if self.id is not None else {"link": self.link}
 
 
@@ -597,6 +643,57 @@ def mark_read(message_id: str, *, typing_indicator: bool = False) -> dict[str, A
     if typing_indicator:
         body["typing_indicator"] = {"type": "text"}
     return body
+
+
+def _upload(kind: str, file: str | os.PathLike[str]) -> dict[str, str]:
+    """The upload of ``file`` as ``kind``: its absolute path and MIME type, checked against Meta's
+    types and sizes."""
+    path = Path(file).absolute()
+    types = UPLOAD_TYPES[kind]
+    mime_type = types.get(path.suffix.lower())
+    if mime_type is None:
+        raise MessageInvalid(f"{kind} file must end in one of {', '.join(sorted(types))}: {path.name!r}")
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise MessageInvalid(f"{kind} file cannot be read: {error.strerror}: {path}") from None
+    if not path.is_file():
+        raise MessageInvalid(f"{kind} file is not a regular file: {path}")
+    maximum = UPLOAD_MAX_BYTES.get(kind) or _sticker_max(path)
+    if size > maximum:
+        raise MessageInvalid(f"{kind} file is {size} bytes; the most Meta takes is {maximum}")
+    if size == 0:
+        raise MessageInvalid(f"{kind} file is empty: {path}")
+    return {"path": str(path), "mime_type": mime_type}
+
+
+def _sticker_max(path: Path) -> int:
+    """An animated WebP (a ``VP8X`` header with the animation flag) may be larger than a static one."""
+    with path.open("rb") as file:
+        header = file.read(21)
+    animated = header[12:16] == b"VP8X" and len(header) == 21 and bool(header[20] & 0x02)
+    return ANIMATED_STICKER_MAX_BYTES if animated else STICKER_MAX_BYTES
+
+
+def with_uploads(body: Any, upload: Callable[[dict[str, str]], str]) -> Any:
+    """``body`` with each local file to upload (a media object's :data:`UPLOAD`, at any depth:
+    a message's media, a template header's) replaced by the ``id`` that ``upload(spec)`` gives."""
+    if isinstance(body, list):
+        return [with_uploads(value, upload) for value in body]
+    if not isinstance(body, dict):
+        return body
+    spec = body.get(UPLOAD)
+    resolved = {key: with_uploads(value, upload) for key, value in body.items() if key != UPLOAD}
+    if isinstance(spec, dict):
+        resolved["id"] = upload(spec)
+    return resolved
+
+
+def has_uploads(body: Any) -> bool:
+    """Whether ``body`` names a local file to upload, at any depth."""
+    if isinstance(body, list):
+        return any(has_uploads(value) for value in body)
+    return isinstance(body, dict) and (UPLOAD in body or any(has_uploads(v) for v in body.values()))
 
 
 def _unique(name: str, values: list[str]) -> None:

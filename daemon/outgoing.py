@@ -33,6 +33,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from daemon.config import Settings
+from daemon.messages import UPLOAD, has_uploads
 from daemon.pipeline import SEND, Outgoing, message
 from daemon.store import dedup, keys
 
@@ -72,6 +73,8 @@ def outgoing(request: object, settings: Settings) -> Outgoing:
             raise RequestRefused("each message must be an object with a type")
         if any(name in body for name in ("to", "recipient", "messaging_product")):
             raise RequestRefused("a message must not name its recipient: use to")
+        if has_uploads(body):  # a caller must not make the workers read and send their files
+            raise RequestRefused(f"{UPLOAD} is for a bot's own messages: send media by id or link")
     return Outgoing(
         phone_number_id=fields["phone_number_id"],
         to=fields["to"],

@@ -12,9 +12,11 @@ Run it in the sandbox from this folder::
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from daemon.bot import Bot, Conversation
 from daemon.handler import InboundMessage
-from daemon.messages import Button, Buttons, ListMessage, Outbound, Row, Section, Text
+from daemon.messages import Button, Buttons, Document, ListMessage, Outbound, Row, Section, Text
 
 #: id → (name, price in cents)
 PIZZAS = {
@@ -23,6 +25,9 @@ PIZZAS = {
     "funghi": ("Funghi", 1050),
     "quattro": ("Quattro formaggi", 1250),
 }
+
+#: Sent as a document: wapipe uploads it once and sends it by its media id.
+HOURS = Path(__file__).with_name("pizza_hours.txt")
 
 bot = Bot()
 
@@ -45,7 +50,10 @@ def menu(message: InboundMessage, conversation: Conversation) -> list[Outbound]:
 
 @bot.on(button="hours")
 def hours(message: InboundMessage, conversation: Conversation) -> list[Outbound]:
-    return [Text("We bake every day from 12:00 to 23:00.")]
+    return [
+        Text("We bake every day from 12:00 to 23:00."),
+        Document(file=HOURS, filename="opening-hours.txt", caption="Our hours, to keep"),
+    ]
 
 
 @bot.on(button="order", state="menu")

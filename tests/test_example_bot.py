@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,12 @@ def test_the_pizza_bot_takes_an_order_from_menu_to_confirmation(shop: tuple[Path
     """menu → Order → a pizza from the list → a quantity → confirm: each step answers from the
     state the previous one left, and the order count is kept afterwards."""
     assert "--button order" in say(shop, "--text", "menu")
+    hours = say(shop, "--button", "hours")  # a local file, uploaded to the emulator and sent by id
+    assert hours == "We bake every day from 12:00 to 23:00.\n[document] Our hours, to keep\n"
+    with urllib.request.urlopen(f"http://127.0.0.1:{shop[1]['PORT']}/sandbox/outbox", timeout=10) as answer:
+        sent = [entry["message"] for entry in json.load(answer) if entry["kind"] == "message"]
+    document = [message for message in sent if message["type"] == "document"]
+    assert set(document[-1]["document"]) == {"id", "filename", "caption"}
     listing = say(shop, "--button", "order")
     assert "Margherita - €9.50  --list-row margherita" in listing
     assert "How many?" in say(shop, "--list-row", "margherita")

@@ -3,11 +3,13 @@ docs/whatsapp.md, *Sending*), and every limit is enforced where the bot builds t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from daemon.messages import (
+    UPLOAD,
     Audio,
     Button,
     Buttons,
@@ -31,7 +33,9 @@ from daemon.messages import (
     Text,
     Video,
     body_of,
+    has_uploads,
     mark_read,
+    with_uploads,
 )
 
 CASES: list[tuple[Any, dict[str, Any]]] = [
@@ -261,8 +265,8 @@ LIMITS: list[tuple[str, Any]] = [
     ("text body is 4097 characters; the most is 4096", lambda: Text("x" * 4097)),
     ("text body must not be empty", lambda: Text("")),
     ("image caption is 1025 characters", lambda: Image(id="1", caption="c" * 1025)),
-    ("exactly one of id and link", lambda: Image()),
-    ("exactly one of id and link", lambda: Video(id="1", link="https://x.example/v.mp4")),
+    ("exactly one of id, link and file", lambda: Image()),
+    ("exactly one of id, link and file", lambda: Video(id="1", link="https://x.example/v.mp4")),
     ("image link must be an http", lambda: Image(link="file:///etc/passwd")),
     ("reply buttons: 1 to 3, not 4", lambda: Buttons("b", _buttons("a", "b", "c", "d"))),
     ("reply buttons: 1 to 3, not 0", lambda: Buttons("b", [])),
@@ -326,3 +330,51 @@ def test_limits_count_characters_not_bytes() -> None:
     """20 accented or emoji characters are a valid button title, as Meta counts them."""
     assert Button("id", "é" * 20).title == "é" * 20
     assert Text("🙂" * 4096).to_body()["text"]["body"] == "🙂" * 4096
+
+
+def test_a_local_file_is_checked_when_built_and_uploaded_by_its_path(tmp_path: Path) -> None:
+    """``file=`` names a local file to upload: the body carries its absolute path and MIME type
+    (read from the suffix), with the caption beside it; a template header may name one too."""
+    menu = tmp_path / "menu.PNG"
+    menu.write_bytes(b"\x89PNG fake")
+    spec = {"path": str(menu), "mime_type": "image/png"}
+    assert Image(file=menu, caption="Today").to_body() == {
+        "type": "image",
+        "image": {UPLOAD: spec, "caption": "Today"},
+    }
+    header = Component("header", [Parameter.media(Image(file=str(menu)))])
+    assert header.to_json()["parameters"] == [{"type": "image", "image": {UPLOAD: spec}}]
+    body = Template("menu", "en", [header]).to_body()
+    assert has_uploads(body)
+    resolved = with_uploads(body, lambda found: f"id-of-{Path(found['path']).name}")
+    assert resolved["template"]["components"][0]["parameters"] == [
+        {"type": "image", "image": {"id": "id-of-menu.PNG"}}
+    ]
+    assert not has_uploads(resolved)
+
+
+def test_a_local_file_meta_would_refuse_is_refused_when_built(tmp_path: Path) -> None:
+    """A missing file, a directory, an empty file, a type Meta does not take for the kind, or a file
+    over Meta's size for the kind (5 MB image, 100 KB static sticker) raises MessageInvalid."""
+    (tmp_path / "big.jpg").write_bytes(b"\0" * 5_000_001)
+    (tmp_path / "ok.jpg").write_bytes(b"\0" * 5_000_000)
+    (tmp_path / "empty.pdf").write_bytes(b"")
+    (tmp_path / "static.webp").write_bytes(b"RIFF\0\0\0\0WEBPVP8 " + b"\0" * 100_000)
+    animated = b"RIFF\0\0\0\0WEBPVP8X" + b"\0\0\0\0" + b"\x02" + b"\0" * 200_000
+    (tmp_path / "animated.webp").write_bytes(animated)
+    (tmp_path / "dir.png").mkdir()
+    refusals = [
+        ("cannot be read", lambda: Image(file=tmp_path / "missing.png")),
+        ("not a regular file", lambda: Image(file=tmp_path / "dir.png")),
+        ("is empty", lambda: Document(file=tmp_path / "empty.pdf")),
+        ("must end in one of .3gp, .3gpp, .mp4", lambda: Video(file=tmp_path / "ok.jpg")),
+        ("5000001 bytes; the most Meta takes is 5000000", lambda: Image(file=tmp_path / "big.jpg")),
+        ("the most Meta takes is 100000", lambda: Sticker(file=tmp_path / "static.webp")),
+        ("exactly one of id, link and file", lambda: Image(id="1", file=tmp_path / "ok.jpg")),
+    ]
+    for reason, build in refusals:
+        with pytest.raises(MessageInvalid) as refused:
+            build()
+        assert reason in str(refused.value)
+    assert Image(file=tmp_path / "ok.jpg").kind == "image"
+    assert Sticker(file=tmp_path / "animated.webp").kind == "sticker"  # 500 KB for an animated one

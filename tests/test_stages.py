@@ -5,6 +5,7 @@ What a stage hands on is read back from its queue exactly as the next stage woul
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from actors import fetch_media, parse, reply, verify
 from actors.context import Resources
 from actors.errors import EnvelopeRejected, GraphRejected, OutcomeUnknown
 from actors.sending import SendingPaused
+from daemon.messages import Image
 from daemon.pipeline import (
     FETCH_MEDIA,
     MEDIA_QUEUE,
@@ -251,3 +253,42 @@ def test_reply_pauses_the_number_on_a_refused_token(
     reply.run(context(worker), _item("wamid.R4"))
     assert not worker.store.pause.paused(NUMBER)
     assert len(fake_graph.sends()) == 2
+
+
+def test_reply_uploads_a_local_file_once_and_sends_it_by_id(
+    redis_url: str, rclient: redis.Redis, fake_graph: FakeGraph, tmp_path: Path
+) -> None:
+    """A bot's ``Image(file=…)`` is uploaded (multipart: the bytes, their type, messaging_product)
+    and sent by the new media id; the same file for a second user is not uploaded again. A type
+    Meta refuses (131053) is dead-lettered with its code, and its ledger entry given back."""
+    menu = tmp_path / "menu.png"
+    menu.write_bytes(b"\x89PNG menu of the day")
+
+    def bot(message: Any) -> list[Image]:
+        return [Image(file=menu, caption="Today")]
+
+    with resources(redis_url, fake_graph.url, tmp_path, handler=bot) as opened:
+        reply.run(context(opened), _item("wamid.U1"))
+        reply.run(context(opened), _item("wamid.U2", **{"from": "447700900124"}))
+        [upload] = fake_graph.of_kind("media_upload")
+        assert upload.path == f"/v25.0/{NUMBER}/media"
+        assert upload.json == {
+            "messaging_product": "whatsapp",
+            "type": "image/png",
+            "file": b"\x89PNG menu of the day",
+            "file_type": "image/png",
+            "filename": "menu.png",
+        }
+        media_id = rclient.get(keys.uploaded(NUMBER, hashlib.sha256(menu.read_bytes()).hexdigest()))
+        assert media_id is not None
+        assert [sent.json["image"] for sent in fake_graph.sends()] == [
+            {"caption": "Today", "id": media_id.decode()}
+        ] * 2
+
+        menu.write_bytes(b"\x89PNG a new menu")
+        fake_graph.script("media_upload", graph_error(131053, 400))
+        with pytest.raises(GraphRejected) as refused:
+            reply.run(context(opened), _item("wamid.U3"))
+        assert refused.value.details["code"] == 131053
+        assert rclient.get(keys.ledger(NUMBER, "wamid.U3", 0)) is None
+        assert len(fake_graph.sends()) == 2

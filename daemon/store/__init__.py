@@ -10,7 +10,8 @@ One module per concern, every key layout in :mod:`daemon.store.keys`, every Lua 
 - :mod:`~daemon.store.conversations`: conversations and the turn of each inbound message;
 - :mod:`~daemon.store.ratelimit`: outbound rate limits and the pause on a refused token;
 - :mod:`~daemon.store.deadletters`: dead letters, their reasons, replay and retention;
-- :mod:`~daemon.store.media`: inbound media files.
+- :mod:`~daemon.store.media`: inbound media files;
+- :mod:`~daemon.store.uploads`: the media ids of files the business uploaded.
 
 :class:`Store` is what a stage uses: these, on the calling thread's own Redis connection.
 """
@@ -26,6 +27,7 @@ from daemon.store.conversations import Conversations
 from daemon.store.ledger import ReplyLedger
 from daemon.store.queues import Queue
 from daemon.store.ratelimit import SendLimiter, SendPause
+from daemon.store.uploads import Uploads
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,7 @@ class Store:
     limiter: SendLimiter
     pause: SendPause
     conversations: Conversations
+    uploads: Uploads
 
     @classmethod
     def on(cls, client: redis.Redis, settings: Settings) -> Store:
@@ -60,4 +63,5 @@ class Store:
                 ttl_seconds=settings.conversation_ttl_seconds,
                 turn_ttl_seconds=ledger.ttl_seconds,
             ),
+            uploads=Uploads(client),
         )

@@ -143,3 +143,8 @@ def user_messages(phone_number_id: str, user: str) -> str:
 def user_media(phone_number_id: str, user: str) -> str:
     """The paths of the media files a user sent, for erasure."""
     return f"wapipe:conv:{phone_number_id}:{user}:media"
+
+
+def uploaded(phone_number_id: str, sha256_hex: str) -> str:
+    """The media id of a file the business uploaded from ``phone_number_id``, by its content."""
+    return f"wapipe:uploaded:{phone_number_id}:{sha256_hex}"

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from daemon import fake_graph as core
 from tests.support.waiting import wait_for
@@ -142,6 +142,7 @@ class FakeGraph:
         app = web.Application()
         v = self.version
         app.router.add_post(f"/{v}/{{phone_number_id}}/messages", self._messages)
+        app.router.add_post(f"/{v}/{{phone_number_id}}/media", self._upload)
         app.router.add_get(f"/{v}/{{media_id}}", self._media_info)
         app.router.add_get("/download/{media_id}", self._download)
         self._runner = web.AppRunner(app, access_log=None)
@@ -214,6 +215,26 @@ class FakeGraph:
         if kind == "read":
             return web.json_response(core.READ_ANSWER)
         return web.json_response(core.send_answer(core.recipient_of(body), f"wamid.out.{next(self._ids)}"))
+
+    async def _upload(self, request: web.Request) -> web.StreamResponse:
+        """``POST /{phone_number_id}/media``: recorded with its form fields (the file's bytes under
+        ``file``, its part's Content-Type under ``file_type``); the upload is then served as media."""
+        fields: dict[str, Any] = {}
+        async for part in await request.multipart():
+            if isinstance(part, BodyPartReader) and part.name:
+                if part.filename is not None:
+                    fields["file"] = bytes(await part.read(decode=False))
+                    fields["file_type"] = part.headers.get("Content-Type")
+                    fields["filename"] = part.filename
+                else:
+                    fields[part.name] = await part.text()
+        scripted = await self._record("media_upload", request, fields)
+        if scripted is not None:
+            return self._answer(request, scripted)
+        media_id = f"upload.{next(self._ids)}"
+        with self._lock:
+            self.media[media_id] = (fields.get("file", b""), str(fields.get("type")))
+        return web.json_response({"id": media_id})
 
     async def _media_info(self, request: web.Request) -> web.StreamResponse:
         media_id = request.match_info["media_id"]
