@@ -12,18 +12,20 @@ from collections.abc import Callable
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.asyncio import EventLoopThread, get_event_loop_thread, set_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, ShutdownNotifications, TimeLimit
 
 from actors.context import Context, ResourcesMiddleware
-from actors.dead_letters import DeadLetterRecorder
+from actors.dead_letters import DeadLetterRecorder, reason_line
 from actors.dramatiq_adapter import WakeableRedisBroker
 from actors.errors import EnvelopeRejected, ItemRejected, PermanentFailure
 from actors.metrics import ActorMetrics
 from actors.reliability import SafeRetries, Sweeper
 from daemon.config import Settings
-from daemon.pipeline import STAGES, ArgumentInvalid, MessageItem, Stage
+from daemon.pipeline import STAGES, ArgumentInvalid, MessageItem, Outgoing, Stage
+from daemon.store import journeys
 from daemon.store.keys import NAMESPACE
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,12 @@ def build_broker(settings: Settings, redis_url: str, threads: int | None = None)
             max_backoff=settings.retry_max_backoff_ms,
         ),
         CurrentMessage(),
-        Sweeper(settings.heartbeat_timeout_ms, settings.dlq_retention_days),
+        Sweeper(
+            settings.heartbeat_timeout_ms,
+            settings.dlq_retention_days,
+            settings.media_dir,
+            settings.media_retention_days,
+        ),
         DaemonAsyncIO(),
         resources := ResourcesMiddleware(settings, redis_url),
     ]
@@ -123,10 +130,41 @@ def actor_function(
             item = kwargs.get("item")
             envelope_id = item.get("envelope_id") if isinstance(item, dict) else kwargs.get("envelope_id")
             raise rejected(str(error), envelope_id=envelope_id) from None
-        run(resources.resources.context(str(message.message_id), message.options), argument)
+        context = resources.resources.context(str(message.message_id), message.options)
+        subject = argument.subject if isinstance(argument, MessageItem | Outgoing) else None
+        if subject is None:
+            run(context, argument)
+            return
+        attempt = context.retries + 1
+        try:
+            run(context, argument)
+        except BaseException as error:
+            _journal(context, subject, stage.name, attempt, error)
+            raise
+        _journal(context, subject, stage.name, attempt, None)
 
     perform.__name__ = perform.__qualname__ = stage.name
     return perform
+
+
+def _journal(context: Context, subject: str, stage: str, attempt: int, error: BaseException | None) -> None:
+    """Add the run's end to the message's journey (:mod:`daemon.store.journeys`): ``done``, or
+    ``failed`` (dead-lettered at once), or ``retry`` (it runs again, unless its retries are spent:
+    then its dead letter says so), with the error's content-free line. Never fails the run."""
+    fields = dict(context.journal)
+    if error is None:
+        outcome = "done"
+    else:
+        outcome = "failed" if isinstance(error, PermanentFailure) else "retry"
+        fields["error"] = reason_line(error)
+        if isinstance(error, PermanentFailure) and error.details.get("code") is not None:
+            fields["error"] = f"{type(error).__name__} code={error.details['code']}: {error}"[:300]
+        if isinstance(error, dramatiq.Retry) and error.delay is not None:
+            fields["delay_ms"] = error.delay
+    try:
+        context.store.journeys.add(subject, journeys.event(stage, outcome, attempt, **fields))
+    except redis.RedisError as failure:
+        log.warning("journey_not_recorded", extra={"actor": stage, "error": type(failure).__name__})
 
 
 def stage_options(

@@ -59,6 +59,9 @@ class Context:
     #: The message's options (``retries``…); a change is seen by the retry middleware.
     options: dict[str, Any]
     run_coroutine: CoroutineRunner
+    #: What the run found, for its event in the message's journey (``wapipe trace``): ids and
+    #: figures, never content.
+    journal: dict[str, Any] = field(default_factory=dict)
 
     @property
     def retries(self) -> int:

@@ -25,6 +25,7 @@ and one URL refresh) spaced by the Dramatiq back-off.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from actors.context import Context
@@ -69,7 +70,16 @@ def run(context: Context, item: MessageItem) -> None:
             "media_unavailable", extra={**fields, "error": type(error).__name__, "detail": str(error)[:200]}
         )
         context.metrics.media_downloads.labels("failed").inc()
+        context.journal["media"] = {"stored": False, "error": type(error).__name__}
         stored = None
+    if stored is not None:
+        context.journal["media"] = {
+            "stored": True,
+            "bytes": stored.size,
+            "mime_type": stored.mime_type,
+            "verified": stored.sha256_ok,
+            "file": Path(stored.path).name,
+        }
     if stored is not None and item.user is not None:
         context.store.conversations.note(
             item.phone_number_id, item.user, media=stored.path

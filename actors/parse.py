@@ -32,9 +32,10 @@ import uuid
 from collections import Counter
 
 from actors.context import Context
+from daemon.config import DAY_SECONDS
 from daemon.envelope import MEDIA_TYPES, Item, item_problem, loads, split
 from daemon.pipeline import FETCH_MEDIA, PARSE, REPLY, Envelope, MessageItem, Stage, message
-from daemon.store import dedup
+from daemon.store import dedup, journeys
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ def _claims(
                     settings.message_dedup_ttl_seconds,
                     context.replay,
                     message(_stage(item), handoff),
+                    (handoff.id, _received(context, handoff), context.store.journeys.ttl_seconds),
                 )
                 user = handoff.user
                 if user is not None:
@@ -165,6 +167,8 @@ def _claims(
                     str(item.data.get("id")),
                     str(item.data.get("status")),
                     str(item.data.get("timestamp", "")),
+                    settings.status_retention_days * DAY_SECONDS,
+                    _error_code(item),
                 )
         except (TypeError, ValueError) as error:  # a value of a shape no check foresaw
             if item.kind == "message":
@@ -196,13 +200,38 @@ def _claims(
     return claims, claimed, bad
 
 
+def _received(context: Context, handoff: MessageItem) -> str:
+    """The first event of a fresh message's journey: parse took it from the webhook."""
+    fields = {
+        "phone_number_id": handoff.phone_number_id,
+        "envelope_id": handoff.envelope_id,
+        "type": handoff.type,
+        "received_at": round(handoff.received_at, 3),
+        "next": _stage_of(handoff.type).name,
+    }
+    if context.replay:
+        fields["replay"] = True
+    return journeys.event(ACTOR_NAME, "done", context.retries + 1, **fields)
+
+
+def _error_code(item: Item) -> int | None:
+    """The error code of a failed status (its first error), if it has one."""
+    errors = item.data.get("errors")
+    first = errors[0] if isinstance(errors, list) and errors else None
+    code = first.get("code") if isinstance(first, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
 def _timestamp(item: Item) -> int:
     value = item.data.get("timestamp")
     return int(value) if isinstance(value, str) and value.isdigit() else 0
 
 
 def _stage(item: Item) -> Stage[MessageItem]:
-    kind = item.data.get("type")
+    return _stage_of(item.data.get("type"))
+
+
+def _stage_of(kind: object) -> Stage[MessageItem]:
     return FETCH_MEDIA if isinstance(kind, str) and kind in MEDIA_TYPES else REPLY
 
 

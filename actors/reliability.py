@@ -8,7 +8,8 @@
   maintenance pass (0.1 % of commands, none when idle: Dramatiq #527). Each worker process forces
   that pass on every pipeline queue every ``heartbeat_timeout / 4``, so they run again within
   ``heartbeat_timeout`` + one sweep even with no traffic; it also purges dead letters past
-  ``WAPIPE_DLQ_RETENTION_DAYS`` (hourly, with a log line).
+  ``WAPIPE_DLQ_RETENTION_DAYS`` and media files past ``WAPIPE_MEDIA_RETENTION_DAYS`` (hourly, with
+  a log line).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import dramatiq
@@ -26,7 +28,7 @@ from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Retries
 
 from actors.dramatiq_adapter import sweep
-from daemon.store import conversations, deadletters
+from daemon.store import conversations, deadletters, media
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +109,17 @@ class SafeRetries(Retries):
 class Sweeper(dramatiq.Middleware):
     """Forces Dramatiq's maintenance on every pipeline queue, and purges expired dead letters."""
 
-    def __init__(self, heartbeat_timeout_ms: int, retention_days: int) -> None:
+    def __init__(
+        self,
+        heartbeat_timeout_ms: int,
+        retention_days: int,
+        media_dir: Path | None = None,
+        media_retention_days: int = 0,
+    ) -> None:
         self.interval = max(0.2, heartbeat_timeout_ms / 4000)
         self.retention_seconds = retention_days * 86_400
+        self.media_dir = media_dir
+        self.media_retention_seconds = media_retention_days * 86_400
         self._thread: threading.Thread | None = None
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
@@ -131,6 +141,14 @@ class Sweeper(dramatiq.Middleware):
 
         current().active_conversations.set(conversations.active(broker.client, time.time()))
 
+    def _purge_media(self) -> None:
+        """Delete the media files stored longer ago than ``WAPIPE_MEDIA_RETENTION_DAYS`` (0: keep)."""
+        if self.media_dir is None or self.media_retention_seconds <= 0:
+            return
+        removed = media.remove_expired(self.media_dir, self.media_retention_seconds)
+        if removed:
+            log.info("media_files_purged", extra={"files": removed})
+
     def _run(self, broker: RedisBroker) -> None:
         next_purge = 0.0
         while not _stopping.wait(self.interval):
@@ -139,6 +157,7 @@ class Sweeper(dramatiq.Middleware):
                 self._count_active(broker)
                 if time.monotonic() >= next_purge:
                     deadletters.purge(broker.client, older_than_seconds=self.retention_seconds)
+                    self._purge_media()
                     next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
             except redis.RedisError as error:
                 log.warning("sweep_failed", extra={"error": type(error).__name__})

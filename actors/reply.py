@@ -62,12 +62,15 @@ def run(context: Context, item: MessageItem) -> None:
     fields = {"actor": ACTOR_NAME, "message_id": message.id, "type": message.type}
     ledger = context.store.ledger
     outbound = _decide(context, message)
+    context.journal["replies"] = len(outbound)
     if not outbound:
         ledger.handled(message.phone_number_id, message.id, 0)
         log.info("handled_without_reply", extra=fields)
         return
     recipient = _recipient(message)
-    target = Target(message.phone_number_id, message.id, in_reply_to=message.id, actor=ACTOR_NAME)
+    target = Target(
+        message.phone_number_id, message.id, in_reply_to=message.id, actor=ACTOR_NAME, user=message.user
+    )
     probing = sending.wait_if_paused(context, message.phone_number_id)
     if not _typing(context):  # else marked read, "typing…", before the bot ran
         _mark_read(context, message, fields)

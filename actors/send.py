@@ -24,12 +24,13 @@ RETRY_FOREVER = sending.RETRY_FOREVER
 
 
 def run(context: Context, outgoing: Outgoing) -> None:
-    target = Target(outgoing.phone_number_id, f"send:{outgoing.key}", in_reply_to=None, actor=SEND.name)
     to = outgoing.to
+    target = Target(outgoing.phone_number_id, outgoing.subject, in_reply_to=None, actor=SEND.name, user=to)
     recipient = {"recipient_type": "individual", **({"to": "+" + to} if to.isdigit() else {"recipient": to})}
     conversations = context.store.conversations
     conversations.note(outgoing.phone_number_id, to, subject=target.ledger_id)  # for `wapipe forget`
     last_inbound = conversations.last_inbound(outgoing.phone_number_id, to)
+    context.journal["messages"] = len(outgoing.messages)
     probing = sending.wait_if_paused(context, outgoing.phone_number_id)
     # No record of the user writing: the window is closed (only templates go out).
     sending.send_all(context, target, recipient, list(outgoing.messages), last_inbound or 0.0)

@@ -62,6 +62,8 @@ class Target:
     in_reply_to: str | None
     #: The stage sending (for log lines).
     actor: str
+    #: The user it goes to (their wa_id or business-scoped id), recorded with each message sent.
+    user: str | None = None
 
 
 def window_open(last_inbound: float | None, now: float | None = None) -> bool:
@@ -187,7 +189,7 @@ def send_once(
         store.ledger.release(number, subject, index)
         store.limiter.release(number, recipient)
         raise _not_sent(context, target, index, error) from None
-    store.ledger.sent(number, subject, index, str(result.message_id), replies=replies)
+    store.ledger.sent(number, subject, index, str(result.message_id), user=target.user, replies=replies)
 
 
 def _uploader(context: Context, target: Target) -> Callable[[dict[str, str]], str]:

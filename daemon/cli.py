@@ -329,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     forgetting = commands.add_parser("forget", help="erase everything kept of one user (erasure requests)")
     forgetting.add_argument("phone_number_id", metavar="PHONE_NUMBER_ID")
     forgetting.add_argument("user", metavar="USER", help="the user's wa_id (digits) or business-scoped id")
+    tracing = commands.add_parser(
+        "trace", help="one message's journey: stages, attempts, media, replies, statuses"
+    )
+    tracing.add_argument(
+        "message_id", metavar="WAMID", help="an inbound message's id, a reply's id, or send:KEY"
+    )
+    tracing.add_argument("--json", action="store_true", help="print it as JSON")
     talk = commands.add_parser("conversation", help="show or reset one user's conversation (shows content)")
     talk_actions = talk.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (
@@ -395,6 +402,30 @@ def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_trace(settings: Settings, args: argparse.Namespace) -> int:
+    """Print what happened to one message, from its webhook to its replies' delivery."""
+    import json
+
+    import redis
+
+    from daemon.store.trace import trace
+
+    client = redis.Redis.from_url(resolve_redis_url(settings), socket_timeout=10)
+    try:
+        found = trace(client, args.message_id)
+    finally:
+        client.close()
+    if not found.found:
+        raise StartupError(
+            f"nothing is known of {args.message_id} (never received, or expired)", EXIT_FAILURE
+        )
+    if args.json:
+        print(json.dumps(found.to_json(), indent=2))
+    else:
+        print("\n".join(found.lines()))
+    return EXIT_OK
+
+
 def cmd_conversation(settings: Settings, args: argparse.Namespace) -> int:
     """Show or reset one user's conversation (a deliberate view of content, for support staff)."""
     import json
@@ -443,6 +474,7 @@ COMMANDS = {
     "conversation": cmd_conversation,
     "send": cmd_send,
     "forget": cmd_forget,
+    "trace": cmd_trace,
 }
 
 

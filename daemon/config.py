@@ -141,6 +141,8 @@ class Settings:
     history_messages: int
     history_characters: int
     conversation_ttl_seconds: int
+    status_retention_days: int
+    media_retention_days: int
     order_wait_seconds: float
     redis_start_wait_seconds: float
     media_min_bytes_per_second: int
@@ -262,6 +264,8 @@ class Settings:
                 "WAPIPE_CONVERSATION_TTL_SECONDS", 30 * DAY_SECONDS, minimum=60
             ),
             order_wait_seconds=env.number("WAPIPE_ORDER_WAIT_SECONDS", 30.0, minimum=0.0),
+            status_retention_days=env.integer("WAPIPE_STATUS_RETENTION_DAYS", 30, minimum=1),
+            media_retention_days=env.integer("WAPIPE_MEDIA_RETENTION_DAYS", 0, minimum=0),
             redis_start_wait_seconds=env.number("WAPIPE_REDIS_START_WAIT_SECONDS", 30.0, minimum=0.0),
             media_min_bytes_per_second=env.integer("WAPIPE_MEDIA_MIN_BYTES_PER_SECOND", 65_536, minimum=1),
             header_timeout_seconds=env.number("WAPIPE_HEADER_TIMEOUT_SECONDS", 15.0, minimum=0.1),

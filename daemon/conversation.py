@@ -27,17 +27,27 @@ class Entry:
     text: str
     #: Unix seconds: Meta's timestamp of an inbound message, the send time of an outbound one.
     at: float
-    #: The WhatsApp message id of an inbound message (outbound ones are known once sent).
+    #: The WhatsApp message id: an inbound message's, or an outbound one's once it was sent.
     id: str | None = None
+    #: An outbound message's delivery: ``sent``, ``delivered``, ``read``, ``played`` or ``failed``
+    #: (the furthest Meta reported, whatever order its statuses came in); None before the first.
+    status: str | None = None
+    #: Why Meta could not deliver it (the error code of a ``failed`` status).
+    error_code: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "direction": self.direction,
             "type": self.type,
             "text": self.text,
             "at": self.at,
             "id": self.id,
         }
+        if self.status is not None:
+            data["status"] = self.status
+        if self.error_code is not None:
+            data["error_code"] = self.error_code
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Entry:

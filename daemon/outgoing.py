@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from daemon.config import Settings
 from daemon.messages import UPLOAD, has_uploads
 from daemon.pipeline import SEND, Outgoing, message
-from daemon.store import dedup, keys
+from daemon.store import dedup, journeys, keys, ledger
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,16 @@ def _claims(request: Outgoing, settings: Settings) -> dedup.Claims:
     claims = dedup.Claims()
     mark = keys.seen_send(request.phone_number_id, request.key)
     # A fresh owner per request: the same key twice is a duplicate, never "the same attempt".
+    accepted = journeys.event(
+        "edge", "done", 1, phone_number_id=request.phone_number_id, received_at=round(request.requested_at, 3)
+    )
     claims.add_message(
-        mark, str(uuid.uuid4()), settings.message_dedup_ttl_seconds, False, message(SEND, request)
+        mark,
+        str(uuid.uuid4()),
+        settings.message_dedup_ttl_seconds,
+        False,
+        message(SEND, request),
+        (request.subject, accepted, settings.message_dedup_ttl_seconds + ledger.EXTRA_SECONDS),
     )
     return claims
 

@@ -127,6 +127,11 @@ class MessageItem:
         return str(self.message["id"])
 
     @property
+    def subject(self) -> str:
+        """What its ledger entries and journey are kept under: the message id."""
+        return self.id
+
+    @property
     def type(self) -> str:
         return str(self.message.get("type"))
 
@@ -225,6 +230,11 @@ class Outgoing:
     #: The caller's idempotency key: a second request with it sends nothing.
     key: str
     requested_at: float
+
+    @property
+    def subject(self) -> str:
+        """What its ledger entries and journey are kept under: ``send:<key>``."""
+        return f"send:{self.key}"
 
     def to_kwargs(self) -> dict[str, Any]:
         return {

@@ -105,13 +105,18 @@ def worker_metric(env: dict[str, str], name: str, **labels: str) -> float:
     return value(samples(scrape(f"http://127.0.0.1:{env['WAPIPE_METRICS_PORT']}/metrics")), name, **labels)
 
 
-def dlq_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``wapipe dlq ARGS`` with ``env``; its output, whatever its exit code."""
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``wapipe ARGS`` with ``env``; its output, whatever its exit code."""
     return subprocess.run(
-        [sys.executable, "-m", "daemon", "dlq", *args],
+        [sys.executable, "-m", "daemon", *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def dlq_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``wapipe dlq ARGS`` with ``env``; its output, whatever its exit code."""
+    return cli(env, "dlq", *args)

@@ -15,12 +15,12 @@ from actors import reply
 from actors.context import Resources
 from actors.errors import ItemRejected, OutcomeUnknown
 from daemon.bot import Bot
-from daemon.conversation import Conversation
+from daemon.conversation import Conversation, Entry
 from daemon.graph import GraphError
 from daemon.handler import InboundMessage
 from daemon.messages import Text
 from daemon.pipeline import MessageItem
-from daemon.store import keys
+from daemon.store import dedup, keys
 from tests.support.fake_graph import FakeGraph, Reply
 from tests.support.stages import context, resources
 
@@ -274,3 +274,38 @@ def test_a_bot_that_asks_for_it_shows_typing_before_it_decides(
     }
     assert seen_reads == [1]
     assert len(fake_graph.sends()) == 1
+
+
+def test_the_bot_reads_the_delivery_of_what_it_sent(
+    redis_url: str, fake_graph: FakeGraph, tmp_path: Path, rclient: redis.Redis
+) -> None:
+    """The bot's history carries each message it sent with the id Meta gave it and its delivery
+    status as parse recorded it (`read`; a `failed` one with Meta's error code); a reply not yet
+    reported on has none."""
+    seen: list[tuple[Entry, ...]] = []
+    bot = Bot()
+
+    @bot.fallback
+    def remember(message: InboundMessage, conversation: Conversation) -> list[Text]:
+        seen.append(conversation.history)
+        return [Text(f"got {message.text}")]
+
+    def status(out_id: str, value: str, code: int | None = None) -> None:
+        claims = dedup.Claims()
+        claims.add_status(None, "o", 60, False, out_id, value, "1800000000", 600, code)
+        claims.write(rclient)
+
+    with resources(redis_url, fake_graph.url, tmp_path, handler=bot) as opened:
+        reply.run(context(opened), item("wamid.D1", text="one"))
+        first = rclient.get(keys.ledger(NUMBER, "wamid.D1", 0)).decode().removeprefix("sent:")
+        status(first, "delivered")
+        status(first, "read")
+        reply.run(context(opened), item("wamid.D2", text="two"))
+        second = rclient.get(keys.ledger(NUMBER, "wamid.D2", 0)).decode().removeprefix("sent:")
+        reply.run(context(opened), item("wamid.D3", text="three"))
+        status(second, "failed", 131049)
+        reply.run(context(opened), item("wamid.D4", text="four"))
+    out = [(entry.text, entry.id, entry.status) for entry in seen[2] if entry.direction == "out"]
+    assert out == [("got one", first, "read"), ("got two", second, None)]
+    failed = [entry for entry in seen[3] if entry.id == second]
+    assert [(entry.status, entry.error_code) for entry in failed] == [("failed", 131049)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from daemon.store.media import expected_digest, extension_for, host_allowed
+from daemon.store.media import expected_digest, extension_for, host_allowed, remove_expired
 from tests.pipeline_helpers import drained, post_webhook, rewrite_ids, worker_metric
 from tests.support.fake_graph import FakeGraph, Reply, b64_sha256, media_bytes, sent_json
 from tests.support.meta import envelope, text_envelope, webhook_samples
@@ -244,3 +245,32 @@ def test_pure_helpers() -> None:
     assert expected_digest("jO5Vuued42SfqOY4L2SyaIlkIMPsFkGSssk0OXufXds=", None) == digest
     assert expected_digest(None, "8cee55bae79de3649fa8e6382f64b268896420c3ec164192b2c934397b9f5ddb") == digest
     assert expected_digest("not base64!", None) is None
+
+
+def test_media_past_its_retention_is_deleted_by_the_workers(
+    pipeline: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
+    """With WAPIPE_MEDIA_RETENTION_DAYS=2, a starting worker deletes the stored files (verified or
+    not) last written more than 2 days ago and logs how many; younger files stay. Partial downloads
+    are left to the abandoned-part cleanup, however old."""
+    media_dir = tmp_path / "data" / "media"
+    old = time.time() - 3 * 86_400
+    files = {
+        "old": media_dir / "620000000000001" / "aa.jpg",
+        "old_unverified": media_dir / "620000000000001" / "unverified" / "bb.png",
+        "young": media_dir / "620000000000001" / "cc.jpg",
+    }
+    part = tmp_path / "other" / "620000000000001" / ".part-dd"
+    for name, path in [*files.items(), ("part", part)]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        if name != "young":
+            os.utime(path, (old, old))
+    assert remove_expired(media_dir, 10 * 86_400) == 0  # younger than ten days: all kept
+    assert remove_expired(part.parent.parent, 86_400) == 0
+    assert part.exists()
+    stack = pipeline(WAPIPE_MEDIA_RETENTION_DAYS="2", WAPIPE_HEARTBEAT_TIMEOUT_MS="4000")  # sweeps each 1 s
+    worker = stack["worker"]
+    wait_for(lambda: "media_files_purged" in worker.output(), timeout=20, what="the media purge")
+    assert {name for name, path in files.items() if path.exists()} == {"young"}
+    assert "files=2" in worker.output() or '"files": 2' in worker.output()

@@ -69,7 +69,7 @@ def test_a_bad_value_fails_its_own_claim_alone(rclient: redis.Redis) -> None:
     """A string Redis cannot take (a lone surrogate) is refused before anything is added."""
     claims = dedup.Claims()
     with pytest.raises(UnicodeEncodeError):
-        claims.add_status("wapipe-test-mark", "owner", 60, False, "wamid.\ud800", "read", "1")
+        claims.add_status("wapipe-test-mark", "owner", 60, False, "wamid.\ud800", "read", "1", 60)
     claims.add_message(keys.seen_message("wamid.D1"), "owner", 60, False, message(REPLY, _item("wamid.D1")))
     assert claims.write(rclient) == [True]
     assert dedup.Claims().write(rclient) == []

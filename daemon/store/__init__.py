@@ -11,7 +11,8 @@ One module per concern, every key layout in :mod:`daemon.store.keys`, every Lua 
 - :mod:`~daemon.store.ratelimit`: outbound rate limits and the pause on a refused token;
 - :mod:`~daemon.store.deadletters`: dead letters, their reasons, replay and retention;
 - :mod:`~daemon.store.media`: inbound media files;
-- :mod:`~daemon.store.uploads`: the media ids of files the business uploaded.
+- :mod:`~daemon.store.uploads`: the media ids of files the business uploaded;
+- :mod:`~daemon.store.journeys`: each message's way through the pipeline (``wapipe trace``).
 
 :class:`Store` is what a stage uses: these, on the calling thread's own Redis connection.
 """
@@ -24,6 +25,7 @@ import redis
 
 from daemon.config import Settings
 from daemon.store.conversations import Conversations
+from daemon.store.journeys import Journeys
 from daemon.store.ledger import ReplyLedger
 from daemon.store.queues import Queue
 from daemon.store.ratelimit import SendLimiter, SendPause
@@ -41,6 +43,7 @@ class Store:
     pause: SendPause
     conversations: Conversations
     uploads: Uploads
+    journeys: Journeys
 
     @classmethod
     def on(cls, client: redis.Redis, settings: Settings) -> Store:
@@ -64,4 +67,5 @@ class Store:
                 turn_ttl_seconds=ledger.ttl_seconds,
             ),
             uploads=Uploads(client),
+            journeys=Journeys(client, ledger.ttl_seconds),
         )

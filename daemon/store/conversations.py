@@ -17,6 +17,7 @@ last turn; a turn lives as long as the reply ledger.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Any
 import redis
 
 from daemon.conversation import WINDOW_SECONDS, Conversation, Entry
-from daemon.store import keys, scripts
+from daemon.store import keys, scripts, statuses
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,13 +119,13 @@ class Conversations:
             )
             pipe.lrange(keys.history(phone_number_id, user), -self.history_messages, -1)
             (state, variables, last_inbound, version), raw_history = pipe.execute()
-        history = [Entry.from_json(json.loads(entry)) for entry in raw_history]
+        history = self._within_budget([Entry.from_json(json.loads(entry)) for entry in raw_history])
         return Conversation(
             phone_number_id=phone_number_id,
             user=user,
             state=json.loads(state) if state else None,
             variables=dict(json.loads(variables)) if variables else {},
-            history=tuple(self._within_budget(history)),
+            history=tuple(self._with_deliveries(phone_number_id, history)),
             last_inbound_at=float(last_inbound) if last_inbound else None,
             version=int(version or 0),
         )
@@ -176,6 +177,38 @@ class Conversations:
             keys.conversation(phone_number_id, user), keys.history(phone_number_id, user)
         )
         return bool(removed)
+
+    def _with_deliveries(self, phone_number_id: str, history: list[Entry]) -> list[Entry]:
+        """``history`` with each outbound message's id and delivery status, found through the
+        reply ledger of the inbound message it answered (two round trips, when any was sent)."""
+        slots: list[tuple[int, str]] = []  # (position in history, ledger key)
+        inbound: str | None = None
+        index = 0
+        for position, entry in enumerate(history):
+            if entry.direction == "in":
+                inbound, index = entry.id, 0
+            elif inbound is not None:
+                slots.append((position, keys.ledger(phone_number_id, inbound, index)))
+                index += 1
+        if not slots:
+            return history
+        sent = [
+            (position, value.decode().removeprefix("sent:"))
+            for (position, _), value in zip(slots, self._client.mget([key for _, key in slots]), strict=True)
+            if isinstance(value, bytes) and value.startswith(b"sent:")
+        ]
+        if not sent:
+            return history
+        found = statuses.latest_of(self._client, [outbound_id for _, outbound_id in sent])
+        delivered = list(history)
+        for (position, outbound_id), status in zip(sent, found, strict=True):
+            delivered[position] = dataclasses.replace(
+                history[position],
+                id=outbound_id,
+                status=status.status if status else None,
+                error_code=status.error_code if status else None,
+            )
+        return delivered
 
     def _within_budget(self, history: list[Entry]) -> list[Entry]:
         """The newest entries whose text fits the character budget (all when there is none)."""

@@ -52,14 +52,24 @@ class Claims:
     _items: int = 0
 
     def add_message(
-        self, mark: str | None, owner: str, ttl_seconds: int, replay: bool, message: Message[Any]
+        self,
+        mark: str | None,
+        owner: str,
+        ttl_seconds: int,
+        replay: bool,
+        message: Message[Any],
+        journey: tuple[str, str, int] | None = None,
     ) -> None:
         """Claim ``mark`` for ``owner`` and, when fresh, enqueue ``message`` (made by
-        :func:`daemon.pipeline.message`). ``replay`` or no mark: always fresh."""
+        :func:`daemon.pipeline.message`) and start ``journey`` (its subject, first event and TTL
+        in seconds: :mod:`daemon.store.journeys`). ``replay`` or no mark: always fresh."""
         _, queue_keys, push_args = prepare(message)
-        item_keys = [mark or keys.UNMARKED, *queue_keys]
+        subject, first, journey_ttl = journey if journey is not None else ("", "", 0)
+        item_keys = [mark or keys.UNMARKED, *queue_keys, keys.journey(subject) if journey else keys.UNMARKED]
         skip = "1" if replay or mark is None else "0"
-        item_args = ["message", owner, ttl_seconds, skip, *push_args, keys.WAKEUP_CHANNEL]
+        item_args = [
+            "message", owner, ttl_seconds, skip, *push_args, keys.WAKEUP_CHANNEL, first, journey_ttl,
+        ]  # fmt: skip
         _encodable([*item_keys, *item_args])
         self._add(item_keys, item_args)
 
@@ -72,13 +82,17 @@ class Claims:
         status_id: str,
         status: str,
         timestamp: str,
+        retention_seconds: int,
+        error_code: int | None = None,
     ) -> None:
-        """Claim ``mark`` and, when fresh, record ``status`` unless a higher one is recorded."""
+        """Claim ``mark`` and, when fresh, record ``status`` (with a failure's ``error_code``) unless
+        a higher one is recorded; the record is kept ``retention_seconds`` after its last change."""
         item_keys = [mark or keys.UNMARKED, keys.status(status_id)]
         skip = "1" if replay or mark is None else "0"
         item_args = [
             "status", owner, ttl_seconds, skip,
-            status, statuses.rank(status), timestamp, statuses.STATUS_TTL_SECONDS,
+            status, statuses.rank(status), timestamp, retention_seconds,
+            "" if error_code is None else error_code, "",
         ]  # fmt: skip
         _encodable([*item_keys, *item_args])
         self._add(item_keys, item_args)

@@ -2,8 +2,8 @@
 
 It follows the user's index (every inbound message id parse saw from them, every business send to
 them, every media file they sent; :mod:`daemon.store.conversations`) and removes: the conversation
-(state, variables, history, order, index), each message's dedup mark, turn, reply ledger entries,
-handled mark and the statuses of the messages sent in answer, the per-recipient rate limit, the
+(state, variables, history, order, index), each message's dedup mark, turn, journey, reply ledger
+entries, handled mark, and the statuses and links of the messages sent in answer, the per-recipient rate limit, the
 dead letters of their messages, the sandbox outbox entries to or about them, and the media files.
 
 Messages still queued or in flight when it runs are not touched: run it when the user's messages
@@ -58,7 +58,11 @@ def forget(client: redis.Redis, phone_number_id: str, user: str, media_dir: Path
             doomed.add(keys.seen_send(phone_number_id, subject.removeprefix("send:")))
         else:
             doomed.add(keys.seen_message(subject))
-        doomed |= {keys.turn(phone_number_id, subject), keys.handled(phone_number_id, subject)}
+        doomed |= {
+            keys.turn(phone_number_id, subject),
+            keys.handled(phone_number_id, subject),
+            keys.journey(subject),
+        }
         for raw in client.scan_iter(
             match=_glob(keys.ledger(phone_number_id, subject, 0)[:-1]) + "*", count=100
         ):
@@ -67,7 +71,7 @@ def forget(client: redis.Redis, phone_number_id: str, user: str, media_dir: Path
             value = _text(client.get(ledger_key) or b"")
             if value.startswith("sent:"):
                 outbound_id = value.removeprefix("sent:")
-                doomed.add(keys.status(outbound_id))
+                doomed |= {keys.status(outbound_id), keys.outbound(outbound_id)}
                 doomed |= {
                     _text(mark)
                     for mark in client.scan_iter(

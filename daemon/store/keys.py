@@ -148,3 +148,14 @@ def user_media(phone_number_id: str, user: str) -> str:
 def uploaded(phone_number_id: str, sha256_hex: str) -> str:
     """The media id of a file the business uploaded from ``phone_number_id``, by its content."""
     return f"wapipe:uploaded:{phone_number_id}:{sha256_hex}"
+
+
+def journey(subject: str) -> str:
+    """What happened to one inbound message (or business send, ``send:<key>``) on its way through
+    the pipeline: a list of JSON events, oldest first (``wapipe trace``)."""
+    return f"wapipe:journey:{subject}"
+
+
+def outbound(outbound_id: str) -> str:
+    """What a message wapipe sent answered: its number, ledger subject, index and user (JSON)."""
+    return f"wapipe:outbound:{outbound_id}"

@@ -12,6 +12,7 @@ plus a day.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Sequence
 
 import redis
@@ -77,11 +78,17 @@ class ReplyLedger:
         index: int,
         outbound_id: str,
         *,
+        user: str | None = None,
         replies: int | None = None,
     ) -> None:
-        """Record that the ``index``-th send happened; with ``replies``, also that the inbound
+        """Record that the ``index``-th send happened, and what the message sent answered (its
+        subject, index and ``user``: :func:`answered`); with ``replies``, also that the inbound
         message is done (the last send), in the same command."""
-        values = [(keys.ledger(phone_number_id, message_id, index), f"sent:{outbound_id}")]
+        link = {"phone_number_id": phone_number_id, "answers": message_id, "index": index, "user": user}
+        values = [
+            (keys.ledger(phone_number_id, message_id, index), f"sent:{outbound_id}"),
+            (keys.outbound(outbound_id), json.dumps(link, separators=(",", ":"))),
+        ]
         if replies is not None:
             values.append((keys.handled(phone_number_id, message_id), str(replies)))
         self._record(values)
@@ -99,6 +106,22 @@ class ReplyLedger:
     def handled(self, phone_number_id: str, message_id: str, replies: int) -> None:
         """Record that the inbound message is done, answered by ``replies`` messages."""
         self._record([(keys.handled(phone_number_id, message_id), str(replies))])
+
+    def sent_ids(self, phone_number_id: str, message_id: str, count: int) -> list[str | None]:
+        """The ids of the first ``count`` messages sent for ``message_id`` (None: not sent, or
+        refused), in one round trip."""
+        if count <= 0:
+            return []
+        stored = self._client.mget([keys.ledger(phone_number_id, message_id, n) for n in range(count)])
+        return [_sent_id(value) for value in stored]
+
+    def entries(self, phone_number_id: str, message_id: str) -> list[str]:
+        """Every ledger entry of ``message_id``, in index order (``sent:<id>``, ``refused:<why>``,
+        ``sending:<attempt>``), up to the first index with none."""
+        found: list[str] = []
+        while (value := self._client.get(keys.ledger(phone_number_id, message_id, len(found)))) is not None:
+            found.append(value.decode() if isinstance(value, bytes) else str(value))
+        return found
 
     def replies(self, phone_number_id: str, message_id: str) -> int | None:
         """How many messages answered ``message_id``, or None when it is not done."""
@@ -124,3 +147,15 @@ class ReplyLedger:
             timeout=RECORD_WAIT_SECONDS,
             wait_max=2.0,
         )
+
+
+def _sent_id(value: bytes | str | None) -> str | None:
+    text = value.decode() if isinstance(value, bytes) else value
+    return text.removeprefix("sent:") if text is not None and text.startswith("sent:") else None
+
+
+def answered(client: redis.Redis, outbound_id: str) -> dict[str, object] | None:
+    """What the message ``outbound_id`` (sent by wapipe) answered: ``phone_number_id``, ``answers``
+    (the inbound message id, or ``send:<key>``), ``index`` and ``user``; None when unknown."""
+    stored = client.get(keys.outbound(outbound_id))
+    return None if stored is None else dict(json.loads(stored))

@@ -168,3 +168,22 @@ def remove_abandoned_parts(media_dir: Path) -> int:
         except OSError:  # gone meanwhile, or not ours to read
             continue
     return removed
+
+
+def remove_expired(media_dir: Path, older_than_seconds: float, now: float | None = None) -> int:
+    """Delete the stored media files (verified or not) last written more than ``older_than_seconds``
+    ago; return how many. A file stored again (the same content arrived anew) counts from then.
+    Partial downloads are :func:`remove_abandoned_parts`' business."""
+    cutoff = (time.time() if now is None else now) - older_than_seconds
+    removed = 0
+    for pattern in ("*/*", "*/unverified/*"):
+        for path in media_dir.glob(pattern):
+            if path.name.startswith(PART_PREFIX):
+                continue
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError:  # gone meanwhile
+                continue
+    return removed

@@ -2,13 +2,14 @@
 -- record fresh statuses, dead-letter the items that cannot be handled. All of it or none.
 --
 -- KEYS: per item its dedup mark and its target (a message: the queue list and message hash it
--- goes to; a status: its status hash), then per ordered message its conversation's order set,
+-- goes to, and its journey; a status: its status hash), then per ordered message its conversation's order set,
 -- "since" hash and counter, then per dated message its conversation's hash, its user's index
 -- of messages and the set of active conversations, then per bad item its queue's dead-letter set, their messages and the
 -- reasons hash.
--- ARGV: the number of items, of ordered messages and of dated messages, then 8 values per item: kind, owner,
+-- ARGV: the number of items, of ordered messages and of dated messages, then 10 values per item: kind, owner,
 -- dedup TTL (s), '1' to skip the dedup check (replay, no id), then for a message push's id, data,
--- queue and channel, for a status its status, rank, timestamp and TTL (s); then 4 values per
+-- queue and channel, its journey's first event ('' for none) and the journey's TTL (s), for a
+-- status its status, rank, timestamp, TTL (s), error code ('' for none) and ''; then 4 values per
 -- ordered message: its item's number (1-based), its message id, the time (ms) and the order's TTL
 -- (s) — a fresh one takes the next place in its conversation's order; then 5 values per dated
 -- message: its item's number, Meta's timestamp of it (0 if unknown), the conversation's TTL
@@ -26,18 +27,25 @@ local n = tonumber(ARGV[1])
 local m = tonumber(ARGV[2])
 local t = tonumber(ARGV[3])
 for i = 1, n do
-  local a = 3 + (i - 1) * 8
+  local a = 3 + (i - 1) * 10
   local kind, owner, ttl = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local fresh = ARGV[a + 4] == '1'
   if not fresh then
     fresh = redis.call('SET', KEYS[k], owner, 'NX', 'EX', ttl) and true or redis.call('GET', KEYS[k]) == owner
   end
   if kind == 'message' then
-    if fresh then push(KEYS[k + 1], KEYS[k + 2], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]) end
-    k = k + 3
+    if fresh then
+      push(KEYS[k + 1], KEYS[k + 2], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8])
+      if ARGV[a + 9] ~= '' then
+        redis.call('RPUSH', KEYS[k + 3], ARGV[a + 9])
+        redis.call('EXPIRE', KEYS[k + 3], ARGV[a + 10])
+      end
+    end
+    k = k + 4
   else
     if fresh and tonumber(ARGV[a + 6]) > tonumber(redis.call('HGET', KEYS[k + 1], 'rank') or '0') then
       redis.call('HSET', KEYS[k + 1], 'status', ARGV[a + 5], 'rank', ARGV[a + 6], 'timestamp', ARGV[a + 7])
+      if ARGV[a + 9] ~= '' then redis.call('HSET', KEYS[k + 1], 'error', ARGV[a + 9]) end
       redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 8])
     end
     k = k + 2
@@ -45,7 +53,7 @@ for i = 1, n do
   results[i] = fresh and 1 or 0
 end
 for j = 0, m - 1 do
-  local o = 4 + n * 8 + j * 4
+  local o = 4 + n * 10 + j * 4
   if results[tonumber(ARGV[o])] == 1 then
     local place = redis.call('INCR', KEYS[k + 2])
     redis.call('ZADD', KEYS[k], place, ARGV[o + 1])
@@ -55,7 +63,7 @@ for j = 0, m - 1 do
   k = k + 3
 end
 for j = 0, t - 1 do
-  local o = 4 + n * 8 + m * 4 + j * 5
+  local o = 4 + n * 10 + m * 4 + j * 5
   if results[tonumber(ARGV[o])] == 1 then
     if tonumber(ARGV[o + 1]) > tonumber(redis.call('HGET', KEYS[k], 'last_inbound') or '0') then
       redis.call('HSET', KEYS[k], 'last_inbound', ARGV[o + 1])
@@ -67,7 +75,7 @@ for j = 0, t - 1 do
   end
   k = k + 3
 end
-for b = 4 + n * 8 + m * 4 + t * 5, #ARGV, 4 do
+for b = 4 + n * 10 + m * 4 + t * 5, #ARGV, 4 do
   redis.call('ZADD', KEYS[k], ARGV[b + 3], ARGV[b])
   redis.call('HSET', KEYS[k + 1], ARGV[b], ARGV[b + 1])
   redis.call('HSET', KEYS[k + 2], ARGV[b], ARGV[b + 2])

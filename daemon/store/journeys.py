@@ -1,0 +1,52 @@
+"""Each message's journey: what happened to it, stage by stage, for ``wapipe trace``.
+
+``parse`` starts it when it claims a fresh message (in its claim script: ``received``); then each
+run of a stage that carries the message (``fetch_media``, ``reply``, ``send``) adds one event when
+it ends: ``done``, ``retry`` (it will run again: an error, a rate-limit wait, an earlier message
+of the user to wait for) or ``failed`` (dead-lettered), with the attempt number and what it found
+(bytes stored, replies sent, the error's type and code). Events hold ids, times and figures, never
+what the user wrote. A journey lives as long as the reply ledger and keeps its last
+:data:`MAX_EVENTS` events.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from daemon.store import keys
+
+#: The most events one journey keeps (a message that waited long for an earlier one retries often).
+MAX_EVENTS = 100
+
+
+def event(stage: str, outcome: str, attempt: int, **fields: Any) -> str:
+    """One event, as stored: ``at`` (Unix seconds), stage, outcome, attempt, and ``fields``."""
+    return json.dumps(
+        {"at": round(time.time(), 3), "stage": stage, "outcome": outcome, "attempt": attempt, **fields},
+        separators=(",", ":"),
+    )
+
+
+class Journeys:
+    """Journeys on one Redis client; ``ttl_seconds`` is the reply ledger's."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+        self._client = client
+        self.ttl_seconds = ttl_seconds
+
+    def add(self, subject: str, entry: str) -> None:
+        """Append ``entry`` (made by :func:`event`) to ``subject``'s journey, in one round trip."""
+        key = keys.journey(subject)
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, entry)
+            pipe.ltrim(key, -MAX_EVENTS, -1)
+            pipe.expire(key, self.ttl_seconds)
+            pipe.execute()
+
+    def read(self, subject: str) -> list[dict[str, Any]]:
+        """``subject``'s events, oldest first (empty when none were kept)."""
+        return [json.loads(raw) for raw in self._client.lrange(keys.journey(subject), 0, -1)]
