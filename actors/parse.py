@@ -36,12 +36,11 @@ from daemon.config import DAY_SECONDS
 from daemon.envelope import MEDIA_TYPES, Item, item_problem, loads, split
 from daemon.pipeline import FETCH_MEDIA, PARSE, REPLY, Envelope, MessageItem, Stage, message
 from daemon.store import dedup, journeys
+from daemon.store.conversations import ORDER_TTL_SECONDS
 
 log = logging.getLogger(__name__)
 
 ACTOR_NAME = PARSE.name
-#: A conversation's order outlives any bound on waiting in it.
-ORDER_TTL_SECONDS = 86_400
 
 
 def run(context: Context, envelope: Envelope) -> None:

@@ -23,38 +23,22 @@ from __future__ import annotations
 import logging
 import time
 
-import dramatiq
-
-from actors import sending
+from actors import ordering, sending
 from actors.context import Context
-from actors.errors import ConversationBusy, ItemRejected
+from actors.errors import ItemRejected
 from actors.sending import Target
 from daemon.bot import Bot
-from daemon.conversation import Entry
+from daemon.conversation import Conversation, Entry
 from daemon.graph import GraphError, GraphUnreachable, SendOutcomeUnknown
 from daemon.handler import InboundMessage, Outbound, call_handler, inbound_text
 from daemon.messages import text_of
 from daemon.pipeline import REPLY, MessageItem
-from daemon.store.conversations import ConversationChanged
 
 log = logging.getLogger(__name__)
 
 ACTOR_NAME = REPLY.name
 
-#: Decisions made in a row for one message before it is retried later (another message of the
-#: same user committed between loading the conversation and committing this one's turn).
-DECIDE_ATTEMPTS = 5
-
-
-class OrderWait(dramatiq.Retry):
-    """An earlier message of the same conversation is not decided yet: come back shortly."""
-
-
-RETRY_FOREVER = (*sending.RETRY_FOREVER, OrderWait)
-#: How often a message waiting for an earlier one looks again, while it waits in the thread.
-ORDER_POLL_SECONDS = 0.05
-#: The longest a message waits in the thread for an earlier one before going back to the queue.
-MAX_INLINE_WAIT_MS = 2_000
+RETRY_FOREVER = (*sending.RETRY_FOREVER, ordering.OrderWait)
 
 
 def run(context: Context, item: MessageItem) -> None:
@@ -99,55 +83,28 @@ def _decide(context: Context, message: InboundMessage) -> list[Outbound]:
     if decided is not None:
         log.info("turn_already_decided", extra={"actor": ACTOR_NAME, "message_id": message.id})
         return decided
-    _wait_for_earlier(context, message, user)
+    ordering.wait_for_earlier(context, message.phone_number_id, user, message.id, ACTOR_NAME)
     if _typing(context):
         _mark_read(context, message, {"actor": ACTOR_NAME, "message_id": message.id}, typing=True)
     inbound_at = _timestamp(message)
-    for attempt in range(DECIDE_ATTEMPTS):
-        conversation = conversations.load(message.phone_number_id, user)
+
+    def decide(conversation: Conversation) -> tuple[list[Outbound], list[Entry]]:
         if inbound_at is not None:
             conversation.last_inbound_at = max(conversation.last_inbound_at or 0.0, inbound_at)
         outbound = call_handler(context.handler, message, context.run_coroutine, conversation)
         now = time.time()
         entries = [
             Entry("in", message.type, inbound_text(message), inbound_at or now, message.id),
-            *(Entry("out", str(body.get("type")), text_of(body), now) for body in outbound),
+            *(
+                Entry("out", str(body.get("type")), text_of(body), now, answers=message.id, index=index)
+                for index, body in enumerate(outbound)
+            ),
         ]
-        try:
-            return conversations.commit(conversation, message.id, outbound, entries, inbound_at).outbound
-        except TypeError as error:  # json.dumps: the bot put something that is not JSON in it
-            raise ItemRejected(
-                f"the conversation cannot be stored: {error}"[:300], message_id=message.id
-            ) from None
-        except ConversationChanged:
-            log.info(
-                "conversation_changed",
-                extra={"actor": ACTOR_NAME, "message_id": message.id, "attempt": attempt},
-            )
-    raise ConversationBusy(f"the conversation kept changing during {DECIDE_ATTEMPTS} decisions")
+        return outbound, entries
 
-
-def _wait_for_earlier(context: Context, message: InboundMessage, user: str) -> None:
-    """Hold the message while an earlier message of its conversation is undecided (at most
-    ``WAPIPE_ORDER_WAIT_SECONDS`` after that one was seen): briefly in this thread, then back in
-    the queue without using up a retry."""
-    bound_ms = int(context.settings.order_wait_seconds * 1000)
-    deadline = time.monotonic() + MAX_INLINE_WAIT_MS / 1000
-    counted = False
-    while True:
-        now_ms = int(time.time() * 1000)
-        wait = context.store.conversations.wait_ms(
-            message.phone_number_id, user, message.id, now_ms, bound_ms
-        )
-        if wait <= 0:
-            return
-        if not counted:
-            context.metrics.ordering_waits.inc()
-            log.info("ordering_wait", extra={"actor": ACTOR_NAME, "message_id": message.id, "wait_ms": wait})
-            counted = True
-        if time.monotonic() + ORDER_POLL_SECONDS >= deadline:
-            raise context.not_counted(OrderWait(delay=min(wait, 1_000)))
-        time.sleep(ORDER_POLL_SECONDS)
+    return ordering.commit_turn(
+        context, message.phone_number_id, user, message.id, decide, inbound_at, ACTOR_NAME
+    )
 
 
 def _last_inbound(context: Context, message: InboundMessage) -> float | None:

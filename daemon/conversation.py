@@ -34,6 +34,10 @@ class Entry:
     status: str | None = None
     #: Why Meta could not deliver it (the error code of a ``failed`` status).
     error_code: int | None = None
+    #: What an outbound message answered: the inbound message id, or ``send:<key>`` for a
+    #: business send; with :attr:`index`, its place among those messages (its ledger entry).
+    answers: str | None = None
+    index: int = 0
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -47,6 +51,8 @@ class Entry:
             data["status"] = self.status
         if self.error_code is not None:
             data["error_code"] = self.error_code
+        if self.answers is not None:
+            data["answers"], data["index"] = self.answers, self.index
         return data
 
     @classmethod
@@ -58,6 +64,8 @@ class Entry:
             str(data.get("text", "")),
             float(data.get("at", 0)),
             data.get("id"),
+            answers=data.get("answers"),
+            index=int(data.get("index", 0)),
         )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from actors import reply
+from actors import ordering, reply, send
 from actors.context import Resources
 from actors.errors import ItemRejected, OutcomeUnknown
 from daemon.bot import Bot
@@ -19,7 +19,7 @@ from daemon.conversation import Conversation, Entry
 from daemon.graph import GraphError
 from daemon.handler import InboundMessage
 from daemon.messages import Text
-from daemon.pipeline import MessageItem
+from daemon.pipeline import MessageItem, Outgoing
 from daemon.store import dedup, keys
 from tests.support.fake_graph import FakeGraph, Reply
 from tests.support.stages import context, resources
@@ -224,7 +224,7 @@ def test_a_users_messages_reach_the_bot_in_the_order_parse_saw_them(
         started = time.monotonic()
         reply.run(context(worker), items["wamid.X"])  # another user: no wait
         assert time.monotonic() - started < 1.5
-        with pytest.raises(reply.OrderWait):
+        with pytest.raises(ordering.OrderWait):
             reply.run(context(worker), items["wamid.O2"])
         assert counting.runs == 1  # only X ran
         reply.run(context(worker), items["wamid.O1"])
@@ -309,3 +309,33 @@ def test_the_bot_reads_the_delivery_of_what_it_sent(
     assert out == [("got one", first, "read"), ("got two", second, None)]
     failed = [entry for entry in seen[3] if entry.id == second]
     assert [(entry.status, entry.error_code) for entry in failed] == [("failed", 131049)]
+
+
+def test_a_business_send_waits_its_turn_and_joins_the_history(
+    worker: Resources, fake_graph: FakeGraph
+) -> None:
+    """A send to a user whose message parse has seen but the bot has not decided waits for that
+    decision (back to the queue, without using a retry); then it is recorded after the bot's reply
+    in the history, once, and sent; a retry sends nothing more and records nothing more."""
+    user = "447700900123"
+    worker.store.conversations.enter(NUMBER, user, "wamid.B1", int(time.time() * 1000))  # as parse does
+    agent = Outgoing(
+        NUMBER, user, ({"type": "text", "text": {"body": "agent: hello"}},), "agent-1", time.time()
+    )
+    waiting = context(worker, retries=0)
+    with pytest.raises(ordering.OrderWait):
+        send.run(waiting, agent)
+    assert waiting.options["retries"] == -1  # not counted: the middleware adds one back
+    assert fake_graph.sends() == []
+    reply.run(context(worker), item("wamid.B1", text="question"))
+    send.run(context(worker), agent)
+    send.run(context(worker), agent)  # a retry
+    assert sent_texts(fake_graph) == ["visit 0: question", "agent: hello"]
+    talk = worker.store.conversations.load(NUMBER, user)
+    assert [(entry.direction, entry.text) for entry in talk.history] == [
+        ("in", "question"),
+        ("out", "visit 0: question"),
+        ("out", "agent: hello"),
+    ]
+    assert (talk.history[2].answers, talk.history[2].index) == ("send:agent-1", 0)
+    assert talk.history[2].id is not None  # sent, no status from Meta yet

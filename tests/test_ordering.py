@@ -39,6 +39,8 @@ def answer(message, conversation):
         while int(shared.get("test:barrier")) < 20 and time.time() < deadline:
             time.sleep(0.02)
         return [Text("through" if int(shared.get("test:barrier")) >= 20 else "stuck", reply_to=message.id)]
+    if text == "hold" and shared.set("test:held", 1, nx=True):
+        time.sleep(120)  # its first run holds the conversation until the test kills the worker
     seen = conversation.variables.setdefault("seen", [])
     seen.append(text)
     time.sleep(0.3)  # slow enough that overlapping runs of one user's messages would show
@@ -129,3 +131,43 @@ def test_a_stalled_download_holds_the_next_message_back_only_for_the_bound(
     assert other_after < 2.5, other_after
     assert 2.0 <= later_after < 10, later_after
     assert "wamid.I1" not in _answers(fake_graph)  # still downloading: handled when it can be
+
+
+def test_a_worker_killed_holding_a_conversation_leaves_it_to_continue_in_order(
+    pipeline: Callable[..., dict[str, Any]],
+    fake_graph: FakeGraph,
+    rclient: redis.Redis,
+    tmp_path: Path,
+    start_proc: Callable[..., Any],
+) -> None:
+    """The bot is deciding a user's first message when its worker is SIGKILLed, with the user's
+    next two messages waiting behind it. A new worker takes the first one up again once the dead
+    worker's heartbeat times out (3 s here, within WAPIPE_ORDER_WAIT_SECONDS): the three are
+    answered once each, in order, each seeing the state the one before left."""
+    (tmp_path / "order_bot.py").write_text(ORDER_BOT, encoding="utf-8")
+    stack = pipeline(
+        WAPIPE_HANDLER="order_bot:bot",
+        WAPIPE_HEARTBEAT_TIMEOUT_MS="3000",
+        WAPIPE_ORDER_WAIT_SECONDS="30",
+    )
+    now = int(time.time())
+    assert post_webhook(stack["url"], envelope([_text("wamid.H1", "hold", now)])) == 200
+    wait_for(lambda: rclient.get("test:held"), timeout=20, what="the bot to hold the conversation")
+    later = envelope([_text("wamid.H2", "two", now + 1), _text("wamid.H3", "three", now + 2)])
+    assert post_webhook(stack["url"], later) == 200
+    wait_for(
+        lambda: rclient.zcard(f"wapipe:order:620000000000001:{USER}") == 3,
+        timeout=20,
+        what="the later two queued behind the first",
+    )
+    stack["worker"].kill()  # SIGKILL to the whole worker tree, mid-decision
+    assert _answers(fake_graph) == {}
+    start_proc("worker-2", ["worker"], stack["env"])
+    wait_for(lambda: len(_answers(fake_graph)) >= 3, timeout=45, what="three answers after recovery")
+    wait_for(lambda: drained(rclient), timeout=20, what="the queues drained")
+    assert _answers(fake_graph) == {
+        "wamid.H1": "hold after nothing",
+        "wamid.H2": "two after hold",
+        "wamid.H3": "three after hold,two",
+    }
+    assert len(fake_graph.sends()) == 3, "a message was answered twice"

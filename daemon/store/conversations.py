@@ -28,6 +28,9 @@ import redis
 from daemon.conversation import WINDOW_SECONDS, Conversation, Entry
 from daemon.store import keys, scripts, statuses
 
+#: A conversation's order outlives any bound on waiting in it.
+ORDER_TTL_SECONDS = 86_400
+
 
 @dataclass(frozen=True, slots=True)
 class Turn:
@@ -65,6 +68,7 @@ class Conversations:
         self._client = client
         self._turn = scripts.register(client, "turn")
         self._order_wait = scripts.register(client, "order_wait")
+        self._order_enter = scripts.register(client, "order_enter")
         self.history_messages = history_messages
         self.history_characters = history_characters
         self.ttl_seconds = ttl_seconds
@@ -101,6 +105,15 @@ class Conversations:
                     pipe.sadd(key, member)
                     pipe.expire(key, self.ttl_seconds)
             pipe.execute()
+
+    def enter(self, phone_number_id: str, user: str, subject: str, now_ms: int) -> None:
+        """Give ``subject`` (a business send) the next place in the conversation's order, unless
+        it has one: it goes after what parse saw before it, and holds back what comes after it."""
+        order = [keys.order(phone_number_id, user), keys.order_since(phone_number_id, user)]
+        self._order_enter(
+            keys=[*order, keys.order_counter(phone_number_id, user)],
+            args=[subject, now_ms, ORDER_TTL_SECONDS],
+        )
 
     def wait_ms(self, phone_number_id: str, user: str, message_id: str, now_ms: int, bound_ms: int) -> int:
         """How long ``message_id`` must still wait for earlier messages of its conversation (0: go).
@@ -179,17 +192,13 @@ class Conversations:
         return bool(removed)
 
     def _with_deliveries(self, phone_number_id: str, history: list[Entry]) -> list[Entry]:
-        """``history`` with each outbound message's id and delivery status, found through the
-        reply ledger of the inbound message it answered (two round trips, when any was sent)."""
-        slots: list[tuple[int, str]] = []  # (position in history, ledger key)
-        inbound: str | None = None
-        index = 0
-        for position, entry in enumerate(history):
-            if entry.direction == "in":
-                inbound, index = entry.id, 0
-            elif inbound is not None:
-                slots.append((position, keys.ledger(phone_number_id, inbound, index)))
-                index += 1
+        """``history`` with each outbound message's id and delivery status, found through its
+        entry in the reply ledger (two round trips, when any was sent)."""
+        slots = [
+            (position, keys.ledger(phone_number_id, entry.answers, entry.index))
+            for position, entry in enumerate(history)
+            if entry.direction == "out" and entry.answers is not None
+        ]
         if not slots:
             return history
         sent = [

@@ -28,6 +28,7 @@ Name = Literal[
     "record_withdraw",
     "turn",
     "order_wait",
+    "order_enter",
 ]
 #: Scripts that call ``push`` (defined in ``push.lua``).
 _PUSHING = frozenset({"enqueue", "claim", "replay"})
