@@ -141,7 +141,8 @@ def actor_function(
         except BaseException as error:
             _journal(context, subject, stage.name, attempt, error)
             raise
-        _journal(context, subject, stage.name, attempt, None)
+        if not context.journal.written:
+            _journal(context, subject, stage.name, attempt, None)
 
     perform.__name__ = perform.__qualname__ = stage.name
     return perform
@@ -151,7 +152,7 @@ def _journal(context: Context, subject: str, stage: str, attempt: int, error: Ba
     """Add the run's end to the message's journey (:mod:`daemon.store.journeys`): ``done``, or
     ``failed`` (dead-lettered at once), or ``retry`` (it runs again, unless its retries are spent:
     then its dead letter says so), with the error's content-free line. Never fails the run."""
-    fields = dict(context.journal)
+    fields = dict(context.journal.fields)
     if error is None:
         outcome = "done"
     else:

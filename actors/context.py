@@ -32,7 +32,7 @@ from daemon.config import Settings
 from daemon.graph import GraphClient, emulator_endpoint
 from daemon.handler import Handler, load_handler
 from daemon.sandbox_link import EmulatorLink
-from daemon.store import Store
+from daemon.store import Store, journeys
 from daemon.store.deadletters import REPLAY, RESEND_UNKNOWN
 from daemon.store.queues import thread_redis_client
 
@@ -40,6 +40,15 @@ T = TypeVar("T")
 RetryT = TypeVar("RetryT", bound=dramatiq.Retry)
 #: Awaits a coroutine on the worker's event loop and returns its result.
 CoroutineRunner = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+@dataclass(slots=True)
+class Journal:
+    """What a run found, for its event in the message's journey: ids and figures, never content."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    #: The run's ``done`` event was written with the stage's last write (:meth:`Context.done`).
+    written: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +68,8 @@ class Context:
     #: The message's options (``retries``…); a change is seen by the retry middleware.
     options: dict[str, Any]
     run_coroutine: CoroutineRunner
-    #: What the run found, for its event in the message's journey (``wapipe trace``): ids and
-    #: figures, never content.
-    journal: dict[str, Any] = field(default_factory=dict)
+    #: What the run found, for its event in the message's journey (``wapipe trace``).
+    journal: Journal = field(default_factory=lambda: Journal())
 
     @property
     def retries(self) -> int:
@@ -77,6 +85,12 @@ class Context:
     def resend_unknown(self) -> bool:
         """The operator allowed resending what may have been delivered (``--resend-unknown``)."""
         return bool(self.options.get(RESEND_UNKNOWN))
+
+    def done(self, stage: str, subject: str) -> tuple[str, str]:
+        """The run's ``done`` event for ``subject``'s journey, for a stage that writes it with its
+        last write (a round trip less); the worker then does not write it again."""
+        self.journal.written = True
+        return subject, journeys.event(stage, "done", self.retries + 1, **self.journal.fields)
 
     def not_counted(self, retry: RetryT) -> RetryT:
         """Make ``retry`` not count as one of the message's retries (the middleware adds one back)."""

@@ -70,10 +70,10 @@ def run(context: Context, item: MessageItem) -> None:
             "media_unavailable", extra={**fields, "error": type(error).__name__, "detail": str(error)[:200]}
         )
         context.metrics.media_downloads.labels("failed").inc()
-        context.journal["media"] = {"stored": False, "error": type(error).__name__}
+        context.journal.fields["media"] = {"stored": False, "error": type(error).__name__}
         stored = None
     if stored is not None:
-        context.journal["media"] = {
+        context.journal.fields["media"] = {
             "stored": True,
             "bytes": stored.size,
             "mime_type": stored.mime_type,

@@ -46,9 +46,9 @@ def run(context: Context, item: MessageItem) -> None:
     fields = {"actor": ACTOR_NAME, "message_id": message.id, "type": message.type}
     ledger = context.store.ledger
     outbound = _decide(context, message)
-    context.journal["replies"] = len(outbound)
+    context.journal.fields["replies"] = len(outbound)
     if not outbound:
-        ledger.handled(message.phone_number_id, message.id, 0)
+        ledger.handled(message.phone_number_id, message.id, 0, journey=context.done(ACTOR_NAME, message.id))
         log.info("handled_without_reply", extra=fields)
         return
     recipient = _recipient(message)

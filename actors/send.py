@@ -40,7 +40,7 @@ def run(context: Context, outgoing: Outgoing) -> None:
     conversations = context.store.conversations
     conversations.note(outgoing.phone_number_id, to, subject=target.ledger_id)  # for `wapipe forget`
     last_inbound = conversations.last_inbound(outgoing.phone_number_id, to)
-    context.journal["messages"] = len(outgoing.messages)
+    context.journal.fields["messages"] = len(outgoing.messages)
     messages = list(outgoing.messages)
     if context.conversational:
         messages = _in_conversation(context, outgoing)

@@ -29,7 +29,7 @@ from daemon.conversation import WINDOW_SECONDS
 from daemon.graph import GraphError, GraphUnreachable, RequestInvalid, SendOutcomeUnknown
 from daemon.handler import Outbound
 from daemon.messages import OUTSIDE_WINDOW, free_form, has_uploads, with_uploads
-from daemon.store.ledger import Claim
+from daemon.store.ledger import Claim, Journey
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +93,12 @@ def refuse(context: Context, target: Target, index: int, replies: int | None) ->
     ledger = context.store.ledger
     number, subject = target.phone_number_id, target.ledger_id
     claim = ledger.claim(number, subject, index, f"{context.message_id}:{time.time():.3f}")
+    journey = _last_write(context, target, replies)
     if claim is Claim.SENT:
         if replies is not None:
-            ledger.handled(number, subject, replies)
+            ledger.handled(number, subject, replies, journey=journey)
         return
-    ledger.refused(number, subject, index, "window", replies=replies)
+    ledger.refused(number, subject, index, "window", replies=replies, journey=journey)
     context.metrics.outside_window.labels("refused").inc()
     log.warning(
         "window_closed_reply_refused", extra={"actor": target.actor, "message_id": subject, "index": index}
@@ -161,6 +162,11 @@ def send_once(
     store = context.store
     number, subject = target.phone_number_id, target.ledger_id
     recipient = str(body.get("to") or body.get("recipient"))
+    if has_uploads(body):  # before the claim: an upload that fails leaves nothing in doubt
+        try:
+            body = with_uploads(body, _uploader(context, target))
+        except (GraphError, GraphUnreachable, RequestInvalid) as error:
+            raise _not_sent(context, target, index, error) from None
     _wait_for_slot(context, number, recipient)
     attempt = f"{context.message_id}:{time.time():.3f}"
     claim = store.ledger.claim(number, subject, index, attempt)
@@ -168,7 +174,7 @@ def send_once(
         store.limiter.release(number, recipient)  # nothing is sent now
         log.info("reply_already_sent", extra={"actor": target.actor, "message_id": subject, "index": index})
         if replies is not None:
-            store.ledger.handled(number, subject, replies)
+            store.ledger.handled(number, subject, replies, journey=_last_write(context, target, replies))
         return
     if claim is Claim.IN_DOUBT:
         if not take_over:
@@ -180,8 +186,6 @@ def send_once(
             )
         store.ledger.take_over(number, subject, index, attempt)  # an operator's replay takes it over
     try:
-        if has_uploads(body):
-            body = with_uploads(body, _uploader(context, target))
         result = context.graph.send_message(number, body, in_reply_to=target.in_reply_to)
     except SendOutcomeUnknown as error:
         raise OutcomeUnknown(str(error), message_id=subject, index=index) from None
@@ -189,7 +193,20 @@ def send_once(
         store.ledger.release(number, subject, index)
         store.limiter.release(number, recipient)
         raise _not_sent(context, target, index, error) from None
-    store.ledger.sent(number, subject, index, str(result.message_id), user=target.user, replies=replies)
+    store.ledger.sent(
+        number,
+        subject,
+        index,
+        str(result.message_id),
+        user=target.user,
+        replies=replies,
+        journey=_last_write(context, target, replies),
+    )
+
+
+def _last_write(context: Context, target: Target, replies: int | None) -> Journey | None:
+    """With the subject's last ledger write (``replies`` given), the run's ``done`` event."""
+    return None if replies is None else context.done(target.actor, target.ledger_id)
 
 
 def _uploader(context: Context, target: Target) -> Callable[[dict[str, str]], str]:

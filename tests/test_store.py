@@ -45,7 +45,7 @@ def _wakeups(pubsub: redis.client.PubSub, seconds: float) -> list[bytes]:
 
 def test_every_script_loads_and_the_enqueuers_share_push() -> None:
     """Each Lua file exists; the three scripts that enqueue carry the one ``push``."""
-    for name in ("enqueue", "claim", "replay", "set_all", "reserve", "release"):
+    for name in ("enqueue", "claim", "replay", "record", "reserve", "release"):
         assert scripts.source(name)  # type: ignore[arg-type]
     for name in ("enqueue", "claim", "replay"):
         assert scripts.source(name).count("local function push(") == 1  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from daemon.store import keys
+from daemon.store import keys, scripts
 
 #: The most events one journey keeps (a message that waited long for an earlier one retries often).
 MAX_EVENTS = 100
@@ -31,21 +31,24 @@ def event(stage: str, outcome: str, attempt: int, **fields: Any) -> str:
     )
 
 
+def appended(subject: str, entry: str, ttl_seconds: int) -> tuple[list[str], list[Any]]:
+    """The keys and arguments that make ``record.lua`` append ``entry`` to ``subject``'s journey
+    (after the keys it sets)."""
+    return [keys.journey(subject)], [entry, MAX_EVENTS, ttl_seconds]
+
+
 class Journeys:
     """Journeys on one Redis client; ``ttl_seconds`` is the reply ledger's."""
 
     def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
         self._client = client
+        self._record = scripts.register(client, "record")
         self.ttl_seconds = ttl_seconds
 
     def add(self, subject: str, entry: str) -> None:
-        """Append ``entry`` (made by :func:`event`) to ``subject``'s journey, in one round trip."""
-        key = keys.journey(subject)
-        with self._client.pipeline(transaction=False) as pipe:
-            pipe.rpush(key, entry)
-            pipe.ltrim(key, -MAX_EVENTS, -1)
-            pipe.expire(key, self.ttl_seconds)
-            pipe.execute()
+        """Append ``entry`` (made by :func:`event`) to ``subject``'s journey, in one command."""
+        journey_keys, journey_args = appended(subject, entry, self.ttl_seconds)
+        self._record(keys=journey_keys, args=[0, self.ttl_seconds, *journey_args])
 
     def read(self, subject: str) -> list[dict[str, Any]]:
         """``subject``'s events, oldest first (empty when none were kept)."""

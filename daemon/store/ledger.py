@@ -5,8 +5,9 @@ Before the ``n``-th message answering inbound ``id`` is sent, ``wapipe:reply:<ph
 ``sent:<outbound id>``. A claim found ``sending`` means an earlier attempt may have sent it: it is
 not sent again unless an operator's replay takes it over. When the inbound message is done,
 ``wapipe:handled:<phone_number_id>:<id>`` records how many messages answered it (``0``: handled
-without reply), written with the last ledger mark. Entries live for the message dedup window
-plus a day.
+without reply), written with the last ledger mark. With each ``sent`` mark,
+``wapipe:outbound:<outbound id>`` records what that message answered (:func:`answered`), for
+delivery tracking. Entries live for the message dedup window plus a day.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from daemon import retrying
-from daemon.store import keys, scripts
+from daemon.store import journeys, keys, scripts
+
+#: A stage run's event for a message's journey: (the ledger subject, the event).
+Journey = tuple[str, str]
 
 #: The reply ledger outlives the message dedup window by a day.
 EXTRA_SECONDS = 86_400
@@ -49,7 +54,7 @@ class ReplyLedger:
 
     def __init__(self, client: redis.Redis, dedup_ttl_seconds: int) -> None:
         self._client = client
-        self._set_all = scripts.register(client, "set_all")
+        self._record_script = scripts.register(client, "record")
         self.ttl_seconds = dedup_ttl_seconds + EXTRA_SECONDS
 
     def claim(self, phone_number_id: str, message_id: str, index: int, attempt: str) -> Claim:
@@ -80,10 +85,11 @@ class ReplyLedger:
         *,
         user: str | None = None,
         replies: int | None = None,
+        journey: Journey | None = None,
     ) -> None:
         """Record that the ``index``-th send happened, and what the message sent answered (its
         subject, index and ``user``: :func:`answered`); with ``replies``, also that the inbound
-        message is done (the last send), in the same command."""
+        message is done (the last send), in the same command, with the run's ``journey`` event."""
         link = {"phone_number_id": phone_number_id, "answers": message_id, "index": index, "user": user}
         values = [
             (keys.ledger(phone_number_id, message_id, index), f"sent:{outbound_id}"),
@@ -91,29 +97,31 @@ class ReplyLedger:
         ]
         if replies is not None:
             values.append((keys.handled(phone_number_id, message_id), str(replies)))
-        self._record(values)
+        self._record(values, journey)
 
     def refused(
-        self, phone_number_id: str, message_id: str, index: int, reason: str, *, replies: int | None = None
+        self,
+        phone_number_id: str,
+        message_id: str,
+        index: int,
+        reason: str,
+        *,
+        replies: int | None = None,
+        journey: Journey | None = None,
     ) -> None:
         """Record that the ``index``-th send was refused for good (``refused:<reason>``, e.g. the
         window closed): a retry does not send it either. With ``replies``, the message is done."""
         values = [(keys.ledger(phone_number_id, message_id, index), f"refused:{reason}")]
         if replies is not None:
             values.append((keys.handled(phone_number_id, message_id), str(replies)))
-        self._record(values)
+        self._record(values, journey)
 
-    def handled(self, phone_number_id: str, message_id: str, replies: int) -> None:
-        """Record that the inbound message is done, answered by ``replies`` messages."""
-        self._record([(keys.handled(phone_number_id, message_id), str(replies))])
-
-    def sent_ids(self, phone_number_id: str, message_id: str, count: int) -> list[str | None]:
-        """The ids of the first ``count`` messages sent for ``message_id`` (None: not sent, or
-        refused), in one round trip."""
-        if count <= 0:
-            return []
-        stored = self._client.mget([keys.ledger(phone_number_id, message_id, n) for n in range(count)])
-        return [_sent_id(value) for value in stored]
+    def handled(
+        self, phone_number_id: str, message_id: str, replies: int, *, journey: Journey | None = None
+    ) -> None:
+        """Record that the inbound message is done, answered by ``replies`` messages (with the
+        run's ``journey`` event, in the same command)."""
+        self._record([(keys.handled(phone_number_id, message_id), str(replies))], journey)
 
     def entries(self, phone_number_id: str, message_id: str) -> list[str]:
         """Every ledger entry of ``message_id``, in index order (``sent:<id>``, ``refused:<why>``,
@@ -128,17 +136,22 @@ class ReplyLedger:
         value = self._client.get(keys.handled(phone_number_id, message_id))
         return None if value is None else int(value)
 
-    def _record(self, values: Sequence[tuple[str, str]]) -> None:
-        """Set each key to its value, in one command. It records sends that happened: worth waiting
-        for Redis (up to :data:`RECORD_WAIT_SECONDS`) rather than leave them "in doubt"."""
+    def _record(self, values: Sequence[tuple[str, str]], journey: Journey | None = None) -> None:
+        """Set each key to its value (and append ``journey``'s event), in one command. It records
+        sends that happened: worth waiting for Redis (up to :data:`RECORD_WAIT_SECONDS`) rather
+        than leave them "in doubt"."""
+        names = [key for key, _ in values]
+        args: list[Any] = [len(values), *(value for _, value in values), self.ttl_seconds]
+        if journey is not None:
+            journey_keys, journey_args = journeys.appended(*journey, self.ttl_seconds)
+            names += journey_keys
+            args += journey_args
 
         def write() -> None:
-            if len(values) == 1:
+            if len(values) == 1 and journey is None:
                 self._client.set(values[0][0], values[0][1], ex=self.ttl_seconds)
             else:
-                self._set_all(
-                    keys=[key for key, _ in values], args=[*(value for _, value in values), self.ttl_seconds]
-                )
+                self._record_script(keys=names, args=args)
 
         retrying.call(
             write,
@@ -147,11 +160,6 @@ class ReplyLedger:
             timeout=RECORD_WAIT_SECONDS,
             wait_max=2.0,
         )
-
-
-def _sent_id(value: bytes | str | None) -> str | None:
-    text = value.decode() if isinstance(value, bytes) else value
-    return text.removeprefix("sent:") if text is not None and text.startswith("sent:") else None
 
 
 def answered(client: redis.Redis, outbound_id: str) -> dict[str, object] | None:

@@ -20,7 +20,7 @@ Name = Literal[
     "enqueue",
     "claim",
     "replay",
-    "set_all",
+    "record",
     "reserve",
     "release",
     "record_refresh",
