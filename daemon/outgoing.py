@@ -75,9 +75,12 @@ def outgoing(request: object, settings: Settings) -> Outgoing:
             raise RequestRefused("a message must not name its recipient: use to")
         if has_uploads(body):  # a caller must not make the workers read and send their files
             raise RequestRefused(f"{UPLOAD} is for a bot's own messages: send media by id or link")
+    to = fields["to"]
+    if to.startswith("+") and to[1:].isdigit():  # a phone number as people write it: its wa_id
+        to = to[1:]
     return Outgoing(
         phone_number_id=fields["phone_number_id"],
-        to=fields["to"],
+        to=to,
         messages=tuple(bodies),
         key=fields["idempotency_key"],
         requested_at=time.time(),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import Any
 
 import redis
 
-from tests.pipeline_helpers import drained, post_webhook
+from tests.pipeline_helpers import cli, drained, post_webhook
 from tests.support.fake_graph import FakeGraph, sent_json
 from tests.support.meta import text_envelope
 from tests.support.waiting import wait_for
@@ -114,18 +113,12 @@ def test_post_send_is_not_served_without_a_token(pipeline: Callable[..., dict[st
 def test_wapipe_send_queues_a_template_once_per_key(
     pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis
 ) -> None:
-    """`wapipe send NUMBER USER --template NAME --key K`: queued, then "already queued"; sent once."""
+    """`wapipe send NUMBER +USER --template NAME --key K`: queued, then "already queued"; sent once to
+    the user's wa_id (the "+" people write dropped); `wapipe trace send:K` shows its journey."""
     stack = pipeline()
 
     def send(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "daemon", "send", NUMBER, "447700900555", *args],
-            env=stack["env"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        return cli(stack["env"], "send", NUMBER, "+447700900555", *args)  # as people write numbers
 
     assert send("--template", "order_ready", "--key", "cli-1").stdout == "queued cli-1\n"
     assert send("--template", "order_ready", "--key", "cli-1").stdout == "already queued cli-1\n"
@@ -133,3 +126,8 @@ def test_wapipe_send_queues_a_template_once_per_key(
     wait_for(lambda: sends_to(fake_graph, "+447700900555"), timeout=20, what="the template")
     wait_for(lambda: drained(rclient), timeout=20, what="the send done")
     assert [m["template"]["name"] for m in sends_to(fake_graph, "+447700900555")] == ["order_ready"]
+    traced = cli(stack["env"], "trace", "send:cli-1").stdout  # its journey, by its key
+    assert traced.startswith(f"send:cli-1 on {NUMBER}, user 447700900555\n")
+    assert "accepted by POST /send or wapipe send" in traced
+    assert "send done (attempt 1), 1 message" in traced
+    assert "reply 0: sent as wamid.out." in traced

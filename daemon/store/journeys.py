@@ -1,8 +1,8 @@
 """Each message's journey: what happened to it, stage by stage, for ``wapipe trace``.
 
-``parse`` starts it when it claims a fresh message (in its claim script: ``received``); then each
-run of a stage that carries the message (``fetch_media``, ``reply``, ``send``) adds one event when
-it ends: ``done``, ``retry`` (it will run again: an error, a rate-limit wait, an earlier message
+``parse`` starts it when it claims a fresh message (in its claim script); then each run of a stage
+that carries the message (``fetch_media``, ``reply``, ``send``) adds one event when it ends — a
+``done`` of ``reply`` or ``send`` in the same command as its last ledger write: ``done``, ``retry`` (it will run again: an error, a rate-limit wait, an earlier message
 of the user to wait for) or ``failed`` (dead-lettered), with the attempt number and what it found
 (bytes stored, replies sent, the error's type and code). Events hold ids, times and figures, never
 what the user wrote. A journey lives as long as the reply ledger and keeps its last
