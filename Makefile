@@ -42,5 +42,11 @@ clean:
 fuzz: $(TESTSTAMP)
 	WAPIPE_FUZZ_EXAMPLES=$${WAPIPE_FUZZ_EXAMPLES:-1000} $(BIN)/pytest tests/test_properties.py -p no:cacheprovider
 
+# `make bench PEERS=DIR` also runs the peer servers in DIR (seed-node, pywa) side by side with wapipe.
 bench: $(TESTSTAMP)
 	$(BIN)/python -m bench.run
+ifdef PEERS
+	$(BIN)/python -m bench.peers $(PEERS)
+else
+	@echo "peers: none measured (make bench PEERS=DIR runs the peer servers in DIR side by side)"
+endif

@@ -19,7 +19,13 @@ def webhook(message_id: str, text: str = "benchmark message") -> bytes:
     value = {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550000000", "phone_number_id": PHONE_NUMBER_ID},
-        "contacts": [{"profile": {"name": "Bench User " + "x" * 900}, "wa_id": "15550001234"}],
+        "contacts": [
+            {
+                "profile": {"name": "Bench User " + "x" * 880},
+                "wa_id": "15550001234",
+                "user_id": "US.1555000123400001",  # the business-scoped id Meta adds (pywa needs it)
+            }
+        ],
         "messages": [
             {
                 "from": "15550001234",
