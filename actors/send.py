@@ -39,11 +39,12 @@ def run(context: Context, outgoing: Outgoing) -> None:
     recipient = {"recipient_type": "individual", **({"to": "+" + to} if to.isdigit() else {"recipient": to})}
     conversations = context.store.conversations
     conversations.note(outgoing.phone_number_id, to, subject=target.ledger_id)  # for `wapipe forget`
-    last_inbound = conversations.last_inbound(outgoing.phone_number_id, to)
     context.journal.fields["messages"] = len(outgoing.messages)
     messages = list(outgoing.messages)
     if context.conversational:
         messages = _in_conversation(context, outgoing)
+    # Read after waiting its turn: the user's message decided meanwhile may have opened the window.
+    last_inbound = conversations.last_inbound(outgoing.phone_number_id, to)
     probing = sending.wait_if_paused(context, outgoing.phone_number_id)
     # No record of the user writing: the window is closed (only templates go out).
     sending.send_all(context, target, recipient, messages, last_inbound or 0.0)

@@ -3,6 +3,7 @@ state change is applied once with its replies, whatever retries, redeliveries or
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -315,8 +316,9 @@ def test_a_business_send_waits_its_turn_and_joins_the_history(
     worker: Resources, fake_graph: FakeGraph
 ) -> None:
     """A send to a user whose message parse has seen but the bot has not decided waits for that
-    decision (back to the queue, without using a retry); then it is recorded after the bot's reply
-    in the history, once, and sent; a retry sends nothing more and records nothing more."""
+    decision (back to the queue without using a retry, or in its thread); then it is recorded after
+    the bot's reply in the history, once, and sent inside the window that message opened; a retry
+    sends nothing more and records nothing more."""
     user = "447700900123"
     worker.store.conversations.enter(NUMBER, user, "wamid.B1", int(time.time() * 1000))  # as parse does
     agent = Outgoing(
@@ -327,8 +329,21 @@ def test_a_business_send_waits_its_turn_and_joins_the_history(
         send.run(waiting, agent)
     assert waiting.options["retries"] == -1  # not counted: the middleware adds one back
     assert fake_graph.sends() == []
-    reply.run(context(worker), item("wamid.B1", text="question"))
-    send.run(context(worker), agent)
+    outcome: list[object] = []
+
+    def agent_sends() -> None:  # the retry, waiting in its thread while the bot decides
+        try:
+            send.run(context(worker), agent)
+            outcome.append("sent")
+        except Exception as error:  # reported by the assertion below
+            outcome.append(error)
+
+    waiter = threading.Thread(target=agent_sends)
+    waiter.start()
+    time.sleep(0.3)
+    reply.run(context(worker), item("wamid.B1", text="question"))  # the user's first message opens the window
+    waiter.join(timeout=10)
+    assert outcome == ["sent"]
     send.run(context(worker), agent)  # a retry
     assert sent_texts(fake_graph) == ["visit 0: question", "agent: hello"]
     talk = worker.store.conversations.load(NUMBER, user)
