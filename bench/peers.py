@@ -91,13 +91,15 @@ def _redis(stack: ExitStack, folder: Path) -> RedisServer:
     return server
 
 
-def start_wapipe(processes: int, threads: int) -> Starter:
+def start_wapipe(processes: int, threads: int, extra: dict[str, str] | None = None) -> Starter:
+    """wapipe's web and worker on a Redis of their own; ``extra``: more settings (experiments)."""
+
     def start(stack: ExitStack, folder: Path, graph_url: str) -> System:
         redis_server = _redis(stack, folder)
         env = wapipe_env(
             redis_server.url, graph_url, folder / "data", PORT=str(free_port()),
             WAPIPE_METRICS_PORT=str(free_port()), WAPIPE_WORKER_PROCESSES=str(processes),
-            WAPIPE_WORKER_THREADS=str(threads),
+            WAPIPE_WORKER_THREADS=str(threads), **(extra or {}),
         )  # fmt: skip
         web = stack.enter_context(process([PY, "-m", "daemon", "web"], env, folder / "web.log"))
         wait_for(lambda: port_open(int(env["PORT"])), timeout=20, what="wapipe web")
@@ -218,7 +220,8 @@ def side_by_side(peers_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
 def _run_all(
     peers_dir: Path, tmp: Path, args: argparse.Namespace
 ) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
-    starters: dict[str, Starter] = {"wapipe": start_wapipe(args.processes, args.threads)}
+    extra = dict(setting.split("=", 1) for setting in args.wapipe_setting)
+    starters: dict[str, Starter] = {"wapipe": start_wapipe(args.processes, args.threads, extra)}
     skipped = []
     for folder in sorted(path for path in peers_dir.iterdir() if path.is_dir()):
         installer = INSTALLERS.get(folder.name)
@@ -299,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="wapipe worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per wapipe worker process")
     parser.add_argument("--deadline", type=float, default=120.0, help="longest wait for a burst's replies")
+    parser.add_argument(
+        "--wapipe-setting", action="append", default=[], metavar="NAME=VALUE", help="another wapipe setting"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peers.json")
     args = parser.parse_args(argv)
     if not args.peers.is_dir():
