@@ -97,7 +97,13 @@ def wait_exit(proc: Proc, timeout: float) -> int:
     while proc.alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     if proc.alive():
-        raise AssertionError(f"{proc.name} still running after {timeout} s:\n{proc.output()[-3000:]}")
+        stuck = [_described(p) for p in running([psutil.Process(proc.pid), *proc.children()])]
+        lines = [line for line in proc.output().splitlines() if "supervisor" in line or "Traceback" in line]
+        raise AssertionError(
+            f"{proc.name} still running after {timeout} s; still running: {stuck}\n"
+            + "\n".join(lines[-40:])
+            + f"\n--- last of its output:\n{proc.output()[-3000:]}"
+        )
     assert proc.process.returncode is not None
     return proc.process.returncode
 
@@ -118,6 +124,14 @@ def family(pid: int) -> list[psutil.Process]:
         return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return []
+
+
+def _described(process: psutil.Process) -> str:
+    """A process's pid and the end of its command line (``daemon worker``), for a failure message."""
+    try:
+        return f"{process.pid} {' '.join(process.cmdline()[-2:])}"
+    except psutil.Error:
+        return f"{process.pid} (gone)"
 
 
 def running(processes: list[psutil.Process]) -> list[psutil.Process]:
