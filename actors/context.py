@@ -69,7 +69,7 @@ class Context:
     options: dict[str, Any]
     run_coroutine: CoroutineRunner
     #: What the run found, for its event in the message's journey (``wapipe trace``).
-    journal: Journal = field(default_factory=lambda: Journal())
+    journal: Journal = field(default_factory=Journal)
 
     @property
     def retries(self) -> int:

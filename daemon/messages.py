@@ -193,6 +193,8 @@ class _Media(Outbound):
     id: str | None = None
     link: str | None = None
     file: str | os.PathLike[str] | None = None
+    #: The checked upload of :attr:`file` (its absolute path and MIME type), made once when built.
+    _checked_file: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
     captioned: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -204,11 +206,11 @@ class _Media(Outbound):
         if self.link is not None:
             _link(f"{self.kind} link", self.link)
         if self.file is not None:
-            _upload(self.kind, self.file)
+            object.__setattr__(self, "_checked_file", _upload(self.kind, self.file))
 
     def payload(self) -> dict[str, Any]:
-        if self.file is not None:
-            return {UPLOAD: _upload(self.kind, self.file)}
+        if self._checked_file is not None:
+            return {UPLOAD: dict(self._checked_file)}
         return {"id": self.id} if self.id is not None else {"link": self.link}
 
 

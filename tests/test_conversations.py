@@ -23,7 +23,8 @@ from daemon.messages import Text
 from daemon.pipeline import MessageItem, Outgoing
 from daemon.store import dedup, keys
 from tests.support.fake_graph import FakeGraph, Reply
-from tests.support.stages import context, resources
+from tests.support.stages import context, counted, resources
+from tests.support.waiting import wait_for
 
 NUMBER = "620000000000001"
 
@@ -338,9 +339,10 @@ def test_a_business_send_waits_its_turn_and_joins_the_history(
         except Exception as error:  # reported by the assertion below
             outcome.append(error)
 
+    waits = counted(worker.metrics.ordering_waits)
     waiter = threading.Thread(target=agent_sends)
     waiter.start()
-    time.sleep(0.3)
+    wait_for(lambda: counted(worker.metrics.ordering_waits) > waits, timeout=5, what="the send waiting")
     reply.run(context(worker), item("wamid.B1", text="question"))  # the user's first message opens the window
     waiter.join(timeout=10)
     assert outcome == ["sent"]
