@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck check clean bench install fuzz
+.PHONY: run test lint typecheck check clean bench bench-publish install fuzz
 
 # `make run` needs wapipe and the embedded Redis; `make test` adds the test tools.
 $(STAMP): pyproject.toml
@@ -50,3 +50,7 @@ ifdef PEERS
 else
 	@echo "peers: none measured (make bench PEERS=DIR runs the peer servers in DIR side by side)"
 endif
+
+# Copies the latest results into docs/performance.json and regenerates the README's table from it.
+bench-publish: $(TESTSTAMP)
+	$(BIN)/python -m bench.publish

@@ -69,6 +69,9 @@ FIGURES = {
     "reply_p50_ms": False,
     "reply_p99_ms": False,
 }
+#: Reported for the systems that keep their state in Redis, without a ratio: what Redis holds, in
+#: bytes per handled message, once a burst is done (the seed stack's as its Bull settings keep it).
+REDIS_FIGURE = "redis_bytes_per_message"
 
 
 @dataclass
@@ -78,6 +81,8 @@ class System:
     name: str
     webhook_url: str
     pids: dict[str, int]
+    #: The system's Redis, when it keeps its state there.
+    redis: Any = None
 
 
 #: Starts a system on a fresh Redis: (stack, its folder, the fake Graph API's URL) → System.
@@ -106,7 +111,7 @@ def start_wapipe(processes: int, threads: int, extra: dict[str, str] | None = No
         worker = start_worker(stack, env, folder, "worker")
         assert redis_server.process is not None
         pids = {"web": web.pid, "workers": worker.pid, "redis": redis_server.process.pid}
-        return System("wapipe", f"http://127.0.0.1:{env['PORT']}/webhook", pids)
+        return System("wapipe", f"http://127.0.0.1:{env['PORT']}/webhook", pids, redis_server.client())
 
     return start
 
@@ -131,6 +136,7 @@ def install_seed_node(source: Path, into: Path) -> Starter:
             "seed-node",
             f"http://127.0.0.1:{port}/webhook",
             {"node": node.pid, "redis": redis_server.process.pid},
+            redis_server.client(),
         )
 
     return start
@@ -177,6 +183,7 @@ def scenario(system: System, graph: Graph, args: argparse.Namespace, prefix: str
     """One round of the scenario on ``system``: the burst, then the steady rate."""
     graph.clear()
     batch = requests(f"{prefix}-burst", args.messages)
+    memory_before = _settled_memory(system.redis)
     cpu = CPUShare(system.pids)
     started = time.time()
     posted = asyncio.run(as_fast_as_possible(system.webhook_url, batch, secret=SECRET))
@@ -197,6 +204,9 @@ def scenario(system: System, graph: Graph, args: argparse.Namespace, prefix: str
         "cpu_ms_per_message": round(sum(spent[name] for name in system.pids), 2),
         "cpu_by_process": {name: spent[name] for name in system.pids},
     }
+    if system.redis is not None:
+        used = _settled_memory(system.redis) - (memory_before or 0)
+        figures[REDIS_FIGURE] = round(used / len(accepted))
     graph.clear()
     steady = requests(f"{prefix}-steady", int(args.rate * args.rate_seconds))
     posted = asyncio.run(at_rate(system.webhook_url, steady, secret=SECRET, rate=args.rate))
@@ -205,6 +215,22 @@ def scenario(system: System, graph: Graph, args: argparse.Namespace, prefix: str
     figures["reply_p50_ms"] = ms(percentile(latencies, 0.5))
     figures["reply_p99_ms"] = ms(percentile(latencies, 0.99))
     return figures
+
+
+def _settled_memory(client: Any) -> int | None:
+    """Redis's ``used_memory`` once it has stopped changing for half a second (the queues drained,
+    the last writes made), waiting at most 15 s; None without a Redis."""
+    if client is None:
+        return None
+    deadline = time.monotonic() + 15
+    last = int(client.info("memory")["used_memory"])
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = int(client.info("memory")["used_memory"])
+        if now == last:
+            break
+        last = now
+    return last
 
 
 def side_by_side(peers_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -252,7 +278,11 @@ def _run_all(
 def compare(runs: dict[str, list[dict[str, Any]]], skipped: list[str] | None = None) -> dict[str, Any]:
     """Each system's median figures, and wapipe's ratio to the best peer's."""
     medians = {
-        name: {figure: statistics.median(run[figure] for run in rounds) for figure in FIGURES}
+        name: {
+            figure: statistics.median(run[figure] for run in rounds)
+            for figure in [*FIGURES, REDIS_FIGURE]
+            if all(figure in run for run in rounds)
+        }
         for name, rounds in runs.items()
     }
     ratios: dict[str, dict[str, Any]] = {}
@@ -278,12 +308,19 @@ def compare(runs: dict[str, list[dict[str, Any]]], skipped: list[str] | None = N
 def table(report: dict[str, Any]) -> str:
     medians, ratios = report["medians"], report["wapipe_vs_best_peer"]
     names = list(medians)
-    width = max(len(figure) for figure in FIGURES) + 2
+    width = max(len(figure) for figure in [*FIGURES, REDIS_FIGURE]) + 2
     lines = [f"{'':<{width}}" + "".join(f"{name:>12}" for name in names) + "  wapipe / best peer"]
     for figure in FIGURES:
         ratio = ratios.get(figure)
         note = f"  {ratio['ratio']}x ({ratio['best_peer']})" if ratio else ""
         lines.append(f"{figure:<{width}}" + "".join(f"{medians[name][figure]:>12g}" for name in names) + note)
+    lines.append(
+        f"{REDIS_FIGURE:<{width}}"
+        + "".join(
+            f"{medians[name][REDIS_FIGURE]:>12g}" if REDIS_FIGURE in medians[name] else f"{'-':>12}"
+            for name in names
+        )
+    )
     lines.append(
         f"{'lost or doubled':<{width}}" + "".join(f"{report['lost_or_doubled'][name]:>12}" for name in names)
     )
@@ -310,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.peers.is_dir():
         parser.error(f"{args.peers} is not a folder")
     report = side_by_side(args.peers, args)
+    report["parameters"] = {
+        "rounds": args.rounds, "messages": args.messages, "rate": args.rate,
+        "rate_seconds": args.rate_seconds, "processes": args.processes, "threads": args.threads,
+        "wapipe_settings": args.wapipe_setting,
+    }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(table(report))

@@ -186,6 +186,71 @@ class PeakRSS:
         return {name: round(peak / 2**20, 1) for name, peak in self.peaks.items()}
 
 
+def key_family(key: str) -> str:
+    """A key's layout without its ids: ``wapipe:reply:…``, ``wapipe:seen:msg:…``, ``dramatiq:wapipe.msgs``."""
+    if not key.startswith("wapipe:"):
+        return key
+    named = [part if part.isalpha() and part.islower() else "…" for part in key.split(":")]
+    return ":".join(part for i, part in enumerate(named) if part != "…" or named[i - 1] != "…")
+
+
+class RedisFootprint:
+    """What Redis keeps for the messages handled after it was made: bytes (``used_memory``) and keys,
+    in all and by key layout (``MEMORY USAGE`` summed over every key)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.before = int(client.info("memory")["used_memory"])
+        self.families_before = self.families()
+
+    def families(self) -> dict[str, tuple[int, int]]:
+        sizes: dict[str, list[int]] = {}
+        batch: list[str] = []
+
+        def flush() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for key in batch:
+                pipe.memory_usage(key, samples=0)
+            for key, used in zip(batch, pipe.execute(), strict=True):
+                entry = sizes.setdefault(key_family(key), [0, 0])
+                entry[0] += 1
+                entry[1] += int(used or 0)
+            batch.clear()
+
+        for raw in self.client.scan_iter(count=1000):
+            batch.append(raw.decode() if isinstance(raw, bytes) else raw)
+            if len(batch) >= 1000:
+                flush()
+        flush()
+        return {family: (count, used) for family, (count, used) in sizes.items()}
+
+    def per_message(self, messages: int) -> dict[str, Any]:
+        used = int(self.client.info("memory")["used_memory"])
+        after = self.families()
+        by_family = {}
+        for family in sorted(set(after) | set(self.families_before)):
+            count, size = after.get(family, (0, 0))
+            count0, size0 = self.families_before.get(family, (0, 0))
+            if (count - count0) or (size - size0):
+                by_family[family] = {
+                    "keys_per_message": round((count - count0) / messages, 2),
+                    "bytes_per_message": round((size - size0) / messages),
+                }
+        return {
+            "messages": messages,
+            "bytes_per_message": round((used - self.before) / messages),
+            "keys_per_message": round(sum(f["keys_per_message"] for f in by_family.values()), 2),
+            "by_key_layout": by_family,
+        }
+
+
+def drained(client: Any) -> bool:
+    """No pipeline message is waiting or running (the queues' message hashes are empty)."""
+    return all(
+        client.hlen(key) == 0 for key in client.scan_iter(match="dramatiq:*.msgs") if b".XQ" not in key
+    )
+
+
 def lone_after_idle(url: str, args: argparse.Namespace, prefix: str) -> list[Result]:
     """``args.idle`` webhooks posted one at a time, each after ``args.idle_gap`` s of silence."""
     results: list[Result] = []
@@ -312,6 +377,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         graph.wait_received({i for i, _ in warm}, timeout=60)
         graph.clear()
         batch = requests("e2e", args.messages)
+        wait_for(lambda: drained(client), timeout=30, what="the warm-up drained")
+        footprint = RedisFootprint(client)
         assert redis_server.process is not None
         cpu = CPUShare(
             {
@@ -326,6 +393,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         accepted = {r.message_id for r in posted if r.status == 200}
         received = graph.wait_received(accepted, timeout=args.deadline)
         spent = cpu.per_message(len(accepted))
+        wait_for(lambda: drained(client), timeout=30, what="the end-to-end run drained")
+        report["redis_per_handled_message"] = footprint.per_message(len(accepted))
         while_processing = summarize_ingest(posted)
         end_to_end = {
             "messages": len(accepted),

@@ -132,6 +132,7 @@ class Settings:
     heartbeat_timeout_ms: int
     worker_poll_ms: int
     worker_cpu_affinity: str
+    worker_nice: int
     shutdown_timeout_seconds: float
     auth_pause_ms: int
     pair_interval_ms: int
@@ -250,6 +251,7 @@ class Settings:
             heartbeat_timeout_ms=env.integer("WAPIPE_HEARTBEAT_TIMEOUT_MS", 60_000, minimum=1_000),
             worker_poll_ms=env.integer("WAPIPE_WORKER_POLL_MS", 100, minimum=1, maximum=10_000),
             worker_cpu_affinity=env.choice("WAPIPE_WORKER_CPU_AFFINITY", "spread", ("spread", "none")),
+            worker_nice=env.integer("WAPIPE_WORKER_NICE", 10, minimum=0, maximum=19),
             shutdown_timeout_seconds=env.number("WAPIPE_SHUTDOWN_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             auth_pause_ms=env.integer("WAPIPE_AUTH_PAUSE_MS", 30_000, minimum=10),
             pair_interval_ms=env.integer("WAPIPE_PAIR_INTERVAL_MS", 6_000, minimum=0),

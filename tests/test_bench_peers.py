@@ -50,3 +50,15 @@ def test_without_peers_there_is_nothing_to_compare_with() -> None:
     report = compare({"wapipe": [_run(800, 90, 900, 2.0, 5, 9)]})
     assert report["wapipe_vs_best_peer"] == {}
     assert "wapipe / best peer" in table(report)
+
+
+def test_redis_bytes_are_reported_for_the_systems_that_keep_state_in_redis() -> None:
+    """What Redis holds per handled message is a median of the rounds of each system that has a
+    Redis (wapipe, the seed stack), shown as "-" for one that has none, and not given a ratio."""
+    with_redis = [{**_run(800, 90, 900, 2.0, 5, 9), "redis_bytes_per_message": b} for b in (60, 80)]
+    report = compare({"wapipe": with_redis, "pywa": [_run(1700, 250, 300, 3.0, 4.5, 8)]})
+    assert report["medians"]["wapipe"]["redis_bytes_per_message"] == 70
+    assert "redis_bytes_per_message" not in report["medians"]["pywa"]
+    assert "redis_bytes_per_message" not in report["wapipe_vs_best_peer"]
+    [line] = [line for line in table(report).splitlines() if line.startswith("redis_bytes")]
+    assert line.split()[1:] == ["70", "-"]

@@ -341,10 +341,21 @@ def test_messages_forged_into_redis_are_refused_by_verify(
     assert stack["worker"].alive()
 
 
+def _nice_of_every_thread(process: psutil.Process) -> set[int]:
+    return {os.getpriority(os.PRIO_PROCESS, thread.id) for thread in process.threads()}
+
+
+def _autogroup_nice(process: psutil.Process) -> int:
+    text = Path(f"/proc/{process.pid}/autogroup").read_text(encoding="ascii")
+    return int(text.split("nice")[1])
+
+
 def test_worker_processes_run_on_one_cpu_each(pipeline: Callable[..., dict[str, Any]]) -> None:
     """WAPIPE_WORKER_CPU_AFFINITY=spread (the default) runs the two pipeline processes on two CPUs,
     one each (and the media process on one too), and leaves the web process alone; with `none` the
-    workers keep every CPU."""
+    workers keep every CPU. WAPIPE_WORKER_NICE (10 by default) runs every thread of every worker
+    process at that nice, and, the worker leading its own session, the session's CPU share too
+    (its autogroup), while the web keeps nice 0; at 0 the workers run as started."""
     cpus = os.sched_getaffinity(0)
     stack = pipeline(WAPIPE_WORKER_PROCESSES="2")
 
@@ -357,10 +368,21 @@ def test_worker_processes_run_on_one_cpu_each(pipeline: Callable[..., dict[str, 
         first, second, _media = wait_for(pinned, timeout=30, what="three pinned worker processes")
         assert first != second
     assert set(psutil.Process(stack["web"].pid).cpu_affinity()) == cpus
+    web = psutil.Process(stack["web"].pid)
+    assert _nice_of_every_thread(web) == {0}
+    for child in stack["worker"].children():
+        assert _nice_of_every_thread(child) == {10}
+    worker_main = psutil.Process(stack["worker"].pid)
+    if os.getsid(worker_main.pid) == worker_main.pid and Path("/proc/self/autogroup").exists():
+        assert _autogroup_nice(worker_main) == 10
+        assert _autogroup_nice(web) == 0
     stack["worker"].stop()
-    free = pipeline(WAPIPE_WORKER_PROCESSES="2", WAPIPE_WORKER_CPU_AFFINITY="none")
+    free = pipeline(
+        WAPIPE_WORKER_PROCESSES="2", WAPIPE_WORKER_CPU_AFFINITY="none", WAPIPE_WORKER_NICE="0"
+    )
     wait_for(lambda: len(free["worker"].children()) >= 3, timeout=30, what="three worker processes")
     assert all(set(child.cpu_affinity()) == cpus for child in free["worker"].children())
+    assert all(_nice_of_every_thread(child) == {0} for child in free["worker"].children())
 
 
 def test_one_bad_item_is_dead_lettered_alone_and_the_rest_of_its_envelope_answered(
