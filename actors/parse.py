@@ -34,7 +34,7 @@ from collections import Counter
 from actors.context import Context
 from daemon.config import DAY_SECONDS
 from daemon.envelope import MEDIA_TYPES, Item, item_problem, loads, split
-from daemon.pipeline import FETCH_MEDIA, PARSE, REPLY, Envelope, MessageItem, Stage, message
+from daemon.pipeline import FETCH_MEDIA, PARSE, REPLY, Envelope, MessageItem, Stage, message, timestamp_of
 from daemon.store import dedup, journeys
 from daemon.store.conversations import ORDER_TTL_SECONDS
 
@@ -145,6 +145,7 @@ def _claims(
                     context.replay,
                     message(_stage(item), handoff),
                     (handoff.id, _received(context, handoff), context.store.journeys.ttl_seconds),
+                    (handoff.phone_number_id, handoff.id, handoff.at),
                 )
                 user = handoff.user
                 if user is not None:
@@ -206,6 +207,7 @@ def _received(context: Context, handoff: MessageItem) -> str:
         "envelope_id": handoff.envelope_id,
         "type": handoff.type,
         "received_at": round(handoff.received_at, 3),
+        "record_at": handoff.at,
         "next": _stage_of(handoff.type).name,
     }
     if context.replay:
@@ -222,8 +224,7 @@ def _error_code(item: Item) -> int | None:
 
 
 def _timestamp(item: Item) -> int:
-    value = item.data.get("timestamp")
-    return int(value) if isinstance(value, str) and value.isdigit() else 0
+    return timestamp_of(item.data.get("timestamp"))
 
 
 def _stage(item: Item) -> Stage[MessageItem]:

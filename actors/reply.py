@@ -33,6 +33,7 @@ from daemon.graph import GraphError, GraphUnreachable, SendOutcomeUnknown
 from daemon.handler import InboundMessage, Outbound, call_handler, inbound_text
 from daemon.messages import text_of
 from daemon.pipeline import REPLY, MessageItem
+from daemon.store.ledger import Subject
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,18 @@ def run(context: Context, item: MessageItem) -> None:
     outbound = _decide(context, message)
     context.journal.fields["replies"] = len(outbound)
     if not outbound:
-        ledger.handled(message.phone_number_id, message.id, 0, journey=context.done(ACTOR_NAME, message.id))
+        subject = Subject(message.phone_number_id, message.id, item.at)
+        ledger.handled(subject, 0, journey=context.done(ACTOR_NAME, message.id))
         log.info("handled_without_reply", extra=fields)
         return
     recipient = _recipient(message)
     target = Target(
-        message.phone_number_id, message.id, in_reply_to=message.id, actor=ACTOR_NAME, user=message.user
+        message.phone_number_id,
+        message.id,
+        in_reply_to=message.id,
+        actor=ACTOR_NAME,
+        at=item.at,
+        user=message.user,
     )
     probing = sending.wait_if_paused(context, message.phone_number_id)
     if not _typing(context):  # else marked read, "typing…", before the bot ran

@@ -35,11 +35,14 @@ RETRY_FOREVER = (*sending.RETRY_FOREVER, ordering.OrderWait)
 
 def run(context: Context, outgoing: Outgoing) -> None:
     to = outgoing.to
-    target = Target(outgoing.phone_number_id, outgoing.subject, in_reply_to=None, actor=SEND.name, user=to)
+    target = Target(
+        outgoing.phone_number_id, outgoing.subject, in_reply_to=None, actor=SEND.name, at=outgoing.at, user=to
+    )
     recipient = {"recipient_type": "individual", **({"to": "+" + to} if to.isdigit() else {"recipient": to})}
     conversations = context.store.conversations
     conversations.note(outgoing.phone_number_id, to, subject=target.ledger_id)  # for `wapipe forget`
     context.journal.fields["messages"] = len(outgoing.messages)
+    context.journal.fields["record_at"] = outgoing.at
     messages = list(outgoing.messages)
     if context.conversational:
         messages = _in_conversation(context, outgoing)

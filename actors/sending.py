@@ -29,7 +29,7 @@ from daemon.conversation import WINDOW_SECONDS
 from daemon.graph import GraphError, GraphUnreachable, RequestInvalid, SendOutcomeUnknown
 from daemon.handler import Outbound
 from daemon.messages import OUTSIDE_WINDOW, free_form, has_uploads, with_uploads
-from daemon.store.ledger import Claim, Journey
+from daemon.store.ledger import Claim, Journey, Subject
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,16 @@ class Target:
     in_reply_to: str | None
     #: The stage sending (for log lines).
     actor: str
+    #: The time the subject's record is filed by: Meta's timestamp of the inbound message, or the
+    #: business send's request time (:mod:`daemon.store.records`).
+    at: int
     #: The user it goes to (their wa_id or business-scoped id), recorded with each message sent.
     user: str | None = None
+
+    @property
+    def subject(self) -> Subject:
+        """The ledger's subject of the run's messages."""
+        return Subject(self.phone_number_id, self.ledger_id, self.at)
 
 
 def window_open(last_inbound: float | None, now: float | None = None) -> bool:
@@ -91,17 +99,17 @@ def refuse(context: Context, target: Target, index: int, replies: int | None) ->
     (Meta would refuse it with 131047), counted, logged, recorded in the ledger so that a retry
     does not send it either."""
     ledger = context.store.ledger
-    number, subject = target.phone_number_id, target.ledger_id
-    claim = ledger.claim(number, subject, index, f"{context.message_id}:{time.time():.3f}")
+    subject = target.subject
+    claim = ledger.claim(subject, index)
     journey = _last_write(context, target, replies)
     if claim is Claim.SENT:
         if replies is not None:
-            ledger.handled(number, subject, replies, journey=journey)
+            ledger.handled(subject, replies, journey=journey)
         return
-    ledger.refused(number, subject, index, "window", replies=replies, journey=journey)
+    ledger.refused(subject, index, "window", replies=replies, journey=journey)
     context.metrics.outside_window.labels("refused").inc()
     log.warning(
-        "window_closed_reply_refused", extra={"actor": target.actor, "message_id": subject, "index": index}
+        "window_closed_reply_refused", extra={"actor": target.actor, "message_id": subject.id, "index": index}
     )
 
 
@@ -160,7 +168,7 @@ def send_once(
     """Claim the ledger entry, send, mark it sent (with the subject done when ``replies`` is
     given: the last send), in one round trip."""
     store = context.store
-    number, subject = target.phone_number_id, target.ledger_id
+    number, subject = target.phone_number_id, target.subject
     recipient = str(body.get("to") or body.get("recipient"))
     if has_uploads(body):  # before the claim: an upload that fails leaves nothing in doubt
         try:
@@ -168,33 +176,33 @@ def send_once(
         except (GraphError, GraphUnreachable, RequestInvalid) as error:
             raise _not_sent(context, target, index, error) from None
     _wait_for_slot(context, number, recipient)
-    attempt = f"{context.message_id}:{time.time():.3f}"
-    claim = store.ledger.claim(number, subject, index, attempt)
+    claim = store.ledger.claim(subject, index)
     if claim is Claim.SENT:
         store.limiter.release(number, recipient)  # nothing is sent now
-        log.info("reply_already_sent", extra={"actor": target.actor, "message_id": subject, "index": index})
+        log.info(
+            "reply_already_sent", extra={"actor": target.actor, "message_id": subject.id, "index": index}
+        )
         if replies is not None:
-            store.ledger.handled(number, subject, replies, journey=_last_write(context, target, replies))
+            store.ledger.handled(subject, replies, journey=_last_write(context, target, replies))
         return
     if claim is Claim.IN_DOUBT:
         if not take_over:
             store.limiter.release(number, recipient)
             raise OutcomeUnknown(
                 "an earlier attempt started this send and never finished: it may have been delivered",
-                message_id=subject,
+                message_id=subject.id,
                 index=index,
             )
-        store.ledger.take_over(number, subject, index, attempt)  # an operator's replay takes it over
+        store.ledger.take_over(subject, index)  # an operator's replay takes it over
     try:
         result = context.graph.send_message(number, body, in_reply_to=target.in_reply_to)
     except SendOutcomeUnknown as error:
-        raise OutcomeUnknown(str(error), message_id=subject, index=index) from None
+        raise OutcomeUnknown(str(error), message_id=subject.id, index=index) from None
     except (GraphError, GraphUnreachable, RequestInvalid) as error:
-        store.ledger.release(number, subject, index)
+        store.ledger.release(subject, index)
         store.limiter.release(number, recipient)
         raise _not_sent(context, target, index, error) from None
     store.ledger.sent(
-        number,
         subject,
         index,
         str(result.message_id),

@@ -143,6 +143,7 @@ class Settings:
     history_characters: int
     conversation_ttl_seconds: int
     status_retention_days: int
+    trace_retention_hours: int
     media_retention_days: int
     order_wait_seconds: float
     redis_start_wait_seconds: float
@@ -267,6 +268,7 @@ class Settings:
             ),
             order_wait_seconds=env.number("WAPIPE_ORDER_WAIT_SECONDS", 30.0, minimum=0.0),
             status_retention_days=env.integer("WAPIPE_STATUS_RETENTION_DAYS", 30, minimum=1),
+            trace_retention_hours=env.integer("WAPIPE_TRACE_RETENTION_HOURS", 72, minimum=1),
             media_retention_days=env.integer("WAPIPE_MEDIA_RETENTION_DAYS", 0, minimum=0),
             redis_start_wait_seconds=env.number("WAPIPE_REDIS_START_WAIT_SECONDS", 30.0, minimum=0.0),
             media_min_bytes_per_second=env.integer("WAPIPE_MEDIA_MIN_BYTES_PER_SECOND", 65_536, minimum=1),

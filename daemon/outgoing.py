@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from daemon.config import Settings
 from daemon.messages import UPLOAD, has_uploads
 from daemon.pipeline import SEND, Outgoing, message
-from daemon.store import dedup, journeys, keys, ledger
+from daemon.store import dedup, journeys, keys
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,12 @@ def _claims(request: Outgoing, settings: Settings) -> dedup.Claims:
     mark = keys.seen_send(request.phone_number_id, request.key)
     # A fresh owner per request: the same key twice is a duplicate, never "the same attempt".
     accepted = journeys.event(
-        "edge", "done", 1, phone_number_id=request.phone_number_id, received_at=round(request.requested_at, 3)
+        "edge",
+        "done",
+        1,
+        phone_number_id=request.phone_number_id,
+        received_at=round(request.requested_at, 3),
+        record_at=request.at,
     )
     claims.add_message(
         mark,
@@ -100,7 +105,8 @@ def _claims(request: Outgoing, settings: Settings) -> dedup.Claims:
         settings.message_dedup_ttl_seconds,
         False,
         message(SEND, request),
-        (request.subject, accepted, settings.message_dedup_ttl_seconds + ledger.EXTRA_SECONDS),
+        (request.subject, accepted, settings.trace_retention_hours * 3600),
+        None,  # claimed by its key's mark: a second request with the key is another time
     )
     return claims
 

@@ -106,6 +106,11 @@ class StoredMedia:
         }
 
 
+def timestamp_of(value: object) -> int:
+    """Meta's ``timestamp`` (a string of Unix seconds) as a number; 0 when it is missing or not one."""
+    return int(value) if isinstance(value, str) and value.isdigit() else 0
+
+
 @dataclass(frozen=True, slots=True)
 class MessageItem:
     """``fetch_media``'s and ``reply``'s argument: one inbound message and where it came from."""
@@ -130,6 +135,11 @@ class MessageItem:
     def subject(self) -> str:
         """What its ledger entries and journey are kept under: the message id."""
         return self.id
+
+    @property
+    def at(self) -> int:
+        """The time its record is filed by (:mod:`daemon.store.records`): Meta's ``timestamp``."""
+        return timestamp_of(self.message.get("timestamp"))
 
     @property
     def type(self) -> str:
@@ -235,6 +245,11 @@ class Outgoing:
     def subject(self) -> str:
         """What its ledger entries and journey are kept under: ``send:<key>``."""
         return f"send:{self.key}"
+
+    @property
+    def at(self) -> int:
+        """The time its record is filed by (:mod:`daemon.store.records`): when it was requested."""
+        return int(self.requested_at)
 
     def to_kwargs(self) -> dict[str, Any]:
         return {

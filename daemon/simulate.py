@@ -27,7 +27,7 @@ from daemon.config import SANDBOX_GRAPH_PATH, Settings
 from daemon.sandbox_link import RECORD_KEY, EmulatorRecord
 from daemon.signature import HEADER, sign
 from daemon.startup import EXIT_CONFIG, EXIT_FAILURE, StartupError
-from daemon.store import keys
+from daemon.store import keys, records
 
 #: The business number simulated webhooks are addressed to (when WAPIPE_PHONE_NUMBER_IDS is unset).
 SANDBOX_PHONE_NUMBER_ID = "100000000000001"
@@ -105,7 +105,8 @@ async def simulate(
     content = _read_image(image) if image is not None else None
     phone_number_id = min(settings.phone_number_ids) if settings.phone_number_ids else SANDBOX_PHONE_NUMBER_ID
     message_id = f"wamid.sim.{uuid.uuid4().hex}"
-    message: dict[str, Any] = {"from": user, "id": message_id, "timestamp": str(int(time.time()))}
+    sent_at = int(time.time())
+    message: dict[str, Any] = {"from": user, "id": message_id, "timestamp": str(sent_at)}
     client = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         record = await _record(client)
@@ -129,7 +130,7 @@ async def simulate(
             else:
                 message |= {"type": "text", "text": {"body": text or ""}}
             await _post(session, webhook, meta_body(envelope(phone_number_id, user, message)), settings)
-        return await _wait_answer(client, phone_number_id, message_id, wait_seconds)
+        return await _wait_answer(client, phone_number_id, message_id, sent_at, wait_seconds)
     except RedisError as error:
         raise SimulateError(f"Redis: {error}") from None
     finally:
@@ -220,11 +221,15 @@ async def _upload(
 
 
 async def _wait_answer(
-    client: aioredis.Redis, phone_number_id: str, message_id: str, wait_seconds: float
+    client: aioredis.Redis, phone_number_id: str, message_id: str, at: int, wait_seconds: float
 ) -> list[dict[str, Any]]:
     deadline = time.monotonic() + wait_seconds
-    key = keys.handled(phone_number_id, message_id)
-    while await client.get(key) is None:
+
+    async def done() -> bool:
+        record = await records.read_async(client, phone_number_id, message_id, at)
+        return record is not None and record.handled is not None
+
+    while not await done():
         if time.monotonic() >= deadline:
             raise SimulateError(
                 f"{message_id} was not handled within {wait_seconds:g} s (is `wapipe worker` running? "

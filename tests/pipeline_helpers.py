@@ -14,6 +14,7 @@ from typing import Any
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.store import records
 from tests.conftest import APP_SECRET
 from tests.support.meta import meta_bytes, signed
 
@@ -41,6 +42,26 @@ def post_webhook(url: str, obj: Any, secret: str = APP_SECRET, timeout: float = 
 def drained(client: redis.Redis) -> bool:
     """No message of the pipeline is ready, delayed or in flight."""
     return all(client.hlen(key) == 0 for key in QUEUE_HASHES)
+
+
+def record_of(client: redis.Redis, phone_number_id: str, subject: str) -> records.Record | None:
+    """The message record of ``subject``, wherever its time put it (a test's search of every
+    bucket; wapipe itself goes straight to the record from the message's time)."""
+    field = records.digest(phone_number_id, subject)
+    for key in client.scan_iter(match="wapipe:rec:*:*", count=1000):
+        found = client.hget(key, field)
+        if found is not None:
+            owner, handled, states = found.decode().split("|", 2)
+            return records.Record(
+                owner, int(handled) if handled else None, tuple(records.STATES[c] for c in states)
+            )
+    return None
+
+
+def replies_to(client: redis.Redis, phone_number_id: str, subject: str) -> int | None:
+    """How many messages answered ``subject`` once it is done (its record's handled count), else None."""
+    record = record_of(client, phone_number_id, subject)
+    return None if record is None else record.handled
 
 
 def dead_letters(client: redis.Redis, queue: str = "wapipe") -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from tests.conftest import pipeline_env
-from tests.pipeline_helpers import dead_letters, dlq_cli, drained, post_webhook, worker_metric
+from tests.pipeline_helpers import dead_letters, dlq_cli, drained, post_webhook, record_of, worker_metric
 from tests.support.fake_graph import FakeGraph, Reply, graph_error, sent_json
 from tests.support.meta import envelope, text_envelope
 from tests.support.procs import Proc, wait_exit
@@ -143,7 +143,7 @@ def test_a_send_that_may_have_been_delivered_is_resent_only_when_the_operator_na
     assert letter["record"]["reason"]["type"] == "OutcomeUnknown"
     wait_for(lambda: drained(rclient), timeout=20, what="no retry under way")
     assert len(fake_graph.sends()) == 1
-    assert rclient.get("wapipe:reply:620000000000001:wamid.U1:0").startswith(b"sending:")
+    assert record_of(rclient, "620000000000001", "wamid.U1").states == ("sending",)
     letter_id = letter["message"]["options"]["redis_message_id"]
 
     refused = dlq_cli(stack["env"], "replay", letter_id)

@@ -17,7 +17,7 @@ from dramatiq import Message
 
 from daemon.pipeline import VERIFY, Webhook
 from daemon.pipeline import message as pipeline_message
-from tests.pipeline_helpers import dead_letters, drained, post_webhook, rewrite_ids, worker_metric
+from tests.pipeline_helpers import dead_letters, drained, post_webhook, record_of, rewrite_ids, worker_metric
 from tests.support.fake_graph import FakeGraph, Reply, graph_error, sent_json
 from tests.support.meta import envelope, text_envelope, webhook_samples
 from tests.support.waiting import wait_for
@@ -269,7 +269,7 @@ def test_a_send_that_times_out_is_dead_lettered_as_unknown_outcome(
     assert letter["record"]["reason"]["type"] == "OutcomeUnknown"
     wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
     assert len(fake_graph.sends()) == 1
-    assert rclient.get("wapipe:reply:620000000000001:wamid.R3:0").startswith(b"sending:")
+    assert record_of(rclient, "620000000000001", "wamid.R3").states == ("sending",)
 
 
 def test_a_custom_handler_is_loaded_and_its_messages_sent(
@@ -377,9 +377,7 @@ def test_worker_processes_run_on_one_cpu_each(pipeline: Callable[..., dict[str, 
         assert _autogroup_nice(worker_main) == 10
         assert _autogroup_nice(web) == 0
     stack["worker"].stop()
-    free = pipeline(
-        WAPIPE_WORKER_PROCESSES="2", WAPIPE_WORKER_CPU_AFFINITY="none", WAPIPE_WORKER_NICE="0"
-    )
+    free = pipeline(WAPIPE_WORKER_PROCESSES="2", WAPIPE_WORKER_CPU_AFFINITY="none", WAPIPE_WORKER_NICE="0")
     wait_for(lambda: len(free["worker"].children()) >= 3, timeout=30, what="three worker processes")
     assert all(set(child.cpu_affinity()) == cpus for child in free["worker"].children())
     assert all(_nice_of_every_thread(child) == {0} for child in free["worker"].children())

@@ -17,9 +17,8 @@ from hypothesis import strategies as st
 
 from daemon.envelope import Item, item_problem
 from daemon.signature import HEADER, sign
-from daemon.store import keys
 from tests.conftest import APP_SECRET
-from tests.pipeline_helpers import dead_letters, drained, post_webhook
+from tests.pipeline_helpers import dead_letters, drained, post_webhook, replies_to
 from tests.support.fake_graph import FakeGraph
 from tests.support.waiting import wait_for
 
@@ -211,7 +210,7 @@ def test_every_message_of_any_signed_envelope_is_handled_or_dead_lettered(
                 unreadable += 1
             elif (pnid, message["id"]) not in seen:
                 seen.add((pnid, message["id"]))
-                assert rclient.exists(keys.handled(pnid, message["id"])), message
+                assert replies_to(rclient, pnid, message["id"]) is not None, message
     assert rejected == unreadable
     assert [
         letter["record"]["reason"]

@@ -35,6 +35,7 @@ from daemon.pipeline import (
 )
 from daemon.signature import sign
 from daemon.store import keys, statuses
+from daemon.store.ledger import Claim, Subject
 from tests.conftest import APP_SECRET
 from tests.support.fake_graph import FakeGraph, b64_sha256, graph_error, media_bytes
 from tests.support.meta import envelope, meta_bytes, text_envelope
@@ -206,7 +207,7 @@ def test_reply_sends_once_and_records_it(
     assert sent.json["to"] == "+447700900123"
     assert len(fake_graph.of_kind("read")) == 1
     assert rclient.get(keys.ledger(NUMBER, "wamid.R1", 0)) == b"sent:wamid.out.1"
-    assert worker.store.ledger.replies(NUMBER, "wamid.R1") == 1
+    assert worker.store.ledger.replies(Subject(NUMBER, "wamid.R1", item.at)) == 1
     reply.run(context(worker, "reply-2"), item)
     assert len(fake_graph.sends()) == 1
 
@@ -214,9 +215,9 @@ def test_reply_sends_once_and_records_it(
 def test_reply_never_resends_a_send_in_doubt_unless_told(
     worker: Resources, rclient: redis.Redis, fake_graph: FakeGraph
 ) -> None:
-    """A ledger entry left ``sending`` by a dead attempt: OutcomeUnknown, no send; an operator's
+    """A send left claimed (``sending``) by a dead attempt: OutcomeUnknown, no send; an operator's
     ``--resend-unknown`` replay sends it."""
-    rclient.set(keys.ledger(NUMBER, "wamid.R2", 0), "sending:dead-attempt:0")
+    assert worker.store.ledger.claim(Subject(NUMBER, "wamid.R2", _item("wamid.R2").at), 0) is Claim.CLAIMED
     with pytest.raises(OutcomeUnknown):
         reply.run(context(worker), _item("wamid.R2"))
     assert fake_graph.sends() == []
@@ -233,9 +234,11 @@ def test_reply_errors_release_retry_or_dead_letter(
     with pytest.raises(dramatiq.Retry) as throttled:
         reply.run(context(worker), _item("wamid.R3"))
     assert throttled.value.delay == 1_000  # Meta's 2 s, clamped to the tests' WAPIPE_RETRY_MAX_BACKOFF_MS
-    assert rclient.get(keys.ledger(NUMBER, "wamid.R3", 0)) is None
+    subject = Subject(NUMBER, "wamid.R3", _item("wamid.R3").at)
+    assert worker.store.ledger.entries(subject) == []
     with pytest.raises(GraphRejected):
         reply.run(context(worker), _item("wamid.R3"))
+    assert worker.store.ledger.entries(subject) == []
     assert rclient.get(keys.ledger(NUMBER, "wamid.R3", 0)) is None
 
 

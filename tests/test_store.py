@@ -9,15 +9,28 @@ import pytest
 import redis
 
 from daemon.pipeline import PIPELINE_QUEUE, REPLY, MessageItem, message
-from daemon.store import deadletters, dedup, keys, scripts
-from daemon.store.ledger import Claim, ReplyLedger
+from daemon.store import deadletters, dedup, keys, records, scripts
+from daemon.store.ledger import Claim, ReplyLedger, Subject
 from daemon.store.queues import Queue
 
 NUMBER = "620000000000001"
 
 
-def _item(message_id: str) -> MessageItem:
-    return MessageItem({"id": message_id, "type": "text", "from": "1"}, NUMBER, None, None, 0.0, "env")
+NOW = int(time.time())
+
+
+def _item(message_id: str, at: int = NOW) -> MessageItem:
+    return MessageItem(
+        {"id": message_id, "type": "text", "from": "1", "timestamp": str(at)}, NUMBER, None, None, 0.0, "env"
+    )
+
+
+def _claim(claims: dedup.Claims, message_id: str, owner: str = "o", at: int = NOW) -> None:
+    """Add the claim parse makes for a fresh text message ``message_id`` (Meta's timestamp ``at``)."""
+    claims.add_message(
+        keys.seen_message(message_id), owner, 60, False, message(REPLY, _item(message_id, at)),
+        None, (NUMBER, message_id, at),
+    )  # fmt: skip
 
 
 def _dead_letter(
@@ -45,7 +58,7 @@ def _wakeups(pubsub: redis.client.PubSub, seconds: float) -> list[bytes]:
 
 def test_every_script_loads_and_the_enqueuers_share_push() -> None:
     """Each Lua file exists; the three scripts that enqueue carry the one ``push``."""
-    for name in ("enqueue", "claim", "replay", "record", "reserve", "release"):
+    for name in ("enqueue", "claim", "replay", "record", "ledger", "reserve", "release"):
         assert scripts.source(name)  # type: ignore[arg-type]
     for name in ("enqueue", "claim", "replay"):
         assert scripts.source(name).count("local function push(") == 1  # type: ignore[arg-type]
@@ -70,7 +83,7 @@ def test_a_bad_value_fails_its_own_claim_alone(rclient: redis.Redis) -> None:
     claims = dedup.Claims()
     with pytest.raises(UnicodeEncodeError):
         claims.add_status("wapipe-test-mark", "owner", 60, False, "wamid.\ud800", "read", "1", 60)
-    claims.add_message(keys.seen_message("wamid.D1"), "owner", 60, False, message(REPLY, _item("wamid.D1")))
+    _claim(claims, "wamid.D1")
     assert claims.write(rclient) == [True]
     assert dedup.Claims().write(rclient) == []
 
@@ -79,15 +92,105 @@ def test_the_ledger_says_claimed_sent_or_in_doubt(rclient: redis.Redis) -> None:
     """A first claim is ours; after ``sent`` a claim finds it sent; a claim nobody finished is in
     doubt until taken over or released."""
     ledger = ReplyLedger(rclient, dedup_ttl_seconds=60)
-    assert ledger.claim(NUMBER, "wamid.L1", 0, "a") is Claim.CLAIMED
-    assert ledger.claim(NUMBER, "wamid.L1", 0, "b") is Claim.IN_DOUBT
-    ledger.sent(NUMBER, "wamid.L1", 0, "wamid.out", replies=1)
-    assert ledger.claim(NUMBER, "wamid.L1", 0, "c") is Claim.SENT
-    assert ledger.replies(NUMBER, "wamid.L1") == 1
+    first, second = Subject(NUMBER, "wamid.L1", NOW), Subject(NUMBER, "wamid.L2", NOW)
+    assert ledger.claim(first, 0) is Claim.CLAIMED
+    assert ledger.claim(first, 0) is Claim.IN_DOUBT
+    assert ledger.claim(first, 1) is Claim.CLAIMED
+    ledger.sent(first, 0, "wamid.out")
+    ledger.refused(first, 1, "window", replies=2)
+    assert ledger.claim(first, 0) is Claim.SENT
+    assert ledger.claim(first, 1) is Claim.SENT
+    assert ledger.replies(first) == 2
+    assert ledger.entries(first) == ["sent:wamid.out", "refused:window"]
     assert 60 < rclient.ttl(keys.ledger(NUMBER, "wamid.L1", 0)) <= 60 + 86_400
-    assert ledger.claim(NUMBER, "wamid.L2", 0, "a") is Claim.CLAIMED
-    ledger.release(NUMBER, "wamid.L2", 0)
-    assert ledger.claim(NUMBER, "wamid.L2", 0, "b") is Claim.CLAIMED
+    assert ledger.claim(second, 0) is Claim.CLAIMED
+    assert ledger.entries(second) == ["sending"]
+    assert ledger.replies(second) is None
+    ledger.release(second, 0)
+    assert ledger.entries(second) == []
+    assert ledger.claim(second, 0) is Claim.CLAIMED
+    ledger.take_over(second, 0)
+    ledger.handled(second, 0)
+    assert ledger.replies(second) == 0
+
+
+def test_a_message_is_claimed_once_in_its_record(rclient: redis.Redis) -> None:
+    """Parse claims a message in its record: Meta's redelivery (another parse attempt) finds it a
+    duplicate, a retried parse (the same attempt) hands it on again; the same id at another time
+    (a different record) is not mistaken for it, and the ledger's marks keep its claim."""
+    claims = dedup.Claims()
+    _claim(claims, "wamid.R1", owner="attempt-1:0")
+    assert claims.write(rclient) == [True]
+    for owner, fresh in (("attempt-2:0", False), ("attempt-1:0", True)):
+        again = dedup.Claims()
+        _claim(again, "wamid.R1", owner=owner)
+        assert again.write(rclient) == [fresh]
+    ReplyLedger(rclient, 60).sent(Subject(NUMBER, "wamid.R1", NOW), 0, "wamid.out", replies=1)
+    retried = dedup.Claims()
+    _claim(retried, "wamid.R1", owner="attempt-1:0")
+    assert retried.write(rclient) == [True]
+    record = records.read(rclient, NUMBER, "wamid.R1", NOW)
+    assert record is not None
+    assert (record.handled, record.states) == (1, ("sent",))
+    elsewhere = dedup.Claims()
+    _claim(elsewhere, "wamid.R2", owner="attempt-3:0", at=NOW - 7 * 86_400)
+    assert elsewhere.write(rclient) == [True]
+
+
+def test_records_stay_small_as_messages_grow(rclient: redis.Redis) -> None:
+    """A bucket's shards are sized from the bucket before it (64 at least), so each holds a few dozen
+    records and Redis keeps it in its compact encoding: 4,000 messages handled (claimed, answered
+    once, done) cost under 40 bytes each; the keys live for the window after their last record."""
+    ledger = ReplyLedger(rclient, dedup_ttl_seconds=8 * 86_400)
+    start = (NOW // records.BUCKET_SECONDS - 20) * records.BUCKET_SECONDS
+    for bucket in range(2):
+        for batch in range(40):
+            claims = dedup.Claims()
+            for n in range(batch * 100, batch * 100 + 100):
+                _claim(
+                    claims,
+                    f"wamid.G{bucket}.{n}",
+                    owner=f"attempt-{batch}:{n}",
+                    at=start + bucket * 600 + n % 600,
+                )
+            assert claims.write(rclient) == [True] * 100
+    for n in range(4_000):
+        subject = Subject(NUMBER, f"wamid.G1.{n}", start + 600 + n % 600)
+        assert ledger.claim(subject, 0) is Claim.CLAIMED
+        ledger.handled(subject, 1)
+    first, second = (start // records.BUCKET_SECONDS + b for b in range(2))
+    assert rclient.hget(keys.record_bucket(first), "s") == b"64"  # nothing before it: the least
+    assert rclient.hget(keys.record_bucket(second), "s") == b"128"  # 4,000 before it: ~31 a shard
+    shards = [keys.record_shard(second, shard) for shard in range(128)]
+    assert sum(rclient.hlen(shard) for shard in shards) == 4_000
+    assert {rclient.object("encoding", shard) for shard in shards} <= {b"ziplist", b"listpack"}
+    in_second = sum(int(rclient.memory_usage(key) or 0) for key in [*shards, keys.record_bucket(second)])
+    assert in_second / 4_000 < 40, in_second / 4_000
+    # A bucket already over keeps its records for the TTL (parse's here) from their writing.
+    ends = max((second + 1) * records.BUCKET_SECONDS, time.time())
+    expected = ends + 60 + records.EXTRA_SECONDS - time.time()
+    assert abs(rclient.ttl(shards[0]) - expected) < 5
+
+
+def test_an_earlier_releases_marks_still_decide(rclient: redis.Redis) -> None:
+    """Where a message has no record, what an earlier release wrote decides: its seen mark makes a
+    redelivery a duplicate, its ledger entry says sent or in doubt, its handled mark says done; a
+    released claim clears its entry."""
+    rclient.set(keys.seen_message("wamid.E1"), "old-attempt:0", ex=600)
+    claims = dedup.Claims()
+    _claim(claims, "wamid.E1", owner="new-attempt:0")
+    assert claims.write(rclient) == [False]
+    ledger = ReplyLedger(rclient, 60)
+    sent, doubt = Subject(NUMBER, "wamid.E2", NOW), Subject(NUMBER, "wamid.E3", NOW)
+    rclient.set(keys.ledger(NUMBER, "wamid.E2", 0), "sent:wamid.out.old", ex=600)
+    rclient.set(keys.handled(NUMBER, "wamid.E2"), "1", ex=600)
+    rclient.set(keys.ledger(NUMBER, "wamid.E3", 0), "sending:old:1767225600.000", ex=600)
+    assert ledger.claim(sent, 0) is Claim.SENT
+    assert ledger.replies(sent) == 1
+    assert ledger.entries(sent) == ["sent:wamid.out.old"]
+    assert ledger.claim(doubt, 0) is Claim.IN_DOUBT
+    ledger.release(doubt, 0)
+    assert ledger.claim(doubt, 0) is Claim.CLAIMED
 
 
 def test_a_dead_letter_is_replayed_once_and_wakes_the_workers(rclient: redis.Redis) -> None:
@@ -151,8 +254,25 @@ def test_active_conversations_are_those_whose_window_is_open(rclient: redis.Redi
     for user, hours_ago in (("1", 1), ("2", 23), ("3", 25)):
         claims = dedup.Claims()
         message_id = f"wamid.A{user}"
-        claims.add_message(keys.seen_message(message_id), "o", 60, False, message(REPLY, _item(message_id)))
+        _claim(claims, message_id)
         claims.date_last(NUMBER, user, message_id, int(now - hours_ago * 3600), 60)
         assert claims.write(rclient) == [True]
     assert conversations.active(rclient, now) == 2
     assert rclient.zscore(keys.ACTIVE_CONVERSATIONS, f"{NUMBER}:3") is None  # past its window: gone
+
+
+def test_what_trace_reads_lives_its_own_retention(rclient: redis.Redis) -> None:
+    """A sent message's id, its link to what it answered and the run's journey event are kept for
+    the trace retention; the record that keeps the message from being sent again stays for the
+    dedup window plus a day."""
+    ledger = ReplyLedger(rclient, dedup_ttl_seconds=8 * 86_400, kept_seconds=3_600)
+    subject = Subject(NUMBER, "wamid.K1", NOW)
+    assert ledger.claim(subject, 0) is Claim.CLAIMED
+    ledger.sent(subject, 0, "wamid.out.K1", replies=1, journey=("wamid.K1", '{"stage":"reply"}'))
+    for key in (keys.ledger(NUMBER, "wamid.K1", 0), keys.outbound("wamid.out.K1"), keys.journey("wamid.K1")):
+        assert 3_500 < rclient.ttl(key) <= 3_600, key
+    [shard] = [
+        key for key in rclient.scan_iter(match="wapipe:rec:*:*") if rclient.hexists(key, subject.digest)
+    ]
+    assert rclient.ttl(shard) > 9 * 86_400 - 60
+    assert ledger.replies(subject) == 1

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from tests.pipeline_helpers import cli, dead_letters, drained, post_webhook
+from tests.pipeline_helpers import cli, dead_letters, drained, post_webhook, replies_to
 from tests.support.fake_graph import FakeGraph, b64_sha256, graph_error, media_bytes
 from tests.support.meta import envelope, text_envelope
 from tests.support.waiting import wait_for
@@ -60,7 +60,7 @@ def test_trace_follows_a_message_from_webhook_to_read_receipt(
     }
     assert post_webhook(stack["url"], envelope([image], contacts=[{"wa_id": USER}])) == 200
     fake_graph.wait_sends(2)
-    wait_for(lambda: rclient.get(f"wapipe:handled:{NUMBER}:wamid.T1"), timeout=20, what="the reply")
+    wait_for(lambda: replies_to(rclient, NUMBER, "wamid.T1") is not None, timeout=20, what="the reply")
     out_id = rclient.get(f"wapipe:reply:{NUMBER}:wamid.T1:0").decode().removeprefix("sent:")
     for status in ("read", "delivered", "sent"):
         assert post_webhook(stack["url"], statuses((out_id, status, None))) == 200
@@ -114,7 +114,9 @@ def test_trace_shows_a_dead_lettered_message_and_a_failed_delivery(
     wait_for(lambda: dead_letters(rclient), timeout=20, what="the dead letter")
     assert post_webhook(stack["url"], text_envelope("wamid.T3", sender=USER)) == 200
     wait_for(
-        lambda: drained(rclient) and rclient.get(f"wapipe:handled:{NUMBER}:wamid.T3"), timeout=20, what="both"
+        lambda: drained(rclient) and replies_to(rclient, NUMBER, "wamid.T3") is not None,
+        timeout=20,
+        what="both",
     )
 
     refused = trace(stack["env"], "wamid.T2").stdout

@@ -16,6 +16,7 @@ from daemon.handler import InboundMessage
 from daemon.messages import Template, Text
 from daemon.pipeline import MessageItem
 from daemon.store import keys
+from tests.pipeline_helpers import replies_to
 from tests.support.fake_graph import FakeGraph
 from tests.support.stages import context, counted, resources
 
@@ -45,7 +46,7 @@ def test_a_reply_after_the_window_closed_is_refused_once_and_for_good(
         reply.run(context(worker), item("wamid.W25", hours_ago=25))  # a retry or a redelivery
         assert fake_graph.sends() == []
         assert rclient.get(keys.ledger(NUMBER, "wamid.W25", 0)) == b"refused:window"
-        assert rclient.get(keys.handled(NUMBER, "wamid.W25")) == b"1"
+        assert replies_to(rclient, NUMBER, "wamid.W25") == 1
         assert counted(worker.metrics.outside_window, "refused") == 1
         reply.run(context(worker), item("wamid.W23", hours_ago=23))
         assert len(fake_graph.sends()) == 1

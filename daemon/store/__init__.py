@@ -47,7 +47,8 @@ class Store:
 
     @classmethod
     def on(cls, client: redis.Redis, settings: Settings) -> Store:
-        ledger = ReplyLedger(client, settings.message_dedup_ttl_seconds)
+        traced = settings.trace_retention_hours * 3600
+        ledger = ReplyLedger(client, settings.message_dedup_ttl_seconds, traced)
         return cls(
             client=client,
             queue=Queue(client),
@@ -67,5 +68,5 @@ class Store:
                 turn_ttl_seconds=ledger.ttl_seconds,
             ),
             uploads=Uploads(client),
-            journeys=Journeys(client, ledger.ttl_seconds),
+            journeys=Journeys(client, traced),
         )

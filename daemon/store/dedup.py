@@ -1,11 +1,11 @@
 """Deduplication of what Meta delivers more than once, and ``parse``'s one write per envelope.
 
 Meta retries a webhook it did not see acknowledged, and may deliver the same message in two
-webhooks. A message is marked seen by its ``id`` (``wapipe:seen:msg:<id>``, for
-``WAPIPE_MESSAGE_DEDUP_TTL_SECONDS``), a status by its ``id`` and ``status`` (``wapipe:seen:status:
-<id>:<status>``, for ``WAPIPE_STATUS_DEDUP_TTL_SECONDS``). A mark's value is the parse attempt that
-claimed it, so a retried parse (same attempt) hands its items on again instead of taking them for
-duplicates; the reply ledger keeps that from answering twice.
+webhooks. A message is claimed in its record (:mod:`daemon.store.records`, kept for
+``WAPIPE_MESSAGE_DEDUP_TTL_SECONDS`` plus a day), a status by a mark on its ``id`` and ``status``
+(``wapipe:seen:status:<id>:<status>``, for ``WAPIPE_STATUS_DEDUP_TTL_SECONDS``). Either holds the
+parse attempt that claimed it, so a retried parse (same attempt) hands its items on again instead
+of taking them for duplicates; the reply ledger keeps that from answering twice.
 
 :class:`Claims` collects an envelope's writes — claim each mark, enqueue each fresh message, record
 each fresh status, dead-letter each item that cannot be handled — and :meth:`Claims.write` makes them
@@ -15,6 +15,7 @@ in one script (``claim.lua``): one round trip, all of it or none.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ import redis.asyncio as aioredis
 from dramatiq import Message
 
 from daemon.envelope import Item
-from daemon.store import keys, scripts, statuses
+from daemon.store import keys, records, scripts, statuses
 from daemon.store.queues import prepare
 
 
@@ -58,17 +59,25 @@ class Claims:
         ttl_seconds: int,
         replay: bool,
         message: Message[Any],
-        journey: tuple[str, str, int] | None = None,
+        journey: tuple[str, str, int] | None,
+        record: tuple[str, str, int] | None,
     ) -> None:
-        """Claim ``mark`` for ``owner`` and, when fresh, enqueue ``message`` (made by
-        :func:`daemon.pipeline.message`) and start ``journey`` (its subject, first event and TTL
-        in seconds: :mod:`daemon.store.journeys`). ``replay`` or no mark: always fresh."""
+        """Claim the message for ``owner`` and, when fresh, enqueue ``message`` (made by
+        :func:`daemon.pipeline.message`) and start ``journey`` (its subject, first event and TTL in
+        seconds: :mod:`daemon.store.journeys`). An inbound message is claimed in its ``record`` (its
+        number, id and time: :mod:`daemon.store.records`), kept ``ttl_seconds`` (the dedup window)
+        plus a day, ``mark`` being where an earlier release marked it seen; without a record (a
+        business send's key), by ``mark`` itself, for ``ttl_seconds``. ``replay`` or no mark:
+        always fresh."""
         _, queue_keys, push_args = prepare(message)
         subject, first, journey_ttl = journey if journey is not None else ("", "", 0)
         item_keys = [mark or keys.UNMARKED, *queue_keys, keys.journey(subject) if journey else keys.UNMARKED]
         skip = "1" if replay or mark is None else "0"
+        at, field, ttl = 0, b"", ttl_seconds
+        if record is not None:
+            at, field, ttl = record[2], records.digest(record[0], record[1]), ttl + records.EXTRA_SECONDS
         item_args = [
-            "message", owner, ttl_seconds, skip, *push_args, keys.WAKEUP_CHANNEL, first, journey_ttl,
+            "message", owner, ttl, skip, *push_args, keys.WAKEUP_CHANNEL, first, journey_ttl, at, field,
         ]  # fmt: skip
         _encodable([*item_keys, *item_args])
         self._add(item_keys, item_args)
@@ -92,7 +101,7 @@ class Claims:
         item_args = [
             "status", owner, ttl_seconds, skip,
             status, statuses.rank(status), timestamp, retention_seconds,
-            "" if error_code is None else error_code, "",
+            "" if error_code is None else error_code, "", "", "",
         ]  # fmt: skip
         _encodable([*item_keys, *item_args])
         self._add(item_keys, item_args)
@@ -151,6 +160,7 @@ class Claims:
                 self._items,
                 len(self._order_args) // 4,
                 len(self._dated_args) // 5,
+                int(time.time()),
                 *self._args,
                 *self._order_args,
                 *self._dated_args,

@@ -5,8 +5,8 @@ that carries the message (``fetch_media``, ``reply``, ``send``) adds one event w
 ``done`` of ``reply`` or ``send`` in the same command as its last ledger write: ``done``, ``retry`` (it will run again: an error, a rate-limit wait, an earlier message
 of the user to wait for) or ``failed`` (dead-lettered), with the attempt number and what it found
 (bytes stored, replies sent, the error's type and code). Events hold ids, times and figures, never
-what the user wrote. A journey lives as long as the reply ledger and keeps its last
-:data:`MAX_EVENTS` events.
+what the user wrote. A journey lives ``WAPIPE_TRACE_RETENTION_HOURS`` after its last event and
+keeps its last :data:`MAX_EVENTS` events.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def appended(subject: str, entry: str, ttl_seconds: int) -> tuple[list[str], lis
 
 
 class Journeys:
-    """Journeys on one Redis client; ``ttl_seconds`` is the reply ledger's."""
+    """Journeys on one Redis client; ``ttl_seconds``: ``WAPIPE_TRACE_RETENTION_HOURS``."""
 
     def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
         self._client = client
@@ -48,7 +48,8 @@ class Journeys:
     def add(self, subject: str, entry: str) -> None:
         """Append ``entry`` (made by :func:`event`) to ``subject``'s journey, in one command."""
         journey_keys, journey_args = appended(subject, entry, self.ttl_seconds)
-        self._record(keys=journey_keys, args=[0, self.ttl_seconds, *journey_args])
+        # record.lua: no key to set (0, the TTL), no message record (time, digest '', …), the event.
+        self._record(keys=journey_keys, args=[0, self.ttl_seconds, 0, "", -1, "", "", 0, 0, *journey_args])
 
     def read(self, subject: str) -> list[dict[str, Any]]:
         """``subject``'s events, oldest first (empty when none were kept)."""

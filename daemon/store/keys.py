@@ -47,8 +47,20 @@ def dead_letter_messages(name: str) -> str:
     return f"{NAMESPACE}:{name}.XQ.msgs"
 
 
+def record_bucket(bucket: int) -> str:
+    """A bucket of message records (:mod:`daemon.store.records`): a hash of its shard count (``s``)
+    and its number of records (``n``)."""
+    return f"wapipe:rec:{bucket}"
+
+
+def record_shard(bucket: int, shard: int) -> str:
+    """One shard of a bucket of message records: a hash of record digest → record."""
+    return f"wapipe:rec:{bucket}:{shard}"
+
+
 def seen_message(message_id: str) -> str:
-    """The dedup mark of an inbound message; its value is the parse attempt that claimed it."""
+    """The dedup mark of an inbound message as releases before the message records wrote it (its
+    value: the parse attempt that claimed it). Read, never written, until the last expires."""
     return f"wapipe:seen:msg:{message_id}"
 
 
@@ -68,14 +80,17 @@ def status(status_id: str) -> str:
 
 
 def handled(phone_number_id: str, message_id: str) -> str:
-    """Set by ``reply`` when an inbound message is done: its value is the number of messages sent
-    in answer (``0``: handled without reply). ``wapipe simulate`` waits for it."""
+    """Releases before the message records set it when an inbound message was done (its value:
+    the number of messages sent in answer). Read, never written, until the last expires."""
     return f"wapipe:handled:{phone_number_id}:{message_id}"
 
 
 def ledger(phone_number_id: str, message_id: str, index: int) -> str:
-    """The reply ledger entry of the ``index``-th outbound message answering ``message_id``:
-    ``sending:<attempt>:<time>`` while in doubt, ``sent:<outbound id>`` once Meta accepted it."""
+    """What became of the ``index``-th outbound message answering ``message_id``: ``sent:<outbound
+    id>`` once Meta accepted it, ``refused:<why>`` when it was refused for good (the message record
+    holds the state; this keeps the id, for ``wapipe trace`` and the conversation's history).
+    Releases before the message records also wrote ``sending:<attempt>:<time>`` here, and their
+    entries are read as the state when a record has none."""
     return f"wapipe:reply:{phone_number_id}:{message_id}:{index}"
 
 

@@ -1,7 +1,9 @@
 """The state store's Lua scripts: one ``.lua`` file each, read once per process.
 
 A script that enqueues (``enqueue``, ``claim``, ``replay``) is prefixed with ``push.lua``, the
-one enqueue every producer shares (see :mod:`daemon.store.queues`). Scripts are registered on a
+one enqueue every producer shares (see :mod:`daemon.store.queues`); one that reads or writes the
+message records (``claim``, ``record``, ``ledger``) with ``records.lua`` (see
+:mod:`daemon.store.records`). Scripts are registered on a
 client by :func:`register` (redis-py: EVALSHA, with the source sent again only after Redis lost
 it, e.g. a restart).
 """
@@ -21,6 +23,7 @@ Name = Literal[
     "claim",
     "replay",
     "record",
+    "ledger",
     "reserve",
     "release",
     "record_refresh",
@@ -32,6 +35,8 @@ Name = Literal[
 ]
 #: Scripts that call ``push`` (defined in ``push.lua``).
 _PUSHING = frozenset({"enqueue", "claim", "replay"})
+#: Scripts that use the message records (``records.lua``).
+_RECORDING = frozenset({"claim", "record", "ledger"})
 
 
 @functools.cache
@@ -39,6 +44,8 @@ def source(name: Name) -> str:
     """The Lua source of script ``name``, as sent to Redis."""
     folder = resources.files(__package__).joinpath("lua")
     text = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if name in _RECORDING:
+        text = folder.joinpath("records.lua").read_text(encoding="utf-8") + text
     if name in _PUSHING:
         text = folder.joinpath("push.lua").read_text(encoding="utf-8") + text
     return text

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from daemon.pipeline import timestamp_of
 from daemon.store import deadletters, journeys, keys, ledger, statuses
 
 
@@ -135,9 +136,12 @@ def trace(client: redis.Redis, message_id: str) -> Trace:
     found.events = journeys.Journeys(client, 0).read(message_id)
     if link is not None:
         found.phone_number_id, found.user = str(link["phone_number_id"]), _text(link.get("user"))
+    at: int | None = None  # the time the subject's record is filed by (daemon.store.records)
     for event in found.events:
         if found.phone_number_id is None and event.get("phone_number_id"):
             found.phone_number_id = str(event["phone_number_id"])
+        if at is None and isinstance(event.get("record_at"), int):
+            at = int(event["record_at"])
     for letter in deadletters.all_letters(client):
         what = letter.what()
         send = (letter.message.get("kwargs") or {}).get("send")
@@ -147,16 +151,24 @@ def trace(client: redis.Redis, message_id: str) -> Trace:
             if found.phone_number_id is None:
                 number = what.get("phone_number_id") or (send or {}).get("phone_number_id")
                 found.phone_number_id = _text(number)
+            if at is None:
+                at = _record_at(letter.message.get("kwargs") or {})
     number = found.phone_number_id
     if number is None:
         return found
-    entries = ledger.ReplyLedger(client, 0).entries(number, message_id)
-    sent_ids = [entry.removeprefix("sent:") for entry in entries if entry.startswith("sent:")]
+    subject = ledger.Subject(number, message_id, at or 0)
+    the_ledger = ledger.ReplyLedger(client, 0)
+    entries = the_ledger.entries(subject)
+    sent_ids = [
+        entry.removeprefix("sent:") for entry in entries if entry.startswith("sent:") and entry != "sent:"
+    ]
     known = iter(statuses.latest_of(client, sent_ids))
     for index, entry in enumerate(entries):
         state, _, value = entry.partition(":")
         reply: dict[str, Any] = {"index": index, "state": state}
-        if state == "sent":
+        if state == "sent" and not value:
+            pass  # sent, its id no longer kept
+        elif state == "sent":
             reply["id"] = value
             status = next(known)
             if status is not None:
@@ -168,12 +180,21 @@ def trace(client: redis.Redis, message_id: str) -> Trace:
         elif state == "refused":
             reply["reason"] = value
         found.replies.append(reply)
-    handled = client.get(keys.handled(number, message_id))
-    found.handled = None if handled is None else int(handled)
+    found.handled = the_ledger.replies(subject)
     turn = client.get(keys.turn(number, message_id)) if found.user is None else None
     if turn is not None:
         found.user = _text(json.loads(turn).get("user"))
     return found
+
+
+def _record_at(kwargs: dict[str, Any]) -> int | None:
+    """The time a dead letter's subject is filed by: its message's timestamp, its send's request time."""
+    item, send = kwargs.get("item"), kwargs.get("send")
+    if isinstance(item, dict) and isinstance(item.get("message"), dict):
+        return timestamp_of(item["message"].get("timestamp")) or None
+    if isinstance(send, dict) and isinstance(send.get("requested_at"), int | float):
+        return int(send["requested_at"])
+    return None
 
 
 def _text(value: object) -> str | None:

@@ -1,15 +1,17 @@
 -- parse's one round trip per envelope: claim each item's dedup mark, hand fresh messages on,
 -- record fresh statuses, dead-letter the items that cannot be handled. All of it or none.
 --
--- KEYS: per item its dedup mark and its target (a message: the queue list and message hash it
+-- KEYS: per item its dedup mark (for a message: the mark an earlier release wrote, only read) and its target (a message: the queue list and message hash it
 -- goes to, and its journey; a status: its status hash), then per ordered message its conversation's order set,
 -- "since" hash and counter, then per dated message its conversation's hash, its user's index
 -- of messages and the set of active conversations, then per bad item its queue's dead-letter set, their messages and the
 -- reasons hash.
--- ARGV: the number of items, of ordered messages and of dated messages, then 10 values per item: kind, owner,
--- dedup TTL (s), '1' to skip the dedup check (replay, no id), then for a message push's id, data,
--- queue and channel, its journey's first event ('' for none) and the journey's TTL (s), for a
--- status its status, rank, timestamp, TTL (s), error code ('' for none) and ''; then 4 values per
+-- ARGV: the number of items, of ordered messages and of dated messages, the time now (s), then 12
+-- values per item: kind, owner, dedup TTL (s), '1' to skip the dedup check (replay, no id), then for
+-- a message push's id, data, queue and channel, its journey's first event ('' for none), the
+-- journey's TTL (s), its record's time and digest (records.lua; the TTL is then the record's;
+-- '' for none: a business send, claimed by its mark), for
+-- a status its status, rank, timestamp, TTL (s), error code ('' for none) and three ''; then 4 values per
 -- ordered message: its item's number (1-based), its message id, the time (ms) and the order's TTL
 -- (s) — a fresh one takes the next place in its conversation's order; then 5 values per dated
 -- message: its item's number, Meta's timestamp of it (0 if unknown), the conversation's TTL
@@ -18,19 +20,33 @@
 -- its user's index (for erasure); then 4 values per bad item:
 -- its dead letter's id, message data, reason record and time (ms), in Dramatiq's dead-letter layout.
 --
--- A mark held by another owner makes the item a duplicate; a mark held by the same owner (a
--- retried parse) hands it on again. A status only replaces a lower rank.
+-- A message is claimed in its record: one claimed by another owner (or by none: an earlier
+-- release's reply made it) is a duplicate, one claimed by the same owner (a retried parse) is
+-- handed on again; without a record, an earlier release's mark decides the same way. A status,
+-- and a business send's key, is claimed by its mark. A status only replaces a lower rank.
 -- Returns one flag per item: 1 handled now, 0 a duplicate.
 local results = {}
 local k = 1
 local n = tonumber(ARGV[1])
 local m = tonumber(ARGV[2])
 local t = tonumber(ARGV[3])
+local now = ARGV[4]
 for i = 1, n do
-  local a = 3 + (i - 1) * 10
+  local a = 4 + (i - 1) * 12
   local kind, owner, ttl = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local fresh = ARGV[a + 4] == '1'
-  if not fresh then
+  if not fresh and kind == 'message' and ARGV[a + 12] ~= '' then
+    local time, digest = ARGV[a + 11], ARGV[a + 12]
+    local _, found = rec_find(time, digest, true, now, ttl)
+    if found then
+      local claimed_by = rec_parse(found)
+      fresh = claimed_by ~= '' and claimed_by == rec_owner(owner)
+    else
+      local earlier = redis.call('GET', KEYS[k])
+      fresh = not earlier or earlier == owner
+      if fresh then rec_write(time, digest, rec_join(rec_owner(owner), '', ''), now, ttl) end
+    end
+  elseif not fresh then
     fresh = redis.call('SET', KEYS[k], owner, 'NX', 'EX', ttl) and true or redis.call('GET', KEYS[k]) == owner
   end
   if kind == 'message' then
@@ -53,7 +69,7 @@ for i = 1, n do
   results[i] = fresh and 1 or 0
 end
 for j = 0, m - 1 do
-  local o = 4 + n * 10 + j * 4
+  local o = 5 + n * 12 + j * 4
   if results[tonumber(ARGV[o])] == 1 then
     local place = redis.call('INCR', KEYS[k + 2])
     redis.call('ZADD', KEYS[k], place, ARGV[o + 1])
@@ -63,7 +79,7 @@ for j = 0, m - 1 do
   k = k + 3
 end
 for j = 0, t - 1 do
-  local o = 4 + n * 10 + m * 4 + j * 5
+  local o = 5 + n * 12 + m * 4 + j * 5
   if results[tonumber(ARGV[o])] == 1 then
     if tonumber(ARGV[o + 1]) > tonumber(redis.call('HGET', KEYS[k], 'last_inbound') or '0') then
       redis.call('HSET', KEYS[k], 'last_inbound', ARGV[o + 1])
@@ -75,7 +91,7 @@ for j = 0, t - 1 do
   end
   k = k + 3
 end
-for b = 4 + n * 10 + m * 4 + t * 5, #ARGV, 4 do
+for b = 5 + n * 12 + m * 4 + t * 5, #ARGV, 4 do
   redis.call('ZADD', KEYS[k], ARGV[b + 3], ARGV[b])
   redis.call('HSET', KEYS[k + 1], ARGV[b], ARGV[b + 1])
   redis.call('HSET', KEYS[k + 2], ARGV[b], ARGV[b + 2])
