@@ -155,6 +155,7 @@ def _claims(
                         handoff.id,
                         _timestamp(item),
                         settings.conversation_ttl_seconds,
+                        context.store.ledger.ttl_seconds,  # as long as the subjects' turns and records
                     )
                 if context.conversational and user is not None:
                     claims.order_last(handoff.phone_number_id, user, handoff.id, now_ms, ORDER_TTL_SECONDS)

@@ -267,7 +267,7 @@ class Settings:
                 "WAPIPE_CONVERSATION_TTL_SECONDS", 30 * DAY_SECONDS, minimum=60
             ),
             order_wait_seconds=env.number("WAPIPE_ORDER_WAIT_SECONDS", 30.0, minimum=0.0),
-            status_retention_days=env.integer("WAPIPE_STATUS_RETENTION_DAYS", 30, minimum=1),
+            status_retention_days=env.integer("WAPIPE_STATUS_RETENTION_DAYS", 3, minimum=1),
             trace_retention_hours=env.integer("WAPIPE_TRACE_RETENTION_HOURS", 72, minimum=1),
             media_retention_days=env.integer("WAPIPE_MEDIA_RETENTION_DAYS", 0, minimum=0),
             redis_start_wait_seconds=env.number("WAPIPE_REDIS_START_WAIT_SECONDS", 30.0, minimum=0.0),

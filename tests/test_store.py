@@ -255,7 +255,7 @@ def test_active_conversations_are_those_whose_window_is_open(rclient: redis.Redi
         claims = dedup.Claims()
         message_id = f"wamid.A{user}"
         _claim(claims, message_id)
-        claims.date_last(NUMBER, user, message_id, int(now - hours_ago * 3600), 60)
+        claims.date_last(NUMBER, user, message_id, int(now - hours_ago * 3600), 60, 60)
         assert claims.write(rclient) == [True]
     assert conversations.active(rclient, now) == 2
     assert rclient.zscore(keys.ACTIVE_CONVERSATIONS, f"{NUMBER}:3") is None  # past its window: gone
@@ -276,3 +276,26 @@ def test_what_trace_reads_lives_its_own_retention(rclient: redis.Redis) -> None:
     ]
     assert rclient.ttl(shard) > 9 * 86_400 - 60
     assert ledger.replies(subject) == 1
+
+
+def test_a_users_index_keeps_the_subjects_that_still_have_records(rclient: redis.Redis) -> None:
+    """The index `wapipe forget` follows keeps a user's subjects for the record TTL after each was
+    added, not for as long as the user keeps writing; an earlier release's plain set is taken over
+    (its members kept) on the next add."""
+    from daemon.store.conversations import Conversations
+
+    index = keys.user_messages(NUMBER, "447700900555")
+    rclient.sadd(index, "wamid.old-1", "wamid.old-2")  # as the earlier release kept it
+    claims = dedup.Claims()
+    _claim(claims, "wamid.I1")
+    claims.date_last(NUMBER, "447700900555", "wamid.I1", NOW, 86_400, 3_600)
+    assert claims.write(rclient) == [True]
+    assert rclient.type(index) == b"zset"
+    assert set(rclient.zrange(index, 0, -1)) == {b"wamid.old-1", b"wamid.old-2", b"wamid.I1"}
+    assert 3_500 < rclient.ttl(index) <= 3_600
+    rclient.zadd(index, {"wamid.long-ago": NOW - 7_200})  # added two hours ago: past the 1 h kept
+    talk = Conversations(
+        rclient, history_messages=10, history_characters=0, ttl_seconds=86_400, turn_ttl_seconds=3_600
+    )
+    talk.note(NUMBER, "447700900555", subject="send:k-1")
+    assert set(rclient.zrange(index, 0, -1)) == {b"wamid.old-1", b"wamid.old-2", b"wamid.I1", b"send:k-1"}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,7 @@ class Conversations:
         self._turn = scripts.register(client, "turn")
         self._order_wait = scripts.register(client, "order_wait")
         self._order_enter = scripts.register(client, "order_enter")
+        self._note = scripts.register(client, "note")
         self.history_messages = history_messages
         self.history_characters = history_characters
         self.ttl_seconds = ttl_seconds
@@ -95,16 +97,18 @@ class Conversations:
         self, phone_number_id: str, user: str, *, subject: str | None = None, media: str | None = None
     ) -> None:
         """Add a ledger ``subject`` (a business send, ``send:<key>``) or a stored ``media`` file to
-        the user's index, which :mod:`daemon.store.erasure` follows to forget them."""
-        with self._client.pipeline(transaction=True) as pipe:
-            for key, member in (
-                (keys.user_messages(phone_number_id, user), subject),
-                (keys.user_media(phone_number_id, user), media),
-            ):
-                if member is not None:
-                    pipe.sadd(key, member)
-                    pipe.expire(key, self.ttl_seconds)
-            pipe.execute()
+        the user's index, which :mod:`daemon.store.erasure` follows to forget them. A subject is
+        kept as long as its turn (``index.lua``); a file's path as long as the conversation."""
+        if subject is not None:
+            self._note(
+                keys=[keys.user_messages(phone_number_id, user)],
+                args=[subject, int(time.time()), self.turn_ttl_seconds],
+            )
+        if media is not None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.sadd(keys.user_media(phone_number_id, user), media)
+                pipe.expire(keys.user_media(phone_number_id, user), self.ttl_seconds)
+                pipe.execute()
 
     def enter(self, phone_number_id: str, user: str, subject: str, now_ms: int) -> None:
         """Give ``subject`` (a business send) the next place in the conversation's order, unless

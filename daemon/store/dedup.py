@@ -120,11 +120,17 @@ class Claims:
         self._order_args += [self._items, message_id, now_ms, ttl_seconds]
 
     def date_last(
-        self, phone_number_id: str, user: str, message_id: str, timestamp: int, ttl_seconds: int
+        self,
+        phone_number_id: str,
+        user: str,
+        message_id: str,
+        timestamp: int,
+        ttl_seconds: int,
+        index_seconds: int,
     ) -> None:
         """For the message added last, if it is fresh: move its conversation's ``last_inbound`` (the
         24-hour window) to its ``timestamp`` if later (0: unknown), and add it to its user's index
-        of messages (for erasure) and to the active conversations. See
+        of messages (for erasure, kept ``index_seconds``) and to the active conversations. See
         :mod:`daemon.store.conversations`."""
         _encodable([user, message_id])
         self._dated_keys += [
@@ -132,7 +138,9 @@ class Claims:
             keys.user_messages(phone_number_id, user),
             keys.ACTIVE_CONVERSATIONS,
         ]
-        self._dated_args += [self._items, timestamp, ttl_seconds, message_id, f"{phone_number_id}:{user}"]
+        self._dated_args += [
+            self._items, timestamp, ttl_seconds, message_id, f"{phone_number_id}:{user}", index_seconds,
+        ]  # fmt: skip
 
     def add_dead_letter(
         self, message: Message[Any], letter_id: str, record: dict[str, Any], now_ms: int
@@ -159,7 +167,7 @@ class Claims:
             [
                 self._items,
                 len(self._order_args) // 4,
-                len(self._dated_args) // 5,
+                len(self._dated_args) // 6,
                 int(time.time()),
                 *self._args,
                 *self._order_args,

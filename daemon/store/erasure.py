@@ -16,6 +16,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -40,7 +41,10 @@ def _text(value: bytes | str) -> str:
 
 def forget(client: redis.Redis, phone_number_id: str, user: str, media_dir: Path) -> Erased:
     """Remove everything kept of ``user`` on ``phone_number_id``; return what was removed."""
-    subjects = {_text(m) for m in client.smembers(keys.user_messages(phone_number_id, user))}
+    index = keys.user_messages(phone_number_id, user)
+    # A sorted set since the index keeps a window; an earlier release's plain set until it is added to.
+    listed: Any = client.smembers(index) if client.type(index) == b"set" else client.zrange(index, 0, -1)
+    subjects = {_text(member) for member in listed}
     media = {_text(m) for m in client.smembers(keys.user_media(phone_number_id, user))}
     doomed: set[str] = {
         keys.conversation(phone_number_id, user),

@@ -151,7 +151,8 @@ def order_counter(phone_number_id: str, user: str) -> str:
 
 
 def user_messages(phone_number_id: str, user: str) -> str:
-    """Every ledger subject of a user (their inbound message ids, ``send:<key>``), for erasure."""
+    """The ledger subjects of a user (their inbound message ids, ``send:<key>``) of the last
+    record TTL, for erasure: a sorted set by when each was added (``lua/index.lua``)."""
     return f"wapipe:conv:{phone_number_id}:{user}:messages"
 
 

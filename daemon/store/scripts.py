@@ -32,11 +32,14 @@ Name = Literal[
     "turn",
     "order_wait",
     "order_enter",
+    "note",
 ]
 #: Scripts that call ``push`` (defined in ``push.lua``).
 _PUSHING = frozenset({"enqueue", "claim", "replay"})
 #: Scripts that use the message records (``records.lua``).
 _RECORDING = frozenset({"claim", "record", "ledger"})
+#: Scripts that add to a user's index (``index.lua``).
+_INDEXING = frozenset({"claim", "note"})
 
 
 @functools.cache
@@ -44,6 +47,8 @@ def source(name: Name) -> str:
     """The Lua source of script ``name``, as sent to Redis."""
     folder = resources.files(__package__).joinpath("lua")
     text = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if name in _INDEXING:
+        text = folder.joinpath("index.lua").read_text(encoding="utf-8") + text
     if name in _RECORDING:
         text = folder.joinpath("records.lua").read_text(encoding="utf-8") + text
     if name in _PUSHING:

@@ -13,11 +13,12 @@
 -- '' for none: a business send, claimed by its mark), for
 -- a status its status, rank, timestamp, TTL (s), error code ('' for none) and three ''; then 4 values per
 -- ordered message: its item's number (1-based), its message id, the time (ms) and the order's TTL
--- (s) — a fresh one takes the next place in its conversation's order; then 5 values per dated
+-- (s) — a fresh one takes the next place in its conversation's order; then 6 values per dated
 -- message: its item's number, Meta's timestamp of it (0 if unknown), the conversation's TTL
--- (s), its message id and its conversation's member of the active set — a fresh one moves its
--- conversation's last_inbound and its place in the active set (the 24-hour window) forward and joins
--- its user's index (for erasure); then 4 values per bad item:
+-- (s), its message id, its conversation's member of the active set and how long its user's index
+-- keeps it (s) — a fresh one moves its conversation's last_inbound and its place in the active set
+-- (the 24-hour window) forward and joins its user's index (for erasure, index.lua); then 4 values
+-- per bad item:
 -- its dead letter's id, message data, reason record and time (ms), in Dramatiq's dead-letter layout.
 --
 -- A message is claimed in its record: one claimed by another owner (or by none: an earlier
@@ -79,19 +80,18 @@ for j = 0, m - 1 do
   k = k + 3
 end
 for j = 0, t - 1 do
-  local o = 5 + n * 12 + m * 4 + j * 5
+  local o = 5 + n * 12 + m * 4 + j * 6
   if results[tonumber(ARGV[o])] == 1 then
     if tonumber(ARGV[o + 1]) > tonumber(redis.call('HGET', KEYS[k], 'last_inbound') or '0') then
       redis.call('HSET', KEYS[k], 'last_inbound', ARGV[o + 1])
     end
     redis.call('EXPIRE', KEYS[k], ARGV[o + 2])
-    redis.call('SADD', KEYS[k + 1], ARGV[o + 3])
-    redis.call('EXPIRE', KEYS[k + 1], ARGV[o + 2])
+    index_add(KEYS[k + 1], ARGV[o + 3], now, ARGV[o + 5])
     redis.call('ZADD', KEYS[k + 2], 'GT', ARGV[o + 1], ARGV[o + 4])
   end
   k = k + 3
 end
-for b = 5 + n * 12 + m * 4 + t * 5, #ARGV, 4 do
+for b = 5 + n * 12 + m * 4 + t * 6, #ARGV, 4 do
   redis.call('ZADD', KEYS[k], ARGV[b + 3], ARGV[b])
   redis.call('HSET', KEYS[k + 1], ARGV[b], ARGV[b + 1])
   redis.call('HSET', KEYS[k + 2], ARGV[b], ARGV[b + 2])
