@@ -33,14 +33,14 @@ LABELS = {
     "ack_p99_ms": ("ack p99 during that burst", " ms"),
     "replies_per_second": ("replies/s (burst of text messages)", "/s"),
     "cpu_ms_per_message": ("CPU per replied message, server processes", " ms"),
-    "reply_p50_ms": ("reply p50 at a steady rate", " ms"),
-    "reply_p99_ms": ("reply p99 at a steady rate", " ms"),
+    "reply_p50_ms": ("reply p50 at the steady rate", " ms"),
+    "reply_p99_ms": ("reply p99 at the steady rate", " ms"),
     REDIS_FIGURE: ("Redis per handled message after the burst", " B"),
 }
 
 
 def _number(value: float, unit: str) -> str:
-    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:g}"
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
     return text + unit
 
 
@@ -99,14 +99,23 @@ def _wapipe_alone(bench: dict[str, Any]) -> list[str]:
         layouts = sorted(memory["by_key_layout"].items(), key=lambda item: -item[1]["bytes_per_message"])
         rows.append(
             ("Redis per handled message", f"{memory['bytes_per_message']:,} B",
-             f"{memory['keys_per_message']} keys: "
-             + ", ".join(f"`{name}` {entry['bytes_per_message']} B" for name, entry in layouts))
+             ", ".join(f"`{name}` {entry['bytes_per_message']} B ({_kept(entry.get('kept_seconds'))})"
+                       for name, entry in layouts)
+             + f"; weighed by how long each is kept, {memory['bytes_per_message_over_window']} B over the "
+             f"{memory['window_seconds'] // 86_400}-day dedup window: "
+             f"{memory['mb_per_message_per_second_sustained']:,} MB of Redis per message/s sustained")
         )  # fmt: skip
     return [
         "| `make bench` | | |",
         "|---|---|---|",
         *(f"| {name} | {value} | {note} |" for name, value, note in rows),
     ]
+
+
+def _kept(seconds: int | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds // 86_400} d" if seconds % 86_400 == 0 else f"{seconds // 3600} h"
 
 
 def render(results: dict[str, Any]) -> str:

@@ -194,12 +194,34 @@ def key_family(key: str) -> str:
     return ":".join(part for i, part in enumerate(named) if part != "…" or named[i - 1] != "…")
 
 
+def retention_seconds(env: dict[str, str]) -> tuple[dict[str, int], int]:
+    """How long wapipe keeps each key layout a handled message leaves, with ``env``'s settings, and
+    the message dedup window."""
+    from daemon.config import Settings
+
+    settings = Settings.from_env(env)
+    window = settings.message_dedup_ttl_seconds + 86_400  # records.EXTRA_SECONDS
+    traced = settings.trace_retention_hours * 3600
+    return {
+        "wapipe:rec:…": window,
+        "wapipe:conv:…:messages": window,
+        "wapipe:journey:…": traced,
+        "wapipe:outbound:…": traced,
+        "wapipe:reply:…": traced,
+        "wapipe:status:…": settings.status_retention_days * 86_400,
+        "wapipe:seen:status:…": settings.status_dedup_ttl_seconds,
+    }, settings.message_dedup_ttl_seconds
+
+
 class RedisFootprint:
     """What Redis keeps for the messages handled after it was made: bytes (``used_memory``) and keys,
-    in all and by key layout (``MEMORY USAGE`` summed over every key)."""
+    in all and by key layout (``MEMORY USAGE`` summed over every key); and, each layout weighed by
+    how long it is kept (``retention``, s), what a message costs on average over the dedup window
+    (``window``, s), which is what Redis holds per message/s sustained divided by the window."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, retention: dict[str, int], window: int) -> None:
         self.client = client
+        self.retention, self.window = retention, window
         self.before = int(client.info("memory")["used_memory"])
         self.families_before = self.families()
 
@@ -236,12 +258,32 @@ class RedisFootprint:
                     "keys_per_message": round((count - count0) / messages, 2),
                     "bytes_per_message": round((size - size0) / messages),
                 }
+        for family, entry in by_family.items():
+            entry["kept_seconds"] = self.retention.get(family, self.window)
+        # Redis's steady size per message/s sustained: each layout's bytes for as long as it is kept.
+        sustained = sum(entry["bytes_per_message"] * entry["kept_seconds"] for entry in by_family.values())
         return {
             "messages": messages,
             "bytes_per_message": round((used - self.before) / messages),
+            "bytes_per_message_over_window": round(sustained / self.window),
+            "window_seconds": self.window,
+            "mb_per_message_per_second_sustained": round(sustained / 1e6),
             "keys_per_message": round(sum(f["keys_per_message"] for f in by_family.values()), 2),
             "by_key_layout": by_family,
         }
+
+
+def commands_per_message(client: Any, messages: int) -> dict[str, dict[str, float]]:
+    """Redis's own count of each command since its statistics were last reset (``CONFIG
+    RESETSTAT``), and the server time it spent in them (µs), per message, busiest first."""
+    found = {}
+    for name, stats in client.info("commandstats").items():
+        command = name.removeprefix("cmdstat_")
+        found[command] = {
+            "calls": round(int(stats["calls"]) / messages, 2),
+            "server_us": round(float(stats["usec"]) / messages, 1),
+        }
+    return dict(sorted(found.items(), key=lambda item: -item[1]["server_us"]))
 
 
 def drained(client: Any) -> bool:
@@ -378,7 +420,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         graph.clear()
         batch = requests("e2e", args.messages)
         wait_for(lambda: drained(client), timeout=30, what="the warm-up drained")
-        footprint = RedisFootprint(client)
+        footprint = RedisFootprint(client, *retention_seconds(env))
         assert redis_server.process is not None
         cpu = CPUShare(
             {
@@ -388,12 +430,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "fake_graph": fake_graph.pid,
             }
         )
+        client.config_resetstat()
         started = time.time()
         posted = asyncio.run(as_fast_as_possible(web_url + "/webhook", batch, secret=SECRET))
         accepted = {r.message_id for r in posted if r.status == 200}
         received = graph.wait_received(accepted, timeout=args.deadline)
         spent = cpu.per_message(len(accepted))
         wait_for(lambda: drained(client), timeout=30, what="the end-to-end run drained")
+        report["redis_commands_per_message"] = commands_per_message(client, len(accepted))
         report["redis_per_handled_message"] = footprint.per_message(len(accepted))
         while_processing = summarize_ingest(posted)
         end_to_end = {
@@ -530,6 +574,10 @@ def table(report: dict[str, Any]) -> str:
         ("ingest: aiohttp+HMAC+LPUSH", f"{ingest['hmac_lpush']['per_second']:.0f}/s", f"p50 {ingest['hmac_lpush']['ack_p50_ms']} ms, p99 {ingest['hmac_lpush']['ack_p99_ms']} ms"),
         ("ingest: wapipe web, workers idle", f"{ingest['wapipe']['per_second']:.0f}/s", f"p50 {ingest['wapipe']['ack_p50_ms']} ms, p99 {ingest['wapipe']['ack_p99_ms']} ms; {ingest['wapipe_vs_hmac_lpush']}x the HMAC+LPUSH baseline"),
         ("Redis per queued webhook", f"{ingest['redis_bytes_per_queued_message']} B", ""),
+        ("Redis per handled message", f"{report['redis_per_handled_message']['bytes_per_message']} B",
+         f"{report['redis_per_handled_message']['bytes_per_message_over_window']} B over the dedup window (each "
+         f"record for as long as it is kept); {report['redis_per_handled_message']['mb_per_message_per_second_sustained']}"
+         " MB of Redis per message/s sustained"),
         ("end to end (replies/s)", f"{e2e['replied_per_second']:.0f}/s", f"{e2e['messages']} text messages, ingest {e2e['ingest_per_second_with_workers']:.0f}/s meanwhile"),
         ("CPU per replied message", f"{e2e['server_cpu_ms_per_message']:.1f} ms", "web, workers, Redis: " + ", ".join(f"{k} {v}" for k, v in e2e["cpu_ms_per_message"].items() if k in SERVER_PROCESSES) + "; not counted: " + ", ".join(f"{k} {v}" for k, v in e2e["cpu_ms_per_message"].items() if k not in SERVER_PROCESSES)),
         (f"reply latency {rate_key[11:]}", f"p50 {e2e[rate_key]['p50_ms']} ms", f"p95 {e2e[rate_key]['p95_ms']} ms, p99 {e2e[rate_key]['p99_ms']} ms"),
