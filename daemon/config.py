@@ -133,6 +133,7 @@ class Settings:
     worker_poll_ms: int
     worker_cpu_affinity: str
     worker_nice: int
+    worker_scheduler: str
     shutdown_timeout_seconds: float
     auth_pause_ms: int
     pair_interval_ms: int
@@ -253,6 +254,7 @@ class Settings:
             worker_poll_ms=env.integer("WAPIPE_WORKER_POLL_MS", 100, minimum=1, maximum=10_000),
             worker_cpu_affinity=env.choice("WAPIPE_WORKER_CPU_AFFINITY", "spread", ("spread", "none")),
             worker_nice=env.integer("WAPIPE_WORKER_NICE", 10, minimum=0, maximum=19),
+            worker_scheduler=env.choice("WAPIPE_WORKER_SCHEDULER", "batch", ("batch", "normal")),
             shutdown_timeout_seconds=env.number("WAPIPE_SHUTDOWN_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             auth_pause_ms=env.integer("WAPIPE_AUTH_PAUSE_MS", 30_000, minimum=10),
             pair_interval_ms=env.integer("WAPIPE_PAIR_INTERVAL_MS", 6_000, minimum=0),

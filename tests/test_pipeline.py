@@ -345,6 +345,10 @@ def _nice_of_every_thread(process: psutil.Process) -> set[int]:
     return {os.getpriority(os.PRIO_PROCESS, thread.id) for thread in process.threads()}
 
 
+def _policy_of_every_thread(process: psutil.Process) -> set[int]:
+    return {os.sched_getscheduler(thread.id) for thread in process.threads()}
+
+
 def _autogroup_nice(process: psutil.Process) -> int:
     text = Path(f"/proc/{process.pid}/autogroup").read_text(encoding="ascii")
     return int(text.split("nice")[1])
@@ -355,7 +359,9 @@ def test_worker_processes_run_on_one_cpu_each(pipeline: Callable[..., dict[str, 
     one each (and the media process on one too), and leaves the web process alone; with `none` the
     workers keep every CPU. WAPIPE_WORKER_NICE (10 by default) runs every thread of every worker
     process at that nice, and, the worker leading its own session, the session's CPU share too
-    (its autogroup), while the web keeps nice 0; at 0 the workers run as started."""
+    (its autogroup), while the web keeps nice 0; at 0 the workers run as started. Every worker
+    thread runs under SCHED_BATCH (WAPIPE_WORKER_SCHEDULER=batch, the default), the web's under
+    the normal policy; `normal` leaves the workers' alone."""
     cpus = os.sched_getaffinity(0)
     stack = pipeline(WAPIPE_WORKER_PROCESSES="2")
 
@@ -370,17 +376,25 @@ def test_worker_processes_run_on_one_cpu_each(pipeline: Callable[..., dict[str, 
     assert set(psutil.Process(stack["web"].pid).cpu_affinity()) == cpus
     web = psutil.Process(stack["web"].pid)
     assert _nice_of_every_thread(web) == {0}
+    assert _policy_of_every_thread(web) == {os.SCHED_OTHER}
     for child in stack["worker"].children():
         assert _nice_of_every_thread(child) == {10}
+        assert _policy_of_every_thread(child) == {os.SCHED_BATCH}
     worker_main = psutil.Process(stack["worker"].pid)
     if os.getsid(worker_main.pid) == worker_main.pid and Path("/proc/self/autogroup").exists():
         assert _autogroup_nice(worker_main) == 10
         assert _autogroup_nice(web) == 0
     stack["worker"].stop()
-    free = pipeline(WAPIPE_WORKER_PROCESSES="2", WAPIPE_WORKER_CPU_AFFINITY="none", WAPIPE_WORKER_NICE="0")
+    free = pipeline(
+        WAPIPE_WORKER_PROCESSES="2",
+        WAPIPE_WORKER_CPU_AFFINITY="none",
+        WAPIPE_WORKER_NICE="0",
+        WAPIPE_WORKER_SCHEDULER="normal",
+    )
     wait_for(lambda: len(free["worker"].children()) >= 3, timeout=30, what="three worker processes")
     assert all(set(child.cpu_affinity()) == cpus for child in free["worker"].children())
     assert all(_nice_of_every_thread(child) == {0} for child in free["worker"].children())
+    assert all(_policy_of_every_thread(child) == {os.SCHED_OTHER} for child in free["worker"].children())
 
 
 def test_one_bad_item_is_dead_lettered_alone_and_the_rest_of_its_envelope_answered(
