@@ -147,21 +147,49 @@ def lower_priority(nice: int) -> tuple[int, bool] | None:
     moment; at the same priority, the worker processes' threads take the cores the web needs (its
     acks waited ~5× longer on the 2-core benchmark machine). The kernel shares the CPU between
     sessions (autogroups) before ``nice`` counts, and a Procfile runner, ``wapipe run`` or the
-    benchmark starts each process in a session of its own: so when this process leads its session,
-    the session's nice is set too (``/proc/self/autogroup``), which only its own processes share.
+    benchmark starts each process in a session of its own: so when the session is this worker's
+    alone (:func:`session_is_ours`), the session's nice is set too (``/proc/self/autogroup``).
     A nice already higher is kept. Returns the nice and whether the session's was set, or None
     when ``nice`` is 0 (the workers run as started).
     """
     if nice <= 0:
         return None
     nice = max(nice, os.getpriority(os.PRIO_PROCESS, 0))
-    os.setpriority(os.PRIO_PROCESS, 0, nice)  # this thread's; the forked processes inherit it
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)  # this thread's; the forked processes inherit it
+    except OSError as error:  # a sandbox that refuses even a lower priority
+        log.warning("worker_priority_refused", extra={"error": error.strerror or type(error).__name__})
+        return None
     session = False
-    if os.getsid(0) == os.getpid():
+    if session_is_ours():
         with contextlib.suppress(OSError):  # no autogroups (disabled, or not Linux)
             Path("/proc/self/autogroup").write_text(f"{nice}\n", encoding="ascii")
             session = True
     return nice, session
+
+
+def session_is_ours() -> bool:
+    """Whether this process's session holds nothing but this process and, leading it, its parent:
+    true when it leads the session (``wapipe run``, a container) or when a Procfile runner started
+    it through a shell of its own (honcho runs ``sh -c 'wapipe worker'`` in a new session); false
+    in a terminal's session, which the web may share. Before the worker processes are forked."""
+    session, me = os.getsid(0), os.getpid()
+    if session == me:
+        return True
+    if session != os.getppid():
+        return False
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="utf-8", errors="replace")
+        except OSError:  # gone meanwhile, or not Linux
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, pgrp, session, …
+        if int(fields[3]) == session:
+            members.add(int(entry.name))
+    return members <= {session, me}
 
 
 def schedule_as_batch(policy: str) -> bool:
@@ -172,10 +200,16 @@ def schedule_as_batch(policy: str) -> bool:
     while that one still holds the GIL, and the two switch back and forth for nothing (a quarter of
     a worker's Python time was spent in ``Condition.notify`` on the 2-core benchmark machine).
     Measured there: 25 % less CPU per message, 40 % more replies per second. Returns whether it
-    was set (not on other systems)."""
+    was set: not on other systems, nor where a sandbox refuses it (then a warning says so)."""
     if policy != "batch" or not hasattr(os, "SCHED_BATCH"):
         return False
-    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # this thread's; inherited
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # this thread's; inherited
+    except OSError as error:
+        log.warning(
+            "worker_batch_scheduling_refused", extra={"error": error.strerror or type(error).__name__}
+        )
+        return False
     return True
 
 

@@ -121,14 +121,19 @@ def test_secrets_in_dotenv_reach_every_process_and_the_handler_loads_from_the_bo
 
 
 @pytest.mark.timeout(240)
+def _autogroup_nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/autogroup").read_text(encoding="ascii").split("nice")[1])
+
+
 def test_the_procfile_under_honcho_serves_the_sandbox_two_workers_and_stops_at_once(
     tmp_path: Path, redis_url: str, rclient: redis.Redis, launch: Callable[..., Proc]
 ) -> None:
     """`honcho start -c worker=2` with the project's Procfile in a bot folder, REDIS_URL set, sandbox
     mode: the web listens on loopback only, `wapipe simulate` gets its answer through the emulator the
     web recorded in Redis (nothing taken from PORT, which honcho sets per process), both workers serve
-    metrics on their own ports, listed for Prometheus; SIGTERM to honcho stops every process within
-    its 5 s grace, without a SIGKILL, and leaves no metrics files behind."""
+    metrics on their own ports, listed for Prometheus; each worker's session (honcho's `sh -c` and
+    the worker's tree) yields the CPU to the web's (autogroup nice 10 against 0); SIGTERM to honcho
+    stops every process within its 5 s grace, without a SIGKILL, and leaves no metrics files behind."""
     folder = bot_folder(tmp_path)
     data_dir = tmp_path / "data"
     port = free_port()
@@ -152,6 +157,11 @@ def test_the_procfile_under_honcho_serves_the_sandbox_two_workers_and_stops_at_o
     web = next(p for p in family(honcho.pid) if p.cmdline()[-2:] == [WAPIPE_SCRIPT, "web"])
     listening = {c.laddr.ip for c in web.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
     assert listening == {"127.0.0.1"}
+    if Path("/proc/self/autogroup").exists():
+        workers = [p for p in family(honcho.pid) if p.cmdline()[-2:] == [WAPIPE_SCRIPT, "worker"]]
+        assert len(workers) == 6  # two workers, each a main process, a pipeline and a media process
+        assert {_autogroup_nice(p.pid) for p in workers} == {10}
+        assert _autogroup_nice(web.pid) == 0
 
     answer = launch("simulate", ["simulate", "--text", "hi honcho"], env, cwd=folder)
     assert wait_exit(answer, timeout=30) == 0, answer.output()
