@@ -1,18 +1,18 @@
 -- parse's one round trip per envelope: claim each item's dedup mark, hand fresh messages on,
 -- record fresh statuses, dead-letter the items that cannot be handled. All of it or none.
 --
--- KEYS: per item its dedup mark (for a message: the mark an earlier release wrote, only read) and its target (a message: the queue list and message hash it
--- goes to, and its journey; a status: its status hash), then per ordered message its conversation's order set,
--- "since" hash and counter, then per dated message its conversation's hash, its user's index
--- of messages and the set of active conversations, then per bad item its queue's dead-letter set, their messages and the
--- reasons hash.
+-- KEYS: per item its dedup mark (for a message: the mark an earlier release wrote, only read) and
+-- its target (a message: the queue list and message hash it goes to, and its journey; a status:
+-- its status hash), then per ordered message its conversation's order set, "since" hash and
+-- counter, then per dated message its conversation's hash, its user's index of messages and the
+-- set of active conversations, then per bad item its queue's dead-letter set, their messages and
+-- the reasons hash.
 -- ARGV: the number of items, of ordered messages and of dated messages, the time now (s), then 12
 -- values per item: kind, owner, dedup TTL (s), '1' to skip the dedup check (replay, no id), then for
 -- a message push's id, data, queue and channel, its journey's first event ('' for none), the
 -- journey's TTL (s), its record's time and digest (records.lua; the TTL is then the record's;
--- '' for none: a business send, claimed by its mark), for
--- a status its status, rank, timestamp, TTL (s), error code ('' for none) and three ''; then 4 values per
--- ordered message: its item's number (1-based), its message id, the time (ms) and the order's TTL
+-- '' for none: a business send, claimed by its mark), for a status its status, rank, timestamp,
+-- TTL (s), error code ('' for none) and three ''; then 4 values per ordered message: its item's number (1-based), its message id, the time (ms) and the order's TTL
 -- (s) — a fresh one takes the next place in its conversation's order; then 6 values per dated
 -- message: its item's number, Meta's timestamp of it (0 if unknown), the conversation's TTL
 -- (s), its message id, its conversation's member of the active set and how long its user's index

@@ -28,6 +28,13 @@ local function rec_expiry(bucket, now, ttl)
   return math.max((bucket + 1) * REC_BUCKET_SECONDS, tonumber(now)) + tonumber(ttl)
 end
 
+-- Keep key until at least `at` (Unix s): an expiry is only ever moved later, so that a bucket's
+-- shard count never expires before one of its shards.
+local function rec_keep(key, at, now)
+  local left = redis.call('TTL', key)
+  if left < 0 or tonumber(now) + left < at then redis.call('EXPIREAT', key, at) end
+end
+
 -- Where the record of (time, digest) is: its hash, the record (false when there is none), the
 -- bucket's key and number. With create, a bucket without records gets its shard count (and lives
 -- ttl seconds after the later of its end and now); without, a missing bucket gives nil.
@@ -41,7 +48,7 @@ local function rec_find(time, digest, create, now, ttl)
     shards = REC_MIN_SHARDS
     while shards * REC_PER_SHARD < before and shards < REC_MAX_SHARDS do shards = shards * 2 end
     redis.call('HSET', meta, 's', shards, 'n', 0)
-    redis.call('EXPIREAT', meta, rec_expiry(bucket, now, ttl))
+    rec_keep(meta, rec_expiry(bucket, now, ttl), now)
   end
   local key = rec_shard(bucket, digest, shards)
   return key, redis.call('HGET', key, digest), meta, bucket
@@ -55,8 +62,8 @@ local function rec_write(time, digest, value, now, ttl)
   if not found then
     local at = rec_expiry(bucket, now, ttl)
     redis.call('HINCRBY', meta, 'n', 1)
-    redis.call('EXPIREAT', key, at)
-    redis.call('EXPIREAT', meta, at)
+    rec_keep(key, at, now)
+    rec_keep(meta, at, now)
   end
 end
 
