@@ -155,7 +155,7 @@ def _claims(
                         handoff.id,
                         _timestamp(item),
                         settings.conversation_ttl_seconds,
-                        context.store.ledger.ttl_seconds,  # as long as the subjects' turns and records
+                        _indexed_for(context),
                     )
                 if context.conversational and user is not None:
                     claims.order_last(handoff.phone_number_id, user, handoff.id, now_ms, ORDER_TTL_SECONDS)
@@ -199,6 +199,16 @@ def _claims(
         letter_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wapipe:{attempt_id}:{index}"))
         claims.add_dead_letter(letter, letter_id, record, now_ms)
     return claims, claimed, bad
+
+
+def _indexed_for(context: Context) -> int:
+    """How long a user's index keeps a message for `wapipe forget`: as long as anything kept under
+    its id may hold something of the user — its turn (a conversation bot's, the record TTL), else
+    the ids of the messages sent in answer and their links, and their delivery statuses."""
+    if context.conversational:
+        return context.store.ledger.ttl_seconds
+    settings = context.settings
+    return max(settings.trace_retention_hours * 3600, settings.status_retention_days * DAY_SECONDS)
 
 
 def _received(context: Context, handoff: MessageItem) -> str:

@@ -204,7 +204,8 @@ def retention_seconds(env: dict[str, str]) -> tuple[dict[str, int], int]:
     traced = settings.trace_retention_hours * 3600
     return {
         "wapipe:rec:…": window,
-        "wapipe:conv:…:messages": window,
+        # The default handler keeps no turns: the index keeps messages as long as their sent ids.
+        "wapipe:conv:…:messages": max(traced, settings.status_retention_days * 86_400),
         "wapipe:journey:…": traced,
         "wapipe:outbound:…": traced,
         "wapipe:reply:…": traced,

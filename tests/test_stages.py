@@ -5,6 +5,7 @@ What a stage hands on is read back from its queue exactly as the next stage woul
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -129,6 +130,16 @@ def test_parse_routes_messages_and_skips_duplicates(worker: Resources, rclient: 
     assert len(queued(rclient, PIPELINE_QUEUE)) == 2
     parse.run(context(worker, "attempt-3", wapipe_replay=True), first)  # an operator's replay
     assert len(queued(rclient, PIPELINE_QUEUE)) == 3
+    # Without a conversation bot nothing kept under a message outlives the 72 h of the sent ids (and
+    # their statuses): the user's index keeps the message for `wapipe forget` that long.
+    index = keys.user_messages(NUMBER, "447700900123")
+    assert set(rclient.zrange(index, 0, -1)) == {b"wamid.P1", b"wamid.P2"}
+    assert 72 * 3600 - 60 < rclient.ttl(index) <= 72 * 3600
+    # A conversation bot keeps each message's turn for the dedup window plus a day: so does the index.
+    talking = dataclasses.replace(worker, conversational=True)
+    other = {"id": "wamid.P3", "from": "447700900124", "type": "text", "text": {"body": "hi"}}
+    parse.run(context(talking, "attempt-4"), _envelope(envelope([other]), "env-4"))
+    assert 9 * 86_400 - 60 < rclient.ttl(keys.user_messages(NUMBER, "447700900124")) <= 9 * 86_400
 
 
 def test_parse_records_statuses_monotonically(worker: Resources, rclient: redis.Redis) -> None:

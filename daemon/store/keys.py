@@ -151,8 +151,8 @@ def order_counter(phone_number_id: str, user: str) -> str:
 
 
 def user_messages(phone_number_id: str, user: str) -> str:
-    """The ledger subjects of a user (their inbound message ids, ``send:<key>``) of the last
-    record TTL, for erasure: a sorted set by when each was added (``lua/index.lua``)."""
+    """The recent ledger subjects of a user (their inbound message ids, ``send:<key>``), for
+    erasure: a sorted set by when each was added, trimmed on each add (``lua/index.lua``)."""
     return f"wapipe:conv:{phone_number_id}:{user}:messages"
 
 

@@ -1,6 +1,7 @@
 -- A user's index of ledger subjects (their message ids, send:<key>), which `wapipe forget` follows:
--- a sorted set scored by when each was added, keeping the last `keep` seconds of them (what the
--- subjects' records, turns and journeys outlive) and expiring `keep` seconds after the last add.
+-- a sorted set scored by when each was added, keeping the last `keep` seconds of them (as long as
+-- what is kept under a subject may hold something of the user: its turn, the links of the messages
+-- sent in answer) and expiring `keep` seconds after the last add.
 -- An earlier release kept it as a plain set, without end: it is turned into the sorted set first.
 local function index_add(key, member, now, keep)
   now, keep = tonumber(now), tonumber(keep)
