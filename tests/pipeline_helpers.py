@@ -49,12 +49,9 @@ def record_of(client: redis.Redis, phone_number_id: str, subject: str) -> record
     bucket; wapipe itself goes straight to the record from the message's time)."""
     field = records.digest(phone_number_id, subject)
     for key in client.scan_iter(match="wapipe:rec:*:*", count=1000):
-        found = client.hget(key, field)
+        found = records.parsed(client.hget(key, field))
         if found is not None:
-            owner, handled, states = found.decode().split("|", 2)
-            return records.Record(
-                owner, int(handled) if handled else None, tuple(records.STATES[c] for c in states)
-            )
+            return found
     return None
 
 

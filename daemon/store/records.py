@@ -63,7 +63,7 @@ def read(client: redis.Redis, phone_number_id: str, subject: str, at: int) -> Re
     shards = client.hget(keys.record_bucket(bucket), "s")
     if shards is None:
         return None
-    return _parsed(client.hget(_shard(bucket, field, shards), field))
+    return parsed(client.hget(_shard(bucket, field, shards), field))
 
 
 async def read_async(client: aioredis.Redis, phone_number_id: str, subject: str, at: int) -> Record | None:
@@ -72,14 +72,15 @@ async def read_async(client: aioredis.Redis, phone_number_id: str, subject: str,
     shards = await client.hget(keys.record_bucket(bucket), "s")
     if shards is None:
         return None
-    return _parsed(await client.hget(_shard(bucket, field, shards), field))
+    return parsed(await client.hget(_shard(bucket, field, shards), field))
 
 
 def _shard(bucket: int, field: bytes, shards: bytes | str) -> str:
     return keys.record_shard(bucket, int.from_bytes(field[:4], "big") % int(shards))
 
 
-def _parsed(value: bytes | str | None) -> Record | None:
+def parsed(value: bytes | str | None) -> Record | None:
+    """A record from its stored value (None for none)."""
     if value is None:
         return None
     text = value.decode() if isinstance(value, bytes) else value

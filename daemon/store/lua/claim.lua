@@ -38,14 +38,14 @@ for i = 1, n do
   local fresh = ARGV[a + 4] == '1'
   if not fresh and kind == 'message' and ARGV[a + 12] ~= '' then
     local time, digest = ARGV[a + 11], ARGV[a + 12]
-    local _, found = rec_find(time, digest, true, now, ttl)
-    if found then
-      local claimed_by = rec_parse(found)
+    local place = rec_find(time, digest, now, ttl)
+    if place.found then
+      local claimed_by = rec_parse(place.found)
       fresh = claimed_by ~= '' and claimed_by == rec_owner(owner)
     else
       local earlier = redis.call('GET', KEYS[k])
       fresh = not earlier or earlier == owner
-      if fresh then rec_write(time, digest, rec_join(rec_owner(owner), '', ''), now, ttl) end
+      if fresh then rec_write(place, rec_join(rec_owner(owner), '', '')) end
     end
   elseif not fresh then
     fresh = redis.call('SET', KEYS[k], owner, 'NX', 'EX', ttl) and true or redis.call('GET', KEYS[k]) == owner

@@ -7,8 +7,8 @@
 --   take_over: claim it whatever its state (an operator accepted a possible second message).
 --   release: give the claim back (the send surely did not happen), the earlier release's entry too.
 local op, time, digest, index, now, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
-local _, found = rec_find(time, digest, true, now, ttl)
-local owner, done, states = rec_parse(found)
+local place = rec_find(time, digest, now, ttl)
+local owner, done, states = rec_parse(place.found)
 local state = rec_state(states, index)
 if op == 'claim' then
   if state == 'S' or state == 'R' then return 'sent' end
@@ -25,5 +25,5 @@ else
   state = '.'
   redis.call('DEL', KEYS[1])
 end
-rec_write(time, digest, rec_join(owner, done, rec_with_state(states, index, state)), now, ttl)
+rec_write(place, rec_join(owner, done, rec_with_state(states, index, state)))
 return 'claimed'

@@ -13,11 +13,11 @@ local r = n + 3
 local digest = ARGV[r + 1]
 if digest ~= '' then
   local time, index, state, handled, now, ttl = ARGV[r], tonumber(ARGV[r + 2]), ARGV[r + 3], ARGV[r + 4], ARGV[r + 5], ARGV[r + 6]
-  local _, found = rec_find(time, digest, true, now, ttl)
-  local owner, done, states = rec_parse(found)
+  local place = rec_find(time, digest, now, ttl)
+  local owner, done, states = rec_parse(place.found)
   if index >= 0 and state ~= '' then states = rec_with_state(states, index, state) end
   if handled ~= '' then done = handled end
-  rec_write(time, digest, rec_join(owner, done, states), now, ttl)
+  rec_write(place, rec_join(owner, done, states))
 end
 local journey = KEYS[n + 1]
 if journey then

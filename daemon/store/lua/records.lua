@@ -35,15 +35,15 @@ local function rec_keep(key, at, now)
   if left < 0 or tonumber(now) + left < at then redis.call('EXPIREAT', key, at) end
 end
 
--- Where the record of (time, digest) is: its hash, the record (false when there is none), the
--- bucket's key and number. With create, a bucket without records gets its shard count (and lives
--- ttl seconds after the later of its end and now); without, a missing bucket gives nil.
-local function rec_find(time, digest, create, now, ttl)
+-- Where the record of (time, digest) is, for rec_write: its hash (key), the record (found, false
+-- when there is none), the bucket's key (meta) and number, the time now and the record TTL. A
+-- bucket without records gets its shard count here (and lives ttl seconds after the later of its
+-- end and now).
+local function rec_find(time, digest, now, ttl)
   local bucket = math.floor(tonumber(time) / REC_BUCKET_SECONDS)
   local meta = 'wapipe:rec:' .. bucket
   local shards = tonumber(redis.call('HGET', meta, 's') or '0')
   if shards == 0 then
-    if not create then return nil, false, meta, bucket end
     local before = tonumber(redis.call('HGET', 'wapipe:rec:' .. (bucket - 1), 'n') or '0')
     shards = REC_MIN_SHARDS
     while shards * REC_PER_SHARD < before and shards < REC_MAX_SHARDS do shards = shards * 2 end
@@ -51,19 +51,19 @@ local function rec_find(time, digest, create, now, ttl)
     rec_keep(meta, rec_expiry(bucket, now, ttl), now)
   end
   local key = rec_shard(bucket, digest, shards)
-  return key, redis.call('HGET', key, digest), meta, bucket
+  return {key = key, found = redis.call('HGET', key, digest), meta = meta, bucket = bucket,
+          digest = digest, now = now, ttl = ttl}
 end
 
--- Set the record of (time, digest) to value. A new record counts in its bucket and keeps the
--- bucket's keys ttl seconds after the later of its end and now.
-local function rec_write(time, digest, value, now, ttl)
-  local key, found, meta, bucket = rec_find(time, digest, true, now, ttl)
-  redis.call('HSET', key, digest, value)
-  if not found then
-    local at = rec_expiry(bucket, now, ttl)
-    redis.call('HINCRBY', meta, 'n', 1)
-    rec_keep(key, at, now)
-    rec_keep(meta, at, now)
+-- Set the record found at place (rec_find) to value. A new record counts in its bucket and keeps
+-- the bucket's keys ttl seconds after the later of its end and now.
+local function rec_write(place, value)
+  redis.call('HSET', place.key, place.digest, value)
+  if not place.found then
+    local at = rec_expiry(place.bucket, place.now, place.ttl)
+    redis.call('HINCRBY', place.meta, 'n', 1)
+    rec_keep(place.key, at, place.now)
+    rec_keep(place.meta, at, place.now)
   end
 end
 
