@@ -34,8 +34,6 @@ from daemon.store import journeys, keys, records, scripts
 #: A stage run's event for a message's journey: (the ledger subject, the event).
 Journey = tuple[str, str]
 
-#: The reply ledger outlives the message dedup window by a day.
-EXTRA_SECONDS = records.EXTRA_SECONDS
 #: How long a write recording a send that happened waits for Redis: rather than leave it "in doubt".
 RECORD_WAIT_SECONDS = 60.0
 
@@ -82,7 +80,7 @@ class ReplyLedger:
         self._client = client
         self._record_script = scripts.register(client, "record")
         self._ledger_script = scripts.register(client, "ledger")
-        self.ttl_seconds = dedup_ttl_seconds + EXTRA_SECONDS
+        self.ttl_seconds = dedup_ttl_seconds + records.EXTRA_SECONDS
         self.kept_seconds = self.ttl_seconds if kept_seconds is None else kept_seconds
 
     def _claims(self, operation: str, subject: Subject, index: int) -> str:
