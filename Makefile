@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck check clean bench bench-publish install fuzz
+.PHONY: run example screenshot test lint typecheck check clean bench bench-publish install fuzz
 
 # `make run` needs wapipe and the embedded Redis; `make test` adds the test tools.
 $(STAMP): pyproject.toml
@@ -22,6 +22,15 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/wapipe run
+
+# The example pizza bot in the sandbox: chat with it at http://127.0.0.1:8080/sandbox/chat
+example: $(STAMP)
+	cd examples && WAPIPE_HANDLER=pizza:bot ../$(BIN)/wapipe run
+
+# Redraws docs/chat.png, the README's picture of the chat page, from the browser test that walks
+# the example bot's menu (Debian's chromium and chromium-driver).
+screenshot: $(TESTSTAMP)
+	WAPIPE_SCREENSHOT=$(CURDIR)/docs/chat.png $(BIN)/pytest tests/test_chat_browser.py -k menu -p no:cacheprovider -q
 
 lint: $(TESTSTAMP)
 	$(BIN)/ruff check daemon actors tests bench examples

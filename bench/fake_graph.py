@@ -59,7 +59,8 @@ def handle(method: str, path: str, body: bytes) -> bytes:
     assert isinstance(message, dict)
     refused = core.check_send(message)
     if refused is not None:
-        return response(f"{refused[0]} Refused", json.dumps(core.error_body(refused[1], refused[2])).encode())
+        refusal = core.error_body(refused.code, refused.message, details=refused.details)
+        return response(f"{refused.status} Refused", json.dumps(refusal).encode())
     now = time.time()
     sends.append(now)
     message_id = str(core.in_reply_to(message))

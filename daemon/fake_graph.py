@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from daemon import send_rules
+
 #: A path under the Graph API's base (``/{version}/…``), or a media download.
 _MESSAGES = re.compile(r"^/(?P<version>v\d+\.\d+)/(?P<phone_number_id>[^/]+)/messages$")
 _MEDIA_UPLOAD = re.compile(r"^/(?P<version>v\d+\.\d+)/(?P<phone_number_id>[^/]+)/media$")
@@ -70,15 +72,9 @@ TOKEN_REFUSED = (401, 190, "Invalid OAuth access token")
 UNKNOWN_MEDIA = (400, 100, "Invalid parameter: unknown media id")
 
 
-def check_send(body: object) -> tuple[int, int, str] | None:
-    """Meta's checks of a send or read receipt body: (status, code, message) of the refusal, or None."""
-    if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
-        return (400, 100, "Invalid parameter: messaging_product must be whatsapp")
-    if body.get("status") == "read":
-        return None
-    if not (body.get("to") or body.get("recipient")) or not body.get("type"):
-        return (400, 131008, "Required parameter is missing: to/recipient and type")
-    return None
+def check_send(body: object) -> send_rules.Refusal | None:
+    """Meta's checks of a send, read receipt or typing indicator body: the refusal, or None."""
+    return send_rules.refusal(body)
 
 
 def recipient_of(body: dict[str, Any]) -> str:

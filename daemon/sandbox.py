@@ -13,13 +13,14 @@ The outbox holds users' numbers and texts: it answers loopback clients and holde
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from aiohttp import BodyPartReader, web
@@ -28,6 +29,9 @@ from daemon import fake_graph
 from daemon.config import SANDBOX_GRAPH_PATH
 from daemon.sandbox_link import IDENTITY_PATH, IN_REPLY_TO_HEADER, PROOF_HEADER, new_token, proof
 from daemon.store import keys
+
+if TYPE_CHECKING:
+    from daemon.sandbox_chat import Chat
 
 OUTBOX_KEY = keys.SANDBOX_OUTBOX
 #: The outbox keeps the most recent entries only.
@@ -41,8 +45,9 @@ def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else (value or "")
 
 
-def _error(status: int, code: int, message: str) -> web.Response:
-    return web.json_response(fake_graph.error_body(code, message, fbtrace_id="sandbox"), status=status)
+def _error(status: int, code: int, message: str, details: str | None = None) -> web.Response:
+    body = fake_graph.error_body(code, message, details=details, fbtrace_id="sandbox")
+    return web.json_response(body, status=status)
 
 
 class Emulator:
@@ -61,6 +66,8 @@ class Emulator:
         self.max_upload_bytes = max_upload_bytes
         self.token = token or new_token()
         self.web_url: str | None = None
+        #: The chat page's side of the simulated phones (:mod:`daemon.sandbox_chat`), once mounted.
+        self.chat: Chat | None = None
         self._proof = proof(self.token)
 
     def authorised(self, request: web.Request) -> bool:
@@ -87,13 +94,16 @@ class Emulator:
             return _error(400, 100, "Invalid parameter: body is not JSON")
         refused = fake_graph.check_send(body)
         if refused is not None:
-            return _error(*refused)
+            return _error(refused.status, refused.code, refused.message, refused.details)
         phone_number_id = request.match_info["phone_number_id"]
         if body.get("status") == "read":
             await self._record(
                 request,
                 {"kind": "read", "phone_number_id": phone_number_id, "message_id": body.get("message_id")},
             )
+            if self.chat is not None:
+                typing = body.get("typing_indicator") is not None
+                await self.chat.message_read(self.redis_of(request), str(body["message_id"]), typing)
             return web.json_response(fake_graph.READ_ANSWER)
         recipient = fake_graph.recipient_of(body)
         out_id = f"wamid.sandbox.{uuid.uuid4().hex}"
@@ -102,6 +112,8 @@ class Emulator:
         if in_reply_to:
             entry["in_reply_to"] = in_reply_to[:256]
         await self._record(request, entry)
+        if self.chat is not None:
+            await self.chat.message_sent(self.redis_of(request), {**entry, "to": recipient})
         return web.json_response(fake_graph.send_answer(recipient, out_id))
 
     async def _record(self, request: web.Request, entry: dict[str, Any]) -> None:
@@ -157,10 +169,16 @@ class Emulator:
                 return _error(400, 131053, "Media upload error: file too large")
         if content is None or not mime:
             return _error(400, 131008, "Required parameter is missing: file and type")
+        media = await self.store_media(self.redis_of(request), content, mime)
+        return web.json_response({"id": media["id"]})
+
+    async def store_media(self, client: aioredis.Redis, content: bytes, mime: str) -> dict[str, str]:
+        """Keep an uploaded medium as Meta does (for 30 days); its new ``id`` and its ``sha256`` as
+        an inbound webhook gives it (base64)."""
         media_id = str(uuid.uuid4().int)[:16]
         key = keys.sandbox_media(media_id)
         digest = hashlib.sha256(content)
-        async with self.redis_of(request).pipeline(transaction=True) as pipe:
+        async with client.pipeline(transaction=True) as pipe:
             pipe.hset(
                 key,
                 mapping={
@@ -172,7 +190,7 @@ class Emulator:
             )
             pipe.expire(key, MEDIA_TTL_SECONDS)
             await pipe.execute()
-        return web.json_response({"id": media_id})
+        return {"id": media_id, "sha256": base64.b64encode(digest.digest()).decode()}
 
     async def outbox(self, request: web.Request) -> web.Response:
         """What the deployment sent, oldest first: for loopback clients and holders of the token."""

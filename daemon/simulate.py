@@ -50,6 +50,18 @@ def meta_body(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).replace("/", "\\/").encode("ascii")
 
 
+def business_number(settings: Settings) -> str:
+    """The business number simulated users write to: the first of ``WAPIPE_PHONE_NUMBER_IDS``, or
+    :data:`SANDBOX_PHONE_NUMBER_ID`."""
+    return min(settings.phone_number_ids) if settings.phone_number_ids else SANDBOX_PHONE_NUMBER_ID
+
+
+def digits(number: str) -> str | None:
+    """A number as people write it (``+351 910-000 001``) in digits, or None when it is not one."""
+    plain = "".join(c for c in number if c not in "+-() ")
+    return plain if plain.isdigit() and 5 <= len(plain) <= 20 else None
+
+
 def envelope(phone_number_id: str, sender: str, message: dict[str, Any]) -> dict[str, Any]:
     value = {
         "messaging_product": "whatsapp",
@@ -103,7 +115,7 @@ async def simulate(
     if not user.isdigit() or not 5 <= len(user) <= 20:
         raise SimulateError(f"--from {user}: a phone number in digits, like {SANDBOX_USER}", EXIT_CONFIG)
     content = _read_image(image) if image is not None else None
-    phone_number_id = min(settings.phone_number_ids) if settings.phone_number_ids else SANDBOX_PHONE_NUMBER_ID
+    phone_number_id = business_number(settings)
     message_id = f"wamid.sim.{uuid.uuid4().hex}"
     sent_at = int(time.time())
     message: dict[str, Any] = {"from": user, "id": message_id, "timestamp": str(sent_at)}
@@ -151,23 +163,32 @@ async def _choice(
             or str(sent.get("to") or sent.get("recipient") or "").lstrip("+") != user
         ):
             continue
-        for choice in _choices(sent, "button" if button is not None else "list"):
-            if choice.get("id") == wanted:
-                context = {"from": str(entry.get("phone_number_id")), "id": str(entry.get("id"))}
-                if button is not None:
-                    reply = {
-                        "type": "button_reply",
-                        "button_reply": {"id": wanted, "title": choice.get("title")},
-                    }
-                else:
-                    row = {key: choice[key] for key in ("id", "title", "description") if key in choice}
-                    reply = {"type": "list_reply", "list_reply": row}
-                return {"type": "interactive", "interactive": reply, "context": context}
+        context = {"from": str(entry.get("phone_number_id")), "id": str(entry.get("id"))}
+        pressed = choice_reply(sent, "button" if button is not None else "list", wanted, context)
+        if pressed is not None:
+            return pressed
     flag = "--button" if button is not None else "--list-row"
     raise SimulateError(f"{flag} {wanted}: no message sent to {user} offers it", EXIT_CONFIG)
 
 
-def _choices(sent: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+def choice_reply(
+    sent: dict[str, Any], kind: str, wanted: object, context: dict[str, str]
+) -> dict[str, Any] | None:
+    """The ``interactive`` message Meta's webhook carries when the user presses reply button
+    (``kind`` "button") or picks list row ("list") ``wanted`` of the ``sent`` message, quoting it
+    (``context``); None when ``sent`` offers no such choice."""
+    for choice in choices(sent, kind):
+        if choice.get("id") == wanted:
+            if kind == "button":
+                reply = {"type": "button_reply", "button_reply": {"id": wanted, "title": choice.get("title")}}
+            else:
+                row = {key: choice[key] for key in ("id", "title", "description") if key in choice}
+                reply = {"type": "list_reply", "list_reply": row}
+            return {"type": "interactive", "interactive": reply, "context": context}
+    return None
+
+
+def choices(sent: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     """The reply buttons (``kind`` "button") or list rows ("list") a sent message offers."""
     interactive = sent.get("interactive") if sent.get("type") == "interactive" else None
     if not isinstance(interactive, dict) or interactive.get("type") != kind:

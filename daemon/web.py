@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from daemon import envelope, logs, metrics, outgoing, sandbox, signature
+from daemon import envelope, logs, metrics, outgoing, sandbox, sandbox_chat, signature
 from daemon.config import Settings
 from daemon.pipeline import QUEUES, VERIFY, Webhook
 from daemon.sandbox_link import Announcer, EmulatorRecord
@@ -320,6 +320,8 @@ def make_app(settings: Settings, redis_url: str) -> web.Application:
         emulator = sandbox.Emulator(lambda request: request.app[REDIS], settings.max_body_bytes)
         app[EMULATOR] = emulator
         sandbox.mount(app, emulator)
+        emulator.chat = sandbox_chat.Chat(settings, emulator, lambda request: request.app[REDIS])
+        sandbox_chat.mount(app, emulator.chat)
     return app
 
 

@@ -8,6 +8,8 @@ Run it in the sandbox from this folder::
     wapipe simulate --list-row margherita
     wapipe simulate --button qty_2
     wapipe simulate --button confirm
+
+or open http://127.0.0.1:8080/sandbox/chat and click through it.
 """
 
 from __future__ import annotations
@@ -102,6 +104,17 @@ def cancel(message: InboundMessage, conversation: Conversation) -> list[Outbound
     conversation.variables.pop("pizza", None)
     conversation.variables.pop("count", None)
     return [Text("Cancelled. Say 'menu' when you are hungry.")]
+
+
+@bot.on(kind=["image", "document"])
+def attachment(message: InboundMessage, conversation: Conversation) -> list[Outbound]:
+    stored = message.stored_media
+    size = f" ({stored.size:,} bytes, safely stored)" if stored is not None else ""
+    return [
+        Text(
+            f"Thanks for the {message.type}{size}! We can't bake it, though: say *menu* to order a pizza.",
+        )
+    ]
 
 
 @bot.fallback

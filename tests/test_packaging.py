@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
 import zipfile
 from email.parser import Parser
 from pathlib import Path
@@ -72,6 +73,7 @@ def test_the_wheel_carries_its_license_metadata_and_keeps_redis_optional(wheel: 
         files = [
             *(ROOT / package).rglob("*.py"),
             *(ROOT / package).rglob("*.lua"),
+            *(ROOT / package).glob("chat/*"),  # the sandbox chat page's files
             ROOT / package / "py.typed",
         ]
         wanted = {p.relative_to(ROOT / package).as_posix() for p in files}
@@ -90,7 +92,8 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.timeout(600)
 def test_the_installed_wheel_runs_a_sandbox_round_trip(venv: Path, tmp_path: Path) -> None:
     """`wapipe --version` from the virtualenv, `daemon` imported from its site-packages (not this
-    checkout), then `wapipe run` in an empty folder answers `wapipe simulate`."""
+    checkout), then `wapipe run` in an empty folder answers `wapipe simulate` and serves the chat
+    page's files."""
     wapipe = str(venv / "bin" / "wapipe")
     assert run(wapipe, "--version", cwd=tmp_path) == f"wapipe {__version__}\n"
     where = run(
@@ -120,6 +123,11 @@ def test_the_installed_wheel_runs_a_sandbox_round_trip(venv: Path, tmp_path: Pat
             check=False,
         )
         assert (answer.returncode, answer.stdout) == (0, "You said: from the wheel\n"), answer.stderr
+        page = f"http://127.0.0.1:{env['PORT']}/sandbox/chat"
+        for url in (page, f"{page}/assets/chat.js", f"{page}/assets/chat.css"):
+            with urllib.request.urlopen(url, timeout=10) as served:  # the chat page's files, from the wheel
+                assert served.status == 200
+                assert len(served.read()) > 1000
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)

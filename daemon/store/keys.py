@@ -22,6 +22,8 @@ DEAD_LETTER_REASONS = "wapipe:dlq:reasons"
 SANDBOX_OUTBOX = "wapipe:sandbox:outbox"
 #: Sandbox: the running emulator's address and token.
 SANDBOX_EMULATOR = "wapipe:sandbox:emulator"
+#: Sandbox chat page: simulated user's number → their name.
+SANDBOX_CHAT_USERS = "wapipe:sandbox:chat:users"
 #: Conversations by the time of their user's last message: ``<phone_number_id>:<user>`` → Unix s.
 ACTIVE_CONVERSATIONS = "wapipe:active"
 #: Stands in for the dedup mark of an item without an id (never read or written).
@@ -175,3 +177,13 @@ def journey(subject: str) -> str:
 def outbound(outbound_id: str) -> str:
     """What a message wapipe sent answered: its number, ledger subject, index and user (JSON)."""
     return f"wapipe:outbound:{outbound_id}"
+
+
+def sandbox_chat(user: str) -> str:
+    """Sandbox chat page: the stream of what ``user`` sent and received, as the page shows it."""
+    return f"wapipe:sandbox:chat:{user}"
+
+
+def sandbox_chat_sender(message_id: str) -> str:
+    """Sandbox chat page: which simulated user sent inbound ``message_id`` (for its read ticks)."""
+    return f"wapipe:sandbox:chat:from:{message_id}"

@@ -161,11 +161,17 @@ def sandbox_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def sandbox_deployment(folder: Path, handler: str) -> Iterator[dict[str, str]]:
+def sandbox_deployment(
+    folder: Path, handler: str, *, data_dir: Path | None = None, port: int | None = None
+) -> Iterator[dict[str, str]]:
     """`wapipe run` in sandbox mode started from ``folder`` (a bot's folder) with
-    ``WAPIPE_HANDLER=handler``; yields its environment, and stops everything on exit."""
-    data_dir = Path(tempfile.mkdtemp(prefix="wapipe-sbx-"))  # short: a unix socket lives there
-    env = sandbox_env(data_dir, free_port(), WAPIPE_HANDLER=handler)
+    ``WAPIPE_HANDLER=handler``; yields its environment, and stops everything on exit. Given a
+    ``data_dir`` (the caller's, kept) and a ``port``, a second deployment starts where one stopped."""
+    own = data_dir is None
+    data_dir = (
+        Path(tempfile.mkdtemp(prefix="wapipe-sbx-")) if data_dir is None else data_dir
+    )  # short: a socket
+    env = sandbox_env(data_dir, port or free_port(), WAPIPE_HANDLER=handler)
     run = Proc("run", ["run"], env, data_dir, cwd=folder, command=[WAPIPE_SCRIPT])
     try:
         wait_for(lambda: "worker_ready" in run.output() or not run.alive(), timeout=60, what="wapipe run")
@@ -174,7 +180,8 @@ def sandbox_deployment(folder: Path, handler: str) -> Iterator[dict[str, str]]:
         yield env
     finally:
         run.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if own:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def wapipe(folder: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
