@@ -2,8 +2,11 @@
 
 Mounted only in sandbox mode (no Meta setting at all). It answers what the worker calls — send,
 mark read, media URL, media download — plus media upload (for ``wapipe simulate --image``), the
-way Meta's Graph API does, and keeps what it was sent in Redis so that every web process sees
-the same outbox and it survives a restart.
+way Meta's Graph API does — refusing what Meta refuses, with Meta's codes
+(:mod:`daemon.send_rules`) — and keeps what it was sent in Redis so that every web process sees
+the same outbox and it survives a restart. It also plays the users' phones
+(:mod:`daemon.sandbox_chat`): the chat page shows what they were sent, and their delivery
+statuses come back to ``/webhook``.
 
 Its bearer token is random, made when the web starts and recorded with its address in Redis
 (:mod:`daemon.sandbox_link`): only the processes of this deployment can use it. Every answer under
