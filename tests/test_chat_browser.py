@@ -131,9 +131,12 @@ def new_user(base: str, name: str) -> str:
 
 
 def wait(driver: Any, condition: Callable[[Any], Any], what: str) -> Any:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT_SECONDS, poll_frequency=0.05).until(
+    # A part the page redrew meanwhile is looked at again at the next poll.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, WAIT_SECONDS, poll_frequency=0.05, ignored_exceptions=ignored).until(
         condition, message=f"waiting for {what}"
     )
 
@@ -345,3 +348,24 @@ def test_the_readme_shows_the_page_as_the_browser_drew_it() -> None:
     head = (EXAMPLES.parent / "docs" / "chat.png").read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     assert int.from_bytes(head[16:20], "big") == 1100
+
+
+def test_a_user_added_on_the_page_shares_a_location(browsers: Browser, shop: str) -> None:
+    """ "+ Add" makes a new simulated user and opens their chat (in the URL too, for a second
+    window); the location button asks for coordinates and sends them as a location the bot answers."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+
+    page = browsers(f"{shop}/sandbox/chat")
+    wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, ".user"), "the users")
+    page.find_element(By.ID, "new-user-name").send_keys("Helena")
+    page.find_element(By.ID, "new-user").click()
+    chosen = wait(page, lambda d: next((u for u in d.find_elements(By.CSS_SELECTOR, ".user.selected") if "Helena" in u.text), None),
+                  "Helena chosen")  # fmt: skip
+    assert page.current_url.endswith(f"?user={chosen.get_attribute('data-number')}")
+    page.find_element(By.ID, "location").click()
+    prompt = wait(page, expected_conditions.alert_is_present(), "the location prompt")
+    prompt.send_keys("38.7139, -9.1394, Pizza Lisboa")
+    prompt.accept()
+    bot_said(page, "Say 'menu' to see what we bake.")
+    assert "Pizza Lisboa" in page.find_element(By.CSS_SELECTOR, ".msg.in").text
