@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,6 +25,7 @@ from daemon.sandbox_chat import FIRST_USER
 from daemon.signature import verify
 from daemon.simulate import SANDBOX_PHONE_NUMBER_ID
 from daemon.store import keys
+from daemon.store.erasure import forget
 from daemon.web import EMULATOR, make_app
 from tests.support.procs import base_env
 from tests.support.waiting import async_wait_for
@@ -360,3 +362,24 @@ async def test_a_real_client_library_is_answered_like_meta_answers_it(sandbox: S
     sent = [e["message"]["type"] for e in sandbox.events() if e["kind"] == "out"]
     assert sent == ["text", "interactive", "interactive", "interactive", "location", "reaction", "image", "image",
                     "template", "contacts"]  # fmt: skip
+
+
+async def test_forget_erases_what_the_chat_page_kept_of_the_user(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`wapipe forget` removes the user's stream, the media they attached, who sent each message
+    and their name; another user's chat stays."""
+    await sandbox.api("users", {"name": "Ana"})
+    await sandbox.api("send", {"user": USER, "type": "text", "text": "my secret order"})
+    form = aiohttp.FormData()
+    form.add_field("user", USER)
+    form.add_field("file", PNG, filename="cat.png", content_type="image/png")
+    async with sandbox.client.post("/sandbox/chat/api/media", data=form) as response:
+        assert response.status == 200
+    await sandbox.bot_sends({"to": "15550009999", "type": "text", "text": {"body": "someone else"}})
+    image = sandbox.events()[-2]["message"]["image"]["id"]
+    assert sandbox.redis.exists(keys.sandbox_media(image))
+    await asyncio.to_thread(forget, sandbox.redis, SANDBOX_PHONE_NUMBER_ID, USER, tmp_path)
+    assert sandbox.events() == []
+    assert not sandbox.redis.exists(keys.sandbox_media(image))
+    assert not sandbox.redis.keys("wapipe:sandbox:chat:from:*")
+    assert not sandbox.redis.hexists(keys.SANDBOX_CHAT_USERS, USER)
+    assert len(sandbox.events("15550009999")) == 1

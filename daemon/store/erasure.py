@@ -4,7 +4,8 @@ It follows the user's index (every inbound message id parse saw from them, every
 them, every media file they sent; :mod:`daemon.store.conversations`) and removes: the conversation
 (state, variables, history, order, index), each message's dedup mark, turn, journey, reply ledger
 entries, handled mark, and the statuses and links of the messages sent in answer, the per-recipient rate limit, the
-dead letters of their messages, the sandbox outbox entries to or about them, and the media files.
+dead letters of their messages, the sandbox outbox entries to or about them, what the sandbox chat
+page keeps of them (their stream, the media they attached), and the media files.
 
 Messages still queued or in flight when it runs are not touched: run it when the user's messages
 have been handled (an erasure request is not that urgent), or run it again afterwards.
@@ -82,8 +83,10 @@ def forget(client: redis.Redis, phone_number_id: str, user: str, media_dir: Path
                         match=_glob(keys.seen_status(outbound_id, "")) + "*", count=100
                     )
                 }
+    doomed |= _sandbox_chat(client, user)
     removed_keys = int(client.delete(*doomed)) if doomed else 0
     client.zrem(keys.ACTIVE_CONVERSATIONS, f"{phone_number_id}:{user}")
+    client.hdel(keys.SANDBOX_CHAT_USERS, user)
     letters = 0
     for letter in deadletters.all_letters(client):
         if _concerns(letter.message.get("kwargs") or {}, phone_number_id, user, subjects):
@@ -108,6 +111,24 @@ def forget(client: redis.Redis, phone_number_id: str, user: str, media_dir: Path
         },
     )
     return erased
+
+
+def _sandbox_chat(client: redis.Redis, user: str) -> set[str]:
+    """The sandbox chat page's keys of ``user``: their stream, who sent each of their messages,
+    and the media they attached (the stream names them)."""
+    stream = keys.sandbox_chat(user)
+    found: set[str] = {stream}
+    events: Any = client.xrange(stream)
+    for _, fields in events:
+        event = json.loads(fields[b"e"])
+        if event.get("kind") != "in":
+            continue
+        found.add(keys.sandbox_chat_sender(str(event.get("id"))))
+        message = event.get("message") or {}
+        part = message.get(message.get("type"))
+        if isinstance(part, dict) and isinstance(part.get("id"), str):
+            found.add(keys.sandbox_media(part["id"]))
+    return found
 
 
 def _glob(text: str) -> str:
