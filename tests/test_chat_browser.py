@@ -224,7 +224,8 @@ def test_the_menu_is_walked_by_clicking_its_buttons_and_a_list_row(browsers: Bro
 
 def test_an_image_from_disk_is_previewed_and_answered(browsers: Browser, shop: str, tmp_path: Path) -> None:
     """An image picked from disk shows in the user's bubble (from the emulator) and the bot answers
-    it, having fetched and stored it through the media stage."""
+    it, having fetched and stored it through the media stage; a file over the sandbox's limit is
+    refused in one line and sends nothing."""
     from selenium.webdriver.common.by import By
 
     picture = tmp_path / "pizza.png"
@@ -239,6 +240,12 @@ def test_an_image_from_disk_is_previewed_and_answered(browsers: Browser, shop: s
         lambda d: d.execute_script("return arguments[0].naturalWidth", image) == 1,
         "the preview to load",
     )
+    too_big = tmp_path / "huge.png"
+    too_big.write_bytes(PNG + bytes(4_000_000))
+    page.find_element(By.ID, "file").send_keys(str(too_big))
+    banner = wait(page, lambda d: (e := d.find_element(By.ID, "error")).is_displayed() and e, "the refusal")
+    assert "larger than this sandbox takes" in banner.text
+    assert len(page.find_elements(By.CSS_SELECTOR, ".msg.in")) == 1
 
 
 def test_two_users_side_by_side_see_only_their_own_chat(browsers: Browser, shop: str) -> None:

@@ -58,6 +58,7 @@ async function call(path, body) {
   }
   const found = await answer.json().catch(() => ({}));
   if (!answer.ok) {
+    if (answer.status === 413) found.error = "That file is larger than this sandbox takes (WAPIPE_MAX_BODY_BYTES, 3.5 MB unless set).";
     showError(found.error || `${path}: ${answer.status}`);
     throw new Error(found.error || String(answer.status));
   }
