@@ -244,7 +244,7 @@ def test_an_image_from_disk_is_previewed_and_answered(browsers: Browser, shop: s
     too_big.write_bytes(PNG + bytes(4_000_000))
     page.find_element(By.ID, "file").send_keys(str(too_big))
     banner = wait(page, lambda d: (e := d.find_element(By.ID, "error")).is_displayed() and e, "the refusal")
-    assert "larger than this sandbox takes" in banner.text
+    assert "larger than this sandbox takes (WAPIPE_MAX_BODY_BYTES" in banner.text
     assert len(page.find_elements(By.CSS_SELECTOR, ".msg.in")) == 1
 
 
@@ -344,6 +344,28 @@ def test_every_kind_the_bot_sends_is_drawn(browsers: Browser, deployment: dict[s
     bot_sends(deployment, user, [read])
     wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#messages .typing"), "the typing indicator")
     assert page.find_element(By.ID, "presence").text == "typing…"
+
+
+def test_the_user_reacts_to_the_bots_message(browsers: Browser, shop: str) -> None:
+    """Hovering a bot's message offers reactions; the one picked shows under it and goes to the bot
+    as Meta's reaction webhook (the pizza bot answers it with its fallback)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    page = browsers(f"{shop}/sandbox/chat?user={new_user(shop, 'Ines')}")
+    type_text(page, "menu")
+    welcome = bot_said(page, "Welcome to Pizza Lisboa!")
+    ActionChains(page).move_to_element(welcome).perform()
+    click(page, ".msg.out .react")
+    click(page, ".emoji-picker button")
+    wait(
+        page,
+        lambda d: welcome.find_elements(By.CSS_SELECTOR, ".reactions.mine"),
+        "the reaction under the message",
+    )
+    bot_said(page, "Say 'menu' to see what we bake.")
+    assert texts(page, "in") == ["menu"]
+    assert [m.get_attribute("data-type") for m in page.find_elements(By.CSS_SELECTOR, ".msg.in")] == ["text"]
 
 
 def test_the_readme_shows_the_page_as_the_browser_drew_it() -> None:

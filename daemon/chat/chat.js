@@ -45,7 +45,9 @@ function showError(text) {
   box.hidden = !text;
 }
 
-async function call(path, body) {
+// POST to the page's API; a failure shows in the banner, a success clears it (not for `quiet`
+// calls the page makes by itself, such as read reports).
+async function call(path, body, quiet = false) {
   const options = body instanceof FormData
     ? { method: "POST", body }
     : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
@@ -53,16 +55,16 @@ async function call(path, body) {
   try {
     answer = await fetch(API + path, options);
   } catch (error) {
-    showError("The sandbox web is not answering: is `wapipe run` still running?");
+    if (!quiet) showError("The sandbox web is not answering: is `wapipe run` still running?");
     throw error;
   }
   const found = await answer.json().catch(() => ({}));
   if (!answer.ok) {
     if (answer.status === 413) found.error = "That file is larger than this sandbox takes (WAPIPE_MAX_BODY_BYTES, 3.5 MB unless set).";
-    showError(found.error || `${path}: ${answer.status}`);
+    if (!quiet) showError(found.error || `${path}: ${answer.status}`);
     throw new Error(found.error || String(answer.status));
   }
-  showError("");
+  if (!quiet) showError("");
   return found;
 }
 
@@ -124,7 +126,11 @@ function listen() {
 }
 
 function show(event) {
-  if (event.kind === "in") addMessage(event, "in");
+  if (event.kind === "in") {
+    // A reaction is no bubble of its own on WhatsApp: it shows under the message it reacts to.
+    if (event.message.type === "reaction") react(event.message.reaction, true);
+    else addMessage(event, "in");
+  }
   else if (event.kind === "out") {
     hideTyping();
     if (event.message.type === "reaction") react(event.message.reaction);
@@ -181,7 +187,7 @@ function markRead(id) {
   state.readTimer = setTimeout(() => {
     if (document.visibilityState !== "visible" || !state.unread.length) return;
     const ids = state.unread.splice(0, 100);
-    call("read", { user: state.user, ids }).catch(() => state.unread.unshift(...ids));
+    call("read", { user: state.user, ids }, true).catch(() => state.unread.unshift(...ids));
   }, 300);
 }
 document.addEventListener("visibilitychange", () => state.unread.length && markRead(state.unread.pop()));
@@ -199,12 +205,12 @@ function hideTyping() {
   if (state.user) $("#presence").textContent = "online";
 }
 
-function react(reaction) {
+function react(reaction, mine = false) {
   const bubble = state.byId.get(reaction.message_id);
   if (!bubble) return;
   let badge = bubble.querySelector(".reactions");
   if (!reaction.emoji) { badge?.remove(); bubble.classList.remove("reacted"); return; }
-  if (!badge) { badge = el("span", { class: "reactions" }); bubble.append(badge); }
+  if (!badge) { badge = el("span", { class: mine ? "reactions mine" : "reactions" }); bubble.append(badge); }
   badge.textContent = reaction.emoji;
   bubble.classList.add("reacted");
 }
@@ -215,9 +221,6 @@ function pickEmoji(bubble, id) {
     type: "button", onclick: async () => {
       picker.remove();
       await call("send", { user: state.user, type: "reaction", message_id: id, emoji });
-      let mine = bubble.querySelector(".reactions.mine");
-      if (!mine) { mine = el("span", { class: "reactions mine" }); bubble.append(mine); }
-      mine.textContent = emoji; bubble.classList.add("reacted");
     },
   }, emoji)));
   bubble.append(picker);
