@@ -150,7 +150,8 @@ class Chat:
         if user is None:
             return
         await append(client, user, _event("out", id=entry["id"], message=entry["message"]))
-        self._later(self._statuses(client, user, entry["id"], ("sent", "delivered")))
+        number = str(entry["phone_number_id"])
+        self._later(self._statuses(number, user, entry["id"], ("sent", "delivered")))
 
     async def message_read(self, client: aioredis.Redis, message_id: str, typing: bool) -> None:
         """The bot marked an inbound message read (and maybe showed "typing…")."""
@@ -170,8 +171,10 @@ class Chat:
         task.add_done_callback(self._tasks.discard)
 
     async def _statuses(
-        self, client: aioredis.Redis, user: str, message_id: str, states: tuple[str, ...]
+        self, phone_number_id: str, user: str, message_id: str, states: tuple[str, ...]
     ) -> None:
+        """Post the statuses of message ``message_id`` (sent from ``phone_number_id``) to ``user``,
+        in order, each as a webhook of its own, as Meta does."""
         for state in states:
             status = {
                 "id": message_id,
@@ -180,15 +183,17 @@ class Chat:
                 "recipient_id": user,
             }
             try:
-                await self._post(self._value(user, statuses=[status]))
+                await self._post(self._value(user, phone_number_id, statuses=[status]))
             except ChatRefused as refused:
                 log.warning("sandbox_status_not_posted", extra={"status": state, "reason": refused.reason})
                 return
 
-    def _value(self, user: str, *, name: str | None = None, **items: Any) -> bytes:
+    def _value(self, user: str, phone_number_id: str, *, name: str | None = None, **items: Any) -> bytes:
+        """A webhook's body as Meta sends it: one change of ``phone_number_id`` with ``items``
+        (``messages`` from ``user``, named ``name``, or ``statuses``)."""
         value: dict[str, Any] = {
             "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550000000", "phone_number_id": self.phone_number_id},
+            "metadata": {"display_phone_number": "15550000000", "phone_number_id": phone_number_id},
             **items,
         }
         if "messages" in items:
@@ -361,7 +366,9 @@ class Chat:
         name = await client.hget(keys.SANDBOX_CHAT_USERS, user)
         await client.set(keys.sandbox_chat_sender(message_id), user, ex=STREAM_TTL_SECONDS)
         await append(client, user, _event("in", id=message_id, message=message))
-        body = self._value(user, name=None if name is None else _str(name), messages=[message])
+        body = self._value(
+            user, self.phone_number_id, name=None if name is None else _str(name), messages=[message]
+        )
         try:
             await self._post(body)
         except ChatRefused as refused:
@@ -383,9 +390,8 @@ class Chat:
             or len(ids) > 100
         ):
             raise ChatRefused(400, "ids: up to 100 message ids")
-        client = self.redis_of(request)
         for message_id in ids:
-            self._later(self._statuses(client, user, message_id, ("read",)))
+            self._later(self._statuses(self.phone_number_id, user, message_id, ("read",)))
         return web.json_response({"read": len(ids)})
 
     async def media_content(self, request: web.Request) -> web.Response:

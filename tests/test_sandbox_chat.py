@@ -53,10 +53,10 @@ class Sandbox:
         async with self.client.post(f"/sandbox/chat/api/{path}", json=body) as response:
             return response.status, await response.json()
 
-    async def bot_sends(self, message: dict[str, Any]) -> str:
-        """The worker's side: a send to the emulated Graph API; the new message's id."""
+    async def bot_sends(self, message: dict[str, Any], number: str = SANDBOX_PHONE_NUMBER_ID) -> str:
+        """The worker's side: a send from ``number`` to the emulated Graph API; the new message's id."""
         body = {"messaging_product": "whatsapp", "recipient_type": "individual", **message}
-        async with self.client.post(f"/sandbox/graph/v25.0/{SANDBOX_PHONE_NUMBER_ID}/messages", json=body,
+        async with self.client.post(f"/sandbox/graph/v25.0/{number}/messages", json=body,
                                     headers=self.auth) as response:  # fmt: skip
             assert response.status == 200, await response.text()
             return str((await response.json())["messages"][0]["id"])
@@ -124,7 +124,9 @@ async def test_the_bots_messages_reach_the_users_page_and_their_phone_reports_th
     """A send to the user lands in their stream (not another user's); their phone posts `sent` and
     `delivered` statuses back as webhooks, and `read` once the page showed it."""
     out = await sandbox.bot_sends({"to": f"+{USER}", "type": "text", "text": {"body": "Hello"}})
-    other = await sandbox.bot_sends({"to": "15550009999", "type": "text", "text": {"body": "Not yours"}})
+    other = await sandbox.bot_sends(
+        {"to": "15550009999", "type": "text", "text": {"body": "Not yours"}}, "200000000000002"
+    )
     [event] = sandbox.events()
     assert (event["kind"], event["id"], event["message"]["text"]) == ("out", out, {"body": "Hello"})
     await until(lambda: len(sandbox.statuses()) == 4, "sent and delivered statuses")
@@ -137,6 +139,8 @@ async def test_the_bots_messages_reach_the_users_page_and_their_phone_reports_th
     await until(lambda: (out, "read") in sandbox.statuses(), "the read status")
     [webhook] = [v for v in sandbox.webhooks() if v.get("statuses", [{}])[0].get("status") == "read"]
     assert webhook["statuses"][0]["recipient_id"] == USER
+    numbers = {(v["statuses"][0]["id"], v["metadata"]["phone_number_id"]) for v in sandbox.webhooks()}
+    assert numbers == {(out, SANDBOX_PHONE_NUMBER_ID), (other, "200000000000002")}  # where each came from
 
 
 async def test_read_receipts_and_typing_reach_the_users_ticks(sandbox: Sandbox) -> None:
