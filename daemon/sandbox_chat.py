@@ -183,25 +183,12 @@ class Chat:
                 "recipient_id": user,
             }
             try:
-                await self._post(self._value(user, phone_number_id, statuses=[status]))
+                await self._post(
+                    simulate.meta_body(simulate.envelope(phone_number_id, user, statuses=[status]))
+                )
             except ChatRefused as refused:
                 log.warning("sandbox_status_not_posted", extra={"status": state, "reason": refused.reason})
                 return
-
-    def _value(self, user: str, phone_number_id: str, *, name: str | None = None, **items: Any) -> bytes:
-        """A webhook's body as Meta sends it: one change of ``phone_number_id`` with ``items``
-        (``messages`` from ``user``, named ``name``, or ``statuses``)."""
-        value: dict[str, Any] = {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550000000", "phone_number_id": phone_number_id},
-            **items,
-        }
-        if "messages" in items:
-            value["contacts"] = [{"profile": {"name": name or "Simulated User"}, "wa_id": user}]
-        change = {"field": "messages", "value": value}
-        return simulate.meta_body(
-            {"object": "whatsapp_business_account", "entry": [{"id": "0", "changes": [change]}]}
-        )
 
     async def _post(self, body: bytes) -> None:
         """Post a signed webhook to this web's ``/webhook``, as Meta would."""
@@ -366,11 +353,11 @@ class Chat:
         name = await client.hget(keys.SANDBOX_CHAT_USERS, user)
         await client.set(keys.sandbox_chat_sender(message_id), user, ex=STREAM_TTL_SECONDS)
         await append(client, user, _event("in", id=message_id, message=message))
-        body = self._value(
-            user, self.phone_number_id, name=None if name is None else _str(name), messages=[message]
+        body = simulate.envelope(
+            self.phone_number_id, user, message, name=simulate.SIMULATED_NAME if name is None else _str(name)
         )
         try:
-            await self._post(body)
+            await self._post(simulate.meta_body(body))
         except ChatRefused as refused:
             await append(
                 client, user, _event("status", id=message_id, status="failed", reason=refused.reason)

@@ -32,6 +32,8 @@ from daemon.store import keys, records
 #: The business number simulated webhooks are addressed to (when WAPIPE_PHONE_NUMBER_IDS is unset).
 SANDBOX_PHONE_NUMBER_ID = "100000000000001"
 SANDBOX_USER = "15550001234"
+#: The profile name of a simulated user who has none.
+SIMULATED_NAME = "Simulated User"
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 #: Larger images are refused before upload (WhatsApp's image limit is 5 MB).
 IMAGE_MAX_BYTES = 5 * 1024 * 1024
@@ -62,13 +64,25 @@ def digits(number: str) -> str | None:
     return plain if plain.isdigit() and 5 <= len(plain) <= 20 else None
 
 
-def envelope(phone_number_id: str, sender: str, message: dict[str, Any]) -> dict[str, Any]:
-    value = {
+def envelope(
+    phone_number_id: str,
+    user: str,
+    message: dict[str, Any] | None = None,
+    *,
+    name: str = SIMULATED_NAME,
+    statuses: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Meta's webhook of one change for ``phone_number_id``: ``message`` from ``user`` (named
+    ``name``), or the ``statuses`` of messages sent to them."""
+    value: dict[str, Any] = {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550000000", "phone_number_id": phone_number_id},
-        "contacts": [{"profile": {"name": "Simulated User"}, "wa_id": sender}],
-        "messages": [message],
     }
+    if message is not None:
+        value["contacts"] = [{"profile": {"name": name}, "wa_id": user}]
+        value["messages"] = [message]
+    if statuses is not None:
+        value["statuses"] = statuses
     return {
         "object": "whatsapp_business_account",
         "entry": [{"id": "0", "changes": [{"field": "messages", "value": value}]}],
