@@ -41,7 +41,8 @@ OUTBOX_KEY = keys.SANDBOX_OUTBOX
 OUTBOX_LIMIT = 1000
 #: Uploaded media lives as long as Meta keeps uploads (30 days).
 MEDIA_TTL_SECONDS = 30 * 86_400
-_LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+#: The addresses a client on this machine connects from.
+LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
 def _text(value: bytes | str | None) -> str:
@@ -145,12 +146,17 @@ class Emulator:
     async def media_download(self, request: web.Request) -> web.Response:
         if not self.authorised(request):
             return web.Response(status=401)
-        stored = await self.redis_of(request).hmget(
-            keys.sandbox_media(request.match_info["media_id"]), "content", "mime_type"
-        )
-        if stored[0] is None:
+        stored = await self.load_media(self.redis_of(request), request.match_info["media_id"])
+        if stored is None:
             return web.Response(status=404)
-        return web.Response(body=stored[0], content_type=_text(stored[1]).split(";")[0])
+        return web.Response(body=stored[0], content_type=stored[1])
+
+    async def load_media(self, client: aioredis.Redis, media_id: str) -> tuple[bytes, str] | None:
+        """A stored medium's content and MIME type (without parameters), or None when unknown."""
+        content, mime = await client.hmget(keys.sandbox_media(media_id), "content", "mime_type")
+        if not isinstance(content, bytes):
+            return None
+        return content, (_text(mime) or "application/octet-stream").split(";")[0]
 
     async def media_upload(self, request: web.Request) -> web.Response:
         if not self.authorised(request):
@@ -197,7 +203,7 @@ class Emulator:
 
     async def outbox(self, request: web.Request) -> web.Response:
         """What the deployment sent, oldest first: for loopback clients and holders of the token."""
-        if request.remote not in _LOOPBACK_PEERS and not self.authorised(request):
+        if request.remote not in LOOPBACK_PEERS and not self.authorised(request):
             return _error(403, 10, "The outbox answers clients on this machine only")
         entries = [json.loads(raw) for raw in await self.redis_of(request).lrange(OUTBOX_KEY, 0, -1)]
         return web.json_response(entries)

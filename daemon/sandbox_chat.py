@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -35,11 +35,9 @@ from redis.exceptions import RedisError
 
 from daemon import simulate
 from daemon.config import Settings
+from daemon.sandbox import LOOPBACK_PEERS, Emulator
 from daemon.signature import HEADER, sign
 from daemon.store import keys
-
-if TYPE_CHECKING:
-    from daemon.sandbox import Emulator
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +61,6 @@ KEEPALIVE_SECONDS = 15.0
 _USER = re.compile(r"^\d{5,20}$")
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-_LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 #: The first simulated user's number; the next ones count up.
 FIRST_USER = 15550001001
 _IMAGES = frozenset({"image/jpeg", "image/png"})
@@ -211,7 +208,7 @@ class Chat:
     def local(self, request: web.Request) -> None:
         """The page answers only on this machine: a loopback peer, a loopback ``Host`` (no DNS
         rebinding), and for a POST, the page's own origin (no other site's form)."""
-        if request.remote not in _LOOPBACK_PEERS or request.url.host not in _LOOPBACK_HOSTS:
+        if request.remote not in LOOPBACK_PEERS or request.url.host not in _LOOPBACK_HOSTS:
             raise ChatRefused(403, "the chat page answers on this machine only")
         origin = request.headers.get("Origin")
         if request.method == "POST" and origin is not None and origin != f"{request.scheme}://{request.host}":
@@ -383,13 +380,10 @@ class Chat:
 
     async def media_content(self, request: web.Request) -> web.Response:
         """A stored medium (what a user attached, what the bot uploaded), for the page's previews."""
-        stored = await self.redis_of(request).hmget(
-            keys.sandbox_media(request.match_info["media_id"]), "content", "mime_type"
-        )
-        if stored[0] is None:
+        stored = await self.emulator.load_media(self.redis_of(request), request.match_info["media_id"])
+        if stored is None:
             raise ChatRefused(404, "no such media")
-        mime = stored[1].decode() if isinstance(stored[1], bytes) else "application/octet-stream"
-        return web.Response(body=stored[0], content_type=mime.split(";")[0],
+        return web.Response(body=stored[0], content_type=stored[1],
                             headers={"Content-Security-Policy": "default-src 'none'", "X-Content-Type-Options": "nosniff"})  # fmt: skip
 
     async def events(self, request: web.Request) -> web.StreamResponse:
