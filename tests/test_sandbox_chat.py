@@ -238,8 +238,11 @@ async def test_events_are_pushed_and_resume_after_the_last_event_id(sandbox: San
     listens; a page that reconnects with Last-Event-ID gets only what came after it."""
     await sandbox.bot_sends({"to": USER, "type": "text", "text": {"body": "one"}})
 
-    async def read_events(count: int, headers: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
-        found: list[tuple[str, dict[str, Any]]] = []
+    received: list[tuple[str, dict[str, Any]]] = []  # what the first page has read so far
+
+    async def read_events(
+        count: int, headers: dict[str, str], found: list[tuple[str, dict[str, Any]]]
+    ) -> list[tuple[str, dict[str, Any]]]:
         async with sandbox.client.get(
             "/sandbox/chat/api/events", params={"user": USER}, headers=headers
         ) as response:
@@ -253,13 +256,13 @@ async def test_events_are_pushed_and_resume_after_the_last_event_id(sandbox: San
                     found.append((event_id, json.loads(line[6:])))
         return found
 
-    listening = asyncio.ensure_future(read_events(2, {}))
-    await asyncio.sleep(0.3)
-    assert not listening.done()
+    listening = asyncio.ensure_future(read_events(2, {}, received))
+    await until(lambda: len(received) == 1, "the event already there")
+    assert not listening.done()  # the page is connected, waiting for the next one
     await sandbox.bot_sends({"to": USER, "type": "text", "text": {"body": "two"}})
     (first_id, first), (_, second) = await listening
     assert [first["message"]["text"]["body"], second["message"]["text"]["body"]] == ["one", "two"]
-    [(_, resumed)] = await read_events(1, {"Last-Event-ID": first_id})
+    [(_, resumed)] = await read_events(1, {"Last-Event-ID": first_id}, [])
     assert resumed == second
 
 
