@@ -76,7 +76,7 @@ def build_broker(settings: Settings, redis_url: str, threads: int | None = None)
         TimeLimit(time_limit=TIME_LIMIT_MS),
         ShutdownNotifications(),
         ActorMetrics(settings.worker_threads if threads is None else threads),
-        DeadLetterRecorder(),
+        DeadLetterRecorder(settings.trace_retention_hours * 3600),
         SafeRetries(
             max_retries=settings.retry_max,
             min_backoff=settings.retry_min_backoff_ms,

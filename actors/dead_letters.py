@@ -3,7 +3,8 @@
 Dramatiq moves a failed message to ``dramatiq:<queue>.XQ`` atomically when it nacks it. Just
 before that, :class:`DeadLetterRecorder` stores the reason (exception, Graph error code, details,
 fbtrace_id), the stage and the attempt count under the same Redis message id, so that
-``wapipe dlq`` can show each dead letter with its reason.
+``wapipe dlq`` can show each dead letter with its reason. A business send's journey also gets a
+``dead_lettered`` event naming the dead letter, which ``GET /send/{key}`` reads.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from daemon.graph import (
     SendOutcomeUnknown,
 )
 from daemon.logs import traceback_lines
+from daemon.pipeline import SEND
+from daemon.store import journeys
 from daemon.store.deadletters import record_reason
 
 log = logging.getLogger(__name__)
@@ -91,7 +94,13 @@ class DeadLetterRecorder(Middleware):
 
     Must be added *before* ``Retries``: ``after_*`` hooks run in reverse order, and this one has
     to see the verdict ``Retries`` reached.
+
+    Args:
+        journey_seconds: how long a journey is kept (``WAPIPE_TRACE_RETENTION_HOURS``).
     """
+
+    def __init__(self, journey_seconds: int = 72 * 3600) -> None:
+        self.journey_seconds = journey_seconds
 
     def after_process_message(
         self,
@@ -125,6 +134,8 @@ class DeadLetterRecorder(Middleware):
         client = broker.client
         with contextlib.suppress(RedisStillDown):  # Dramatiq keeps the message; only the reason is lost
             wait_out_outage(lambda: record_reason(client, redis_message_id, record), "dead letter reason")
+        with contextlib.suppress(RedisStillDown, RedisError):  # only GET /send's pointer is lost
+            self._journey(client, message, redis_message_id, record, exception)
         fields: dict[str, Any] = {
             "actor": message.actor_name,
             "message_id": message.message_id,
@@ -134,3 +145,26 @@ class DeadLetterRecorder(Middleware):
         if exception is not None and not expected(exception):
             fields["traceback"] = traceback_lines(exception)
         log.warning("dead_lettered", extra=fields)
+
+    def _journey(
+        self,
+        client: Any,
+        message: dramatiq.MessageProxy,
+        letter_id: str,
+        record: dict[str, Any],
+        exception: BaseException | None,
+    ) -> None:
+        """A business send's journey ends with its dead letter (``GET /send/{key}`` reads it)."""
+        send = message.kwargs.get("send") if message.actor_name == SEND.name else None
+        if not isinstance(send, dict) or not isinstance(send.get("key"), str):
+            return
+        event = journeys.event(
+            SEND.name,
+            "dead_lettered",
+            record["attempts"],
+            phone_number_id=send.get("phone_number_id"),
+            letter=letter_id,
+            error=reason_line(exception) if exception is not None else record["reason"]["type"],
+        )
+        the_journeys = journeys.Journeys(client, self.journey_seconds)
+        wait_out_outage(lambda: the_journeys.add(f"send:{send['key']}", event), "dead letter journey")

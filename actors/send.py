@@ -38,9 +38,11 @@ def run(context: Context, outgoing: Outgoing) -> None:
     target = Target(
         outgoing.phone_number_id, outgoing.subject, in_reply_to=None, actor=SEND.name, at=outgoing.at, user=to
     )
-    recipient = {"recipient_type": "individual", **({"to": "+" + to} if to.isdigit() else {"recipient": to})}
+    wa_id = to.isascii() and to.isdigit()
+    recipient = {"recipient_type": "individual", **({"to": "+" + to} if wa_id else {"recipient": to})}
     conversations = context.store.conversations
     conversations.note(outgoing.phone_number_id, to, subject=target.ledger_id)  # for `wapipe forget`
+    context.journal.fields["phone_number_id"] = outgoing.phone_number_id
     context.journal.fields["messages"] = len(outgoing.messages)
     context.journal.fields["record_at"] = outgoing.at
     messages = list(outgoing.messages)

@@ -326,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     sending.add_argument("--template", metavar="NAME", help="an approved template (no parameters)")
     sending.add_argument("--language", default="en_US", help="the template's language (default en_US)")
     sending.add_argument("--key", help="an idempotency key: a second send with it sends nothing")
+    sending.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the outcome (default 30; 0: only queue it)",
+    )
     forgetting = commands.add_parser("forget", help="erase everything kept of one user (erasure requests)")
     forgetting.add_argument("phone_number_id", metavar="PHONE_NUMBER_ID")
     forgetting.add_argument("user", metavar="USER", help="the user's wa_id (digits) or business-scoped id")
@@ -349,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
-    """Queue a business-initiated message (a text, or a template) to one user."""
+    """Queue a business-initiated message (a text, or a template) to one user, then say what became
+    of it: exit 0 once it was sent, 1 when nothing was (refused, dead-lettered, still queued)."""
     import uuid
 
     import redis
@@ -377,11 +385,34 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
         raise StartupError(str(error)) from None
     client = redis.Redis.from_url(resolve_redis_url(settings), socket_timeout=10)
     try:
-        duplicate = outgoing.enqueue(client, asked, settings)
+        verdict = outgoing.enqueue(client, asked, settings)
+        if verdict is outgoing.Accepted.CONFLICT:
+            print(f"{asked.key} was used for another request: nothing sent", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"{'already queued' if verdict is outgoing.Accepted.REPLAYED else 'queued'} {asked.key}")
+        if args.wait <= 0:
+            return EXIT_OK
+        deadline = time.monotonic() + args.wait
+        while True:
+            found = outgoing.status(client, asked.phone_number_id, asked.key)
+            messages = [] if found is None else found["messages"]
+            if (
+                messages and all(m["state"] in outgoing.FINAL for m in messages)
+            ) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
     finally:
         client.close()
-    print(f"{'already queued' if duplicate else 'queued'} {asked.key}")
-    return EXIT_OK
+    for message in messages:
+        print(f"  message {message['index']}: {outgoing.describe(message)}")
+    if any(message["state"] == "sent" for message in messages):
+        return EXIT_OK
+    if not all(m["state"] in outgoing.FINAL for m in messages):
+        print(
+            f"nothing sent within {args.wait:g} s: `wapipe trace send:{asked.key}` follows it",
+            file=sys.stderr,
+        )
+    return EXIT_FAILURE
 
 
 def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:

@@ -48,7 +48,7 @@ DEFAULT_MEDIA_MAX_BYTES = 104_857_600
 DAY_SECONDS = 86_400
 
 _API_VERSION = re.compile(r"^v\d+\.\d+$")
-_PHONE_NUMBER_ID = re.compile(r"^\d{1,32}$")
+_PHONE_NUMBER_ID = re.compile(r"^[0-9]{1,32}\Z")
 _HANDLER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
 

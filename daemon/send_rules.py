@@ -31,6 +31,8 @@ INTERACTIVE_TYPES = frozenset(
 )  # fmt: skip
 #: A list's body may be 4,096 characters on Meta's list page (other interactive bodies 1,024).
 LIST_BODY_MAX = 4096
+#: A template's name (Meta's template manager takes 512 characters) and language code (``en_US``).
+TEMPLATE_NAME_MAX, TEMPLATE_LANGUAGE_MAX = 512, 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +106,9 @@ def refusal(body: object) -> Refusal | None:
             return _missing("template['name']")
         if not isinstance(language, Mapping) or not language.get("code"):
             return _missing("template['language']['code']")
-        return None
+        return _text(part, "name", "template['name']", TEMPLATE_NAME_MAX) or _text(
+            language, "code", "template['language']['code']", TEMPLATE_LANGUAGE_MAX
+        )
     return _interactive(part)
 
 

@@ -315,7 +315,8 @@ def make_app(settings: Settings, redis_url: str) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     if settings.send_token is not None:
-        app.router.add_post("/send", outgoing.endpoint(settings, lambda request: request.app[REDIS]))
+        app.cleanup_ctx.append(outgoing.lifecycle(redis_url, settings))
+        app.router.add_routes(outgoing.routes(settings, lambda request: request.app[REDIS]))
     if settings.sandbox:
         emulator = sandbox.Emulator(lambda request: request.app[REDIS], settings.max_body_bytes)
         app[EMULATOR] = emulator

@@ -100,7 +100,11 @@ def test_post_send_refuses_strangers_and_bad_requests(pipeline: Callable[..., di
         "idempotency_key must be a non-empty string of at most 128 characters",
     )
     status, answer = post_send(url, request("1", "k", {"type": "text", "to": "+2", "text": {"body": "x"}}))
-    assert (status, answer["error"]) == (400, "a message must not name its recipient: use to")
+    assert (status, answer["error"], answer["index"]) == (
+        400,
+        "messages[0]: a message must not name its recipient: use to",
+        0,
+    )
     assert post_send(url, request("1", "k"))[0] == 400
 
 
@@ -113,19 +117,27 @@ def test_post_send_is_not_served_without_a_token(pipeline: Callable[..., dict[st
 def test_wapipe_send_queues_a_template_once_per_key(
     pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis
 ) -> None:
-    """`wapipe send NUMBER +USER --template NAME --key K`: queued, then "already queued"; sent once to
-    the user's wa_id (the "+" people write dropped); `wapipe trace send:K` shows its journey."""
+    """`wapipe send NUMBER +USER --template NAME --key K`: queued and sent, then "already queued";
+    sent once to the user's wa_id (the "+" people write dropped); `wapipe trace send:K` shows its
+    journey."""
     stack = pipeline()
 
     def send(*args: str) -> subprocess.CompletedProcess[str]:
         return cli(stack["env"], "send", NUMBER, "+447700900555", *args)  # as people write numbers
 
-    assert send("--template", "order_ready", "--key", "cli-1").stdout == "queued cli-1\n"
-    assert send("--template", "order_ready", "--key", "cli-1").stdout == "already queued cli-1\n"
+    first = send("--template", "order_ready", "--key", "cli-1")
+    assert (first.returncode, first.stdout.splitlines()[0]) == (0, "queued cli-1")
+    assert first.stdout.splitlines()[1].startswith("  message 0: sent as wamid.out.")
+    again = send("--template", "order_ready", "--key", "cli-1")
+    assert (again.returncode, again.stdout.splitlines()) == (
+        0,
+        ["already queued cli-1", first.stdout.splitlines()[1]],
+    )
+    assert send("--template", "order_ready", "--key", "cli-2", "--wait", "0").stdout == "queued cli-2\n"
     assert send().returncode == 2
     wait_for(lambda: sends_to(fake_graph, "+447700900555"), timeout=20, what="the template")
     wait_for(lambda: drained(rclient), timeout=20, what="the send done")
-    assert [m["template"]["name"] for m in sends_to(fake_graph, "+447700900555")] == ["order_ready"]
+    assert [m["template"]["name"] for m in sends_to(fake_graph, "+447700900555")] == ["order_ready"] * 2
     traced = cli(stack["env"], "trace", "send:cli-1").stdout  # its journey, by its key
     assert traced.startswith(f"send:cli-1 on {NUMBER}, user 447700900555\n")
     assert "accepted by POST /send or wapipe send" in traced
