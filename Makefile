@@ -13,11 +13,12 @@ LINTED := daemon actors tests bench examples
 LOCK   := requirements/lock.txt
 LOCKED := PIP_CONSTRAINT=$(CURDIR)/$(LOCK) PIP_BUILD_CONSTRAINT=$(CURDIR)/$(LOCK)
 locked  = $(shell grep -E '^$(1)==' $(LOCK))
-# `make lock` takes the newest releases, in a virtualenv of its own.
+# `make lock` and `make test-latest` take the newest releases, in virtualenvs of their own.
 UNLOCKED := env -u PIP_CONSTRAINT -u PIP_BUILD_CONSTRAINT
+LATEST := .venv-latest
 RENEW  := .venv-lock
 
-.PHONY: run example screenshot test lint typecheck check clean bench bench-publish install fuzz lock
+.PHONY: run example screenshot test test-latest lint typecheck check clean bench bench-publish install fuzz lock
 
 # `make run` needs wapipe and the embedded Redis; `make test` adds the test tools. A new lock
 # rebuilds .venv from nothing, so that it holds the lock's distributions and no others.
@@ -59,9 +60,21 @@ test: $(TESTSTAMP)
 	$(BIN)/mypy
 	$(LOCKED) $(BIN)/pytest $(PYTEST_ARGS)
 
+# Lint, mypy and the suite on the newest release of everything, ignoring the lock, in .venv-latest
+# (made afresh each time): what renewing the lock would break, seen before it does. Not run by CI.
+# tests/test_lock.py's check that the environment is the lock does not apply there.
+test-latest:
+	$(UNLOCKED) $(PYTHON) -m venv --clear $(LATEST)
+	$(UNLOCKED) $(LATEST)/bin/python -m pip install --quiet --upgrade pip setuptools
+	$(UNLOCKED) $(LATEST)/bin/pip install --quiet -e '.[embedded,test]'
+	$(LATEST)/bin/ruff check $(LINTED)
+	$(LATEST)/bin/ruff format --check $(LINTED)
+	MYPY_CACHE_DIR=$(LATEST)/.mypy_cache $(LATEST)/bin/mypy
+	$(UNLOCKED) $(LATEST)/bin/pytest --deselect tests/test_lock.py::test_the_environment_holds_exactly_the_lock $(PYTEST_ARGS)
+
 # Renews requirements/lock.txt: installs `.[embedded,test]`, pip and setuptools at their newest in a
-# throwaway virtualenv and writes what it holds, names normalised and sorted; commit the lock with
-# what it needed.
+# throwaway virtualenv and writes what it holds, names normalised and sorted. Run `make test-latest`
+# first to see what the renewal changes, then commit the lock with what it needed.
 lock:
 	rm -rf $(RENEW)
 	$(UNLOCKED) $(PYTHON) -m venv $(RENEW)
@@ -82,7 +95,7 @@ lock:
 	@echo "$(LOCK): $$(grep -c == $(LOCK)) distributions"
 
 clean:
-	rm -rf $(VENV) $(RENEW) var .mypy_cache .ruff_cache .pytest_cache dist build
+	rm -rf $(VENV) $(LATEST) $(RENEW) var .mypy_cache .ruff_cache .pytest_cache dist build
 
 # Longer, randomized property-based runs (the suite's own are bounded and repeatable).
 fuzz: $(TESTSTAMP)
