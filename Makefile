@@ -81,7 +81,7 @@ lock:
 	$(UNLOCKED) $(RENEW)/bin/python -m pip install --quiet --upgrade pip setuptools
 	$(UNLOCKED) $(RENEW)/bin/pip install --quiet -e '.[embedded,test]'
 	$(RENEW)/bin/pip freeze --all --exclude-editable > $(RENEW)/freeze.txt
-	awk '$$0 !~ /^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!-]+$$/ { print "make lock: not a release: " $$0 > "/dev/stderr"; bad = 1 } \
+	awk '$$0 !~ /^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!]+$$/ { print "make lock: not a release: " $$0 > "/dev/stderr"; bad = 1 } \
 	    { name = tolower($$0); sub(/==.*/, "", name); gsub(/[-_.]+/, "-", name); sub(/^[^=]*/, name); print } \
 	    END { exit bad }' $(RENEW)/freeze.txt > $(RENEW)/pins.txt
 	printf '%s\n' \
