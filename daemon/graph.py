@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 #: Called after every request with (endpoint, result, seconds).
 Observer = Callable[[str, str, float], None]
-#: stamina's ``on=``: whether (True, or a back-off in seconds) or not (False) to retry an error.
-RetryHook = Callable[[Exception], bool | float]
+#: stamina's ``on=``: whether (True, or a back-off in seconds) or not (False) to retry an error
+#: (any exception an attempt raised: :data:`daemon.retrying.On`).
+RetryHook = Callable[[BaseException], bool | float]
 T = TypeVar("T")
 
 #: Longest ``Retry-After`` honoured inside one attempt (longer waits go back to the queue).
@@ -225,7 +226,7 @@ def emulator_endpoint(link: EmulatorLink, api_version: str) -> Callable[[], Endp
     return current
 
 
-def _retry_hook(error: Exception) -> bool | float:
+def _retry_hook(error: BaseException) -> bool | float:
     """stamina's ``on=``: retry unreachable and 5xx/429, honouring a clamped ``Retry-After``."""
     if isinstance(error, GraphUnreachable):
         return True
@@ -236,7 +237,7 @@ def _retry_hook(error: Exception) -> bool | float:
     return False
 
 
-def _read_retry_hook(error: Exception) -> bool | float:
+def _read_retry_hook(error: BaseException) -> bool | float:
     """For reads (idempotent GETs) a timeout or a dropped connection is retried too."""
     if isinstance(error, SendOutcomeUnknown):
         return True

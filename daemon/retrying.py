@@ -22,7 +22,9 @@ import stamina
 T = TypeVar("T")
 
 #: What stamina's ``on=`` takes: exception types, or a hook returning False, True or a back-off.
-On = type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool | float]
+#: The hook is given any ``BaseException`` an attempt raised (stamina 26.2 says so in its types;
+#: earlier releases typed it ``Exception``): one taking ``BaseException`` is right for both.
+On = type[Exception] | tuple[type[Exception], ...] | Callable[[BaseException], bool | float]
 
 
 def _retried(on: On, error: Exception) -> bool:

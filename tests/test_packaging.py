@@ -1,8 +1,12 @@
 """The package as users install it: a wheel built from a clean clone, installed (not editable) into
-a fresh virtualenv, runs `wapipe --version` and a sandbox round trip; production pulls no Redis."""
+a fresh virtualenv, runs `wapipe --version` and a sandbox round trip; production pulls no Redis.
+
+Under `make test` the build and the install take the lock's versions (the Makefile's
+PIP_CONSTRAINT and PIP_BUILD_CONSTRAINT are passed on); `make test-latest` runs them on the newest."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -19,11 +23,14 @@ from tests.support.procs import Proc, base_env, sandbox_env
 from tests.support.waiting import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The lock, as the Makefile hands it to pip (tests/test_lock.py checks that it does).
+LOCK_VARIABLES = ("PIP_CONSTRAINT", "PIP_BUILD_CONSTRAINT")
 
 
 def run(*command: str, cwd: Path | None = None, timeout: float = 300) -> str:
+    lock = {name: os.environ[name] for name in LOCK_VARIABLES if name in os.environ}
     result = subprocess.run(
-        command, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False, env=base_env()
+        command, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False, env=base_env(**lock)
     )
     assert result.returncode == 0, f"{command}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
