@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from daemon import config, logs
 from daemon.config import ConfigError, Settings, redact_url
@@ -328,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     sending.add_argument("--key", help="an idempotency key: a second send with it sends nothing")
     sending.add_argument(
         "--wait",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="SECONDS",
         help="how long to wait for the outcome (default 30; 0: only queue it)",
@@ -355,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seconds(text: str) -> float:
+    """A ``--wait``: a finite number of seconds, 0 or more."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(text)
+    return value
+
+
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     """Queue a business-initiated message (a text, or a template) to one user, then say what became
     of it: exit 0 once it was sent, 1 when nothing was (refused, dead-lettered, still queued)."""
@@ -376,7 +385,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     request = {
         "phone_number_id": args.phone_number_id,
         "to": args.user,
-        "idempotency_key": args.key or str(uuid.uuid4()),
+        "idempotency_key": str(uuid.uuid4()) if args.key is None else args.key,
         "messages": [built.to_body()],
     }
     try:
@@ -390,17 +399,13 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{asked.key} was used for another request: nothing sent", file=sys.stderr)
             return EXIT_FAILURE
         print(f"{'already queued' if verdict is outgoing.Accepted.REPLAYED else 'queued'} {asked.key}")
-        if args.wait <= 0:
+        if args.wait == 0:
             return EXIT_OK
-        deadline = time.monotonic() + args.wait
-        while True:
-            found = outgoing.status(client, asked.phone_number_id, asked.key)
-            messages = [] if found is None else found["messages"]
-            if (
-                messages and all(m["state"] in outgoing.FINAL for m in messages)
-            ) or time.monotonic() >= deadline:
-                break
-            time.sleep(0.2)
+        messages = _outcome(client, asked.phone_number_id, asked.key, args.wait)
+    except redis.RedisError as error:
+        raise StartupError(
+            f"Redis: {type(error).__name__} (the send may or may not be queued)", EXIT_REDIS
+        ) from None
     finally:
         client.close()
     for message in messages:
@@ -413,6 +418,19 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_FAILURE
+
+
+def _outcome(client: Any, number: str, key: str, wait: float) -> list[dict[str, Any]]:
+    """Each message's outcome once all are final, or as they are after ``wait`` seconds."""
+    from daemon import outgoing
+
+    deadline = time.monotonic() + wait
+    while True:
+        found = outgoing.status(client, number, key)
+        messages: list[dict[str, Any]] = [] if found is None else found["messages"]
+        if (messages and all(m["state"] in outgoing.FINAL for m in messages)) or time.monotonic() >= deadline:
+            return messages
+        time.sleep(0.2)
 
 
 def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:

@@ -104,8 +104,11 @@ class ContentFilter(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self._dramatiq = _package_dir("dramatiq")
+        self._aiohttp = _package_dir("aiohttp")
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.pathname.startswith(self._aiohttp):
+            return _without_exception_message(record)
         if not record.pathname.startswith(self._dramatiq):
             return True
         if record.msg in _DRAMATIQ_FAILURE_LINES:
@@ -115,6 +118,19 @@ class ContentFilter(logging.Filter):
         elif isinstance(record.args, dict):
             record.args = REDACTED  # type: ignore[assignment]
         return True
+
+
+def _without_exception_message(record: logging.LogRecord) -> bool:
+    """aiohttp's error lines carry the exception, whose message may quote the request's bytes (a
+    malformed request line is the tail of a body): keep its type and frames, drop its message."""
+    error = record.exc_info[1] if record.exc_info else None
+    if error is not None:
+        record.msg = f"{record.getMessage()}: {type(error).__name__}"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        record.traceback = traceback_lines(error)
+    return True
 
 
 def traceback_lines(error: BaseException) -> str:

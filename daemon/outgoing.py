@@ -69,6 +69,10 @@ _BSUID = re.compile(r"[A-Za-z0-9._-]{1,128}", re.ASCII)
 _PHONE_NUMBER_ID = re.compile(r"[0-9]{1,32}", re.ASCII)
 #: Written in a wa_id by people, removed before it is checked.
 _NUMBER_PUNCTUATION = str.maketrans("", "", "+ -")
+#: Around a field, ignored (ASCII only: a non-ASCII space is no part of a number).
+_SPACE = " \t\r\n"
+#: A request's fields; any other is refused (a misspelt one must not be ignored).
+FIELDS = frozenset({"phone_number_id", "to", "idempotency_key", "messages"})
 
 #: The sync Redis client ``GET /send/{key}`` reads outcomes with (in a thread: they are several reads).
 SYNC_REDIS = web.AppKey("send_sync_redis", redis.Redis)
@@ -94,21 +98,22 @@ class RequestRefused(ValueError):
 
 def recipient(to: object) -> str:
     """The user a request names: a wa_id (1 to 15 ASCII digits, once ``+``, spaces and dashes are
-    removed) or a business-scoped user id (``[A-Za-z0-9._-]{1,128}``, not all digits).
+    removed) or a business-scoped user id (``[A-Za-z0-9._-]{1,128}`` with a letter: Meta's begin
+    with a country code, ``US.1349…``).
 
     Raises:
         RequestRefused: it is neither.
     """
     if not isinstance(to, str):
         raise RequestRefused("to must be a string: a wa_id or a business-scoped user id")
-    number = to.strip().translate(_NUMBER_PUNCTUATION)
+    number = to.strip(_SPACE).translate(_NUMBER_PUNCTUATION)
     if _WA_ID.fullmatch(number):
         return number
-    if _BSUID.fullmatch(to) and not to.isdigit():
+    if _BSUID.fullmatch(to) and any(c.isalpha() for c in to):
         return to
     raise RequestRefused(
         "to must be a wa_id (1 to 15 digits 0-9; '+', spaces and dashes are ignored) "
-        "or a business-scoped user id ([A-Za-z0-9._-], 1 to 128 characters)"
+        "or a business-scoped user id ([A-Za-z0-9._-], 1 to 128 characters, with a letter)"
     )
 
 
@@ -118,9 +123,9 @@ def phone_number_id(value: object, settings: Settings) -> str:
     Raises:
         RequestRefused: it is not.
     """
-    if not isinstance(value, str) or not _PHONE_NUMBER_ID.fullmatch(value.strip()):
+    if not isinstance(value, str) or not _PHONE_NUMBER_ID.fullmatch(value.strip(_SPACE)):
         raise RequestRefused("phone_number_id must be the business number's id: 1 to 32 digits 0-9")
-    number = value.strip()
+    number = value.strip(_SPACE)
     if settings.phone_number_ids is not None and number not in settings.phone_number_ids:
         raise RequestRefused("phone_number_id is not one of WAPIPE_PHONE_NUMBER_IDS")
     return number
@@ -132,9 +137,14 @@ def idempotency_key(value: object) -> str:
     Raises:
         RequestRefused: it is not.
     """
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_KEY or not value.isprintable():
+    if (
+        not isinstance(value, str)
+        or not value.strip(_SPACE)
+        or len(value) > MAX_KEY
+        or not value.isprintable()
+    ):
         raise RequestRefused(f"idempotency_key must be a non-empty string of at most {MAX_KEY} characters")
-    return value.strip()
+    return value.strip(_SPACE)
 
 
 def _depth(value: object) -> int:
@@ -162,6 +172,11 @@ def check_body(index: int, body: object) -> None:
         raise RequestRefused("each message must be an object with a type", index=index)
     if any(name in body for name in ("to", "recipient", "messaging_product")):
         raise RequestRefused("a message must not name its recipient: use to", index=index)
+    unknown = sorted(name for name in body if name.startswith("wapipe_") and name != OUTSIDE_WINDOW)
+    if unknown:
+        raise RequestRefused(
+            f"{unknown[0]} is no field of a message (wapipe reads only {OUTSIDE_WINDOW})", index=index
+        )
     if _depth(body) > MAX_DEPTH:
         raise RequestRefused(f"a message may nest at most {MAX_DEPTH} objects and lists deep", index=index)
     if has_uploads(body):  # a caller must not make the workers read and send their files
@@ -172,6 +187,10 @@ def check_body(index: int, body: object) -> None:
         fallback = body[OUTSIDE_WINDOW]
         if not isinstance(fallback, dict) or fallback.get("type") != "template":
             raise RequestRefused(f"{OUTSIDE_WINDOW} must be a template message", index=index)
+        if any(name.startswith("wapipe_") for name in fallback):
+            raise RequestRefused(
+                f"{OUTSIDE_WINDOW} is a message as Meta takes it, without wapipe_ fields", index=index
+            )
         _meta_accepts(index, fallback, f"{OUTSIDE_WINDOW}: ")
     try:
         size = len(sends.encoded(body))
@@ -198,6 +217,10 @@ def outgoing(request: object, settings: Settings) -> Outgoing:
     """
     if not isinstance(request, dict):
         raise RequestRefused("the body must be a JSON object")
+    unknown = sorted(str(name) for name in request if name not in FIELDS)
+    if unknown:
+        hint = ": use to" if unknown[0] == "recipient" else ""
+        raise RequestRefused(f"{unknown[0]} is no field of a send request{hint}")
     number = phone_number_id(request.get("phone_number_id"), settings)
     to = recipient(request.get("to"))
     key = idempotency_key(request.get("idempotency_key"))
@@ -314,9 +337,19 @@ def describe(outcome: dict[str, Any]) -> str:
 
 
 def _authorised(request: web.Request, expected: bytes) -> bool:
-    # Compared as bytes: a header of any characters is a wrong token, never an error.
-    given = request.headers.get("Authorization", "").encode("utf-8", "surrogatepass")
-    return hmac.compare_digest(given, expected)
+    # Compared as bytes: a header of any characters is a wrong token, never an error. The scheme
+    # is case-insensitive (RFC 9110).
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    given = token.encode("utf-8", "surrogatepass")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, expected)
+
+
+def _unread(request: web.Request, response: web.Response) -> web.Response:
+    """``response``, closing the connection after it when the body was not read whole (refused
+    before it): the rest is never read, nor the next request taken from its bytes."""
+    if not request.content.at_eof():
+        response.force_close()
+    return response
 
 
 def _refused(status_code: int, reason: str, **fields: Any) -> web.Response:
@@ -327,14 +360,14 @@ def routes(settings: Settings, client_of: Callable[[web.Request], aioredis.Redis
     """``POST /send`` and ``GET /send/{key}``; ``client_of(request)`` gives the app's
     ``redis.asyncio`` client (the GET also needs :data:`SYNC_REDIS`, from :func:`lifecycle`)."""
     assert settings.send_token is not None
-    expected = f"Bearer {settings.send_token.get()}".encode()
+    expected = settings.send_token.get().encode()
 
     async def send(request: web.Request) -> web.Response:
         if not _authorised(request, expected):
             log.warning("send_unauthorised")
-            return _refused(401, "a bearer token (WAPIPE_SEND_TOKEN) is required")
+            return _unread(request, _refused(401, "a bearer token (WAPIPE_SEND_TOKEN) is required"))
         try:
-            return await _send(request)
+            return _unread(request, await _send(request))
         except web.HTTPException:
             raise  # aiohttp's own answers: 413 over the body limit
         except Exception as error:  # noqa: BLE001 - a bug must not answer a client's bytes with a 500
@@ -348,6 +381,10 @@ def routes(settings: Settings, client_of: Callable[[web.Request], aioredis.Redis
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             return _refused(415, "content encoding not supported: send the JSON as it is")
+        if request.content_length is not None and request.content_length > settings.max_body_bytes:
+            return _refused(
+                413, f"a body may be at most WAPIPE_MAX_BODY_BYTES ({settings.max_body_bytes}) bytes"
+            )
         try:
             async with asyncio.timeout(settings.body_timeout_seconds):
                 raw = await request.read()

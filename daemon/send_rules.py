@@ -81,6 +81,9 @@ def refusal(body: object) -> Refusal | None:
         return _receipt(body)
     if not (body.get("to") or body.get("recipient")):
         return _missing("to")
+    callback = body.get("biz_opaque_callback_data")
+    if callback is not None and (not isinstance(callback, str) or len(callback) > m.CALLBACK_DATA_MAX):
+        return _too_long("biz_opaque_callback_data", m.CALLBACK_DATA_MAX)
     kind = body.get("type", "text")
     if kind not in TYPES:
         names = ", ".join(sorted(name.upper() for name in TYPES))
@@ -106,6 +109,9 @@ def refusal(body: object) -> Refusal | None:
             return _missing("template['name']")
         if not isinstance(language, Mapping) or not language.get("code"):
             return _missing("template['language']['code']")
+        components = part.get("components")
+        if components is not None and (not isinstance(components, Sequence) or isinstance(components, str)):
+            return Refusal(400, 100, "Param template['components'] must be an array.")
         return _text(part, "name", "template['name']", TEMPLATE_NAME_MAX) or _text(
             language, "code", "template['language']['code']", TEMPLATE_LANGUAGE_MAX
         )
@@ -128,6 +134,9 @@ def _media(kind: str, part: Mapping[str, Any]) -> Refusal | None:
         return _missing(f"{kind}['id'] or {kind}['link']")
     if part.get("id") and part.get("link"):
         return Refusal(400, 100, f"Param {kind} must have either id or link, not both.")
+    link = part.get("link")
+    if link is not None and (not isinstance(link, str) or not link.startswith(("http://", "https://"))):
+        return Refusal(400, 100, f"Param {kind}['link'] must be an HTTP or HTTPS URL.")
     return _text(part, "caption", f"{kind}['caption']", m.CAPTION_MAX, required=False)
 
 
@@ -136,6 +145,8 @@ def _location(part: Mapping[str, Any]) -> Refusal | None:
         value = part.get(name)
         if value is None:
             return _missing(f"location['{name}']")
+        if isinstance(value, bool):
+            return Refusal(400, 100, f"Param location['{name}'] must be a number.")
         try:
             number = float(value)
         except (TypeError, ValueError):

@@ -202,7 +202,7 @@ async def receive(request: web.Request) -> web.Response:
     except _Refused as refused:
         web_metrics.observe(refused.outcome, time.perf_counter() - started)
         response = web.Response(status=refused.status, text=refused.text, content_type="text/plain")
-        if refused.status in (400, 413, 503) and not request.content.at_eof():
+        if not request.content.at_eof():
             response.force_close()  # the rest of the body is not read: the connection cannot be reused
         return response
     except Exception as error:  # noqa: BLE001 - a bug must not become a 500 that Meta retries for days
@@ -351,6 +351,8 @@ async def serve(settings: Settings, redis_url: str) -> None:
         # aiohttp closes a connection that has not sent a whole request head within this (and an
         # idle keep-alive connection after it): a slow or silent client cannot hold one forever.
         keepalive_timeout=settings.header_timeout_seconds,
+        # Nothing is decompressed: a compressed body is refused (415) without being inflated.
+        auto_decompress=False,
     )
     await runner.setup()
     stop = asyncio.Event()

@@ -138,3 +138,37 @@ def test_content_free_outputs_hold_no_content_and_no_secret(
     shown = "".join(run_cli(env, "dlq", "show", letter["message"]["options"]["redis_message_id"]).stdout
                     for letter in dead_letters(rclient))  # fmt: skip
     assert TEXTS[1] in shown  # the deliberate view of a dead letter shows what it holds
+
+
+def test_aiohttp_error_lines_keep_the_exception_type_not_its_message() -> None:
+    """aiohttp logs a malformed request with the exception, whose message quotes the request's
+    bytes (the tail of a body: a text's words, a number): the line keeps the type and the frames."""
+    import io
+    import logging
+    import os
+
+    import aiohttp
+    from aiohttp.http_exceptions import BadStatusLine
+
+    from daemon import logs
+
+    stream = io.StringIO()
+    logs.configure("DEBUG", "text", stream)
+    quoted = "Invalid method encountered: b'LEAKME 447700900123'"  # the frame's source line shows no bytes
+    try:
+        raise BadStatusLine(quoted)
+    except BadStatusLine:
+        record = logging.LogRecord(
+            "aiohttp.server",
+            logging.ERROR,
+            os.path.join(os.path.dirname(aiohttp.__file__), "web_protocol.py"),
+            1,
+            "Error handling request from %s",
+            ("127.0.0.1",),
+            sys.exc_info(),
+        )
+    logging.getLogger("aiohttp.server").handle(record)
+    written = stream.getvalue()
+    assert "Error handling request from 127.0.0.1: BadStatusLine" in written
+    assert "LEAKME" not in written
+    assert "447700900123" not in written

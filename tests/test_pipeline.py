@@ -121,7 +121,7 @@ def test_every_fixture_sample_gets_exactly_the_design_reply(
             assert order.index(("read", message_id)) < order.index(("send", message_id))
     assert all(r.headers.get("Authorization") == "Bearer test-access-token" for r in fake_graph.requests)
     # Statuses were recorded, monotonically (read after delivered after sent for the same id).
-    status_key = "wapipe:status:status_read:wamid.NDQ3NzAwOTAwMTIzOm91dDowMDAwMDAwMDAwMDAwMDAwMDk1MA=="
+    status_key = "wapipe:status:status_read%3Awamid.NDQ3NzAwOTAwMTIzOm91dDowMDAwMDAwMDAwMDAwMDAwMDk1MA=="
     assert rclient.hget(status_key, "status") == b"read"
     assert dead_letters(rclient) == []
     env = stack["env"]

@@ -32,6 +32,7 @@ from tests.test_properties import bounded, json_values, printable
 from tests.test_send import NUMBER, TOKEN, post_send, request, sends_to, text
 
 QUEUE = "dramatiq:wapipe"
+TEMPLATE = {"type": "template", "template": {"name": "order_ready", "language": {"code": "en_US"}}}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -164,6 +165,24 @@ REFUSED_BODIES = [
     ({"type": "template", "template": {"name": "order_ready"}}, 131008, "template['language']['code']"),
     ({"type": "text", "text": {"body": "x" * 3_000_000}}, 100, "text['body']"),
     ({"type": "text", "text": {"body": "x"}, "wapipe_outside_window": {"type": "text"}}, None, "template"),
+    ({"type": "location", "location": {"latitude": True, "longitude": 0}}, 100, "must be a number"),
+    ({"type": "text", "text": {"body": "x"}, "biz_opaque_callback_data": "c" * 513}, 100, "biz_opaque"),
+    (
+        {"type": "template", "template": {"name": "t", "language": {"code": "en"}, "components": "junk"}},
+        100,
+        "array",
+    ),
+    ({"type": "image", "image": {"link": "file:///etc/passwd"}}, 100, "HTTP or HTTPS"),
+    ({"type": "text", "text": {"body": "x"}, "wapipe_foo": 1}, None, "wapipe_foo is no field"),
+    (
+        {
+            "type": "text",
+            "text": {"body": "x"},
+            "wapipe_outside_window": {**TEMPLATE, "wapipe_outside_window": TEMPLATE},
+        },
+        None,
+        "without wapipe_ fields",
+    ),
 ]
 
 
@@ -201,12 +220,29 @@ async def test_one_bad_message_refuses_the_whole_request(
 
 
 @pytest.mark.parametrize(
-    "to", ["../../etc", "٤٤٧٧٠٠٩٠٠١٢٣", "1" * 16, "1" * 128, "", "  ", "+", "a b", "x:y", "é", "a" * 129]
+    "to",
+    [
+        "../../etc",
+        "٤٤٧٧٠٠٩٠٠١٢٣",
+        "1" * 16,
+        "1" * 128,
+        "",
+        "  ",
+        "+",
+        "a b",
+        "x:y",
+        "é",
+        "a" * 129,
+        "1234567890-123456",
+        "-",
+        "---",
+        "\u2003447700900123",
+    ],
 )
 async def test_a_recipient_that_is_none_is_refused(client: TestClient[Any, Any], to: str) -> None:
     """Recipients: a wa_id of 1-15 ASCII digits, or a business-scoped id ``[A-Za-z0-9._-]{1,128}``
-    (not all digits); Arabic-Indic digits (which pass ``str.isdigit()``), paths, 16 or 128 digits are
-    refused with 400."""
+    with a letter; Arabic-Indic digits (which pass ``str.isdigit()``), paths, 16 or 128 digits, a
+    mistyped number with a dash, a non-ASCII space are refused with 400."""
     status, answer, _ = await send(client, request(to, "bad-to", text("hi")))
     assert status == 400
     assert answer["error"].startswith("to must be")
@@ -478,3 +514,99 @@ def test_wapipe_send_outside_the_window_exits_non_zero(
     assert "was used for another request" in other.stderr
     texts = [m["text"]["body"] for m in sends_to(fake_graph, "+447700900445") if m["type"] == "text"]
     assert texts.count("hello") == 1
+
+
+async def test_a_field_a_request_does_not_have_is_refused(client: TestClient[Any, Any]) -> None:
+    """A misspelt or unknown field is 400, not ignored (``recipient`` says to use ``to``); the
+    scheme ``bearer`` in lower case is the same token."""
+    status, answer, _ = await send(client, request("447700900123", "f", text("a")) | {"idempotency": "x"})
+    assert (status, answer["error"]) == (400, "idempotency is no field of a send request")
+    asked = {k: v for k, v in request("447700900123", "f", text("a")).items() if k != "to"}
+    status, answer, _ = await send(client, asked | {"recipient": "US.1"})
+    assert (status, answer["error"]) == (400, "recipient is no field of a send request: use to")
+    status, _, _ = await send(
+        client, request("447700900123", "f", text("a")), {"Authorization": f"bearer {TOKEN}"}
+    )
+    assert status == 202
+
+
+async def test_a_body_announced_over_the_limit_is_413_at_once(client: TestClient[Any, Any]) -> None:
+    """A ``Content-Length`` over ``WAPIPE_MAX_BODY_BYTES`` is answered 413 before any byte of the
+    body (it waited for the body timeout and answered 400 before)."""
+    import asyncio
+
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(
+            b"POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readline(), 5)
+        assert head.split()[1] == b"413"
+        rest = await asyncio.wait_for(reader.readuntil(b"}"), 5)
+        assert b"WAPIPE_MAX_BODY_BYTES" in rest
+    finally:
+        writer.close()
+
+
+def test_a_compressed_body_is_never_inflated_and_request_bytes_never_logged(
+    send_web: dict[str, Any], rclient: redis.Redis
+) -> None:
+    """``Content-Encoding: gzip`` is 415 with nothing inflated (an invalid gzip body made aiohttp
+    log a decoding traceback, a valid 3 MB one of 3 GB stalled the web); a body longer than its
+    ``Content-Length`` is not read as a next request whose bytes aiohttp logs (the tail of a
+    number, a text's words reached the log)."""
+    port = int(send_web["env"]["PORT"])
+    for path in ("/send", "/webhook"):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request(
+                "POST", path, body=b"{} not gzip", headers={"Content-Encoding": "gzip", **AUTH}
+            )
+            assert connection.getresponse().status == 415
+        finally:
+            connection.close()
+    import socket
+
+    body = json.dumps(request("447700900123", "leak", text("LEAKME private text"))).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(
+            b"POST /send HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body) - 30}\r\n\r\n".encode()
+            + body
+        )
+        answered = raw.recv(65536)
+        assert answered.split()[1] == b"400"
+        raw.settimeout(5)
+        try:
+            while raw.recv(65536):
+                pass
+        except (TimeoutError, ConnectionError):
+            pass
+    health = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        health.request("GET", "/healthz")
+        assert health.getresponse().status == 200
+    finally:
+        health.close()
+    output = send_web["web"].output()
+    assert "LEAKME" not in output
+    assert "private text" not in output
+    assert "Can not decode" not in output
+
+
+def test_wapipe_send_refuses_an_empty_key_and_says_when_redis_is_down(tmp_path: Any) -> None:
+    """``--key ""`` (an empty variable) is exit 2, not a random key that a retry would send
+    again; with Redis unreachable, one line and exit 3, no traceback."""
+    from tests.conftest import pipeline_env
+
+    env = pipeline_env("redis://127.0.0.1:1/0", "http://127.0.0.1:9", tmp_path)
+    empty = cli(env, "send", NUMBER, "447700900123", "--text", "hi", "--key", "")
+    assert empty.returncode == 2
+    assert "idempotency_key" in empty.stderr
+    down = cli(env, "send", NUMBER, "447700900123", "--text", "hi", "--key", "k")
+    assert down.returncode == 3, down.stderr
+    assert "Traceback" not in down.stderr
+    assert cli(env, "send", NUMBER, "447700900123", "--text", "hi", "--wait", "nan").returncode == 2
