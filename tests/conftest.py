@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from aiohttp.test_utils import TestClient, TestServer
 from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 
 from daemon.config import Settings
+from daemon.web import make_app
 from tests.support.fake_graph import FakeGraph
 from tests.support.procs import Proc, base_env
 from tests.support.redis_server import RedisServer
@@ -153,3 +156,21 @@ def _ready(url: str, proc: Proc) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+@pytest.fixture
+async def make_client(redis_url: str) -> AsyncIterator[Callable[..., Any]]:
+    """Start the web app in-process (``make(url=None, **settings)``); every client started is
+    closed at the end."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def make(url: str | None = None, **extra: str) -> TestClient[Any, Any]:
+        settings = settings_for(redis_url, **extra)
+        client: TestClient[Any, Any] = TestClient(TestServer(make_app(settings, url or redis_url)))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for started in clients:
+        await started.close()

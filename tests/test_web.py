@@ -14,35 +14,18 @@ from typing import Any
 
 import pytest
 import redis
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from dramatiq import Message
 
 from daemon.config import Settings
 from daemon.pipeline import PIPELINE_QUEUE
-from daemon.web import GUARD, make_app
+from daemon.web import GUARD
 from tests.conftest import APP_SECRET, VERIFY_TOKEN, settings_for
 from tests.support.meta import meta_bytes, signed, text_envelope
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import async_wait_for
 
 QUEUE_KEY = f"dramatiq:{PIPELINE_QUEUE}"
-
-
-@pytest.fixture
-async def make_client(redis_url: str) -> AsyncIterator[Callable[..., Any]]:
-    """Start the app in-process; every client started is closed at the end."""
-    clients: list[TestClient[Any, Any]] = []
-
-    async def make(url: str | None = None, **extra: str) -> TestClient[Any, Any]:
-        settings = settings_for(redis_url, **extra)
-        client: TestClient[Any, Any] = TestClient(TestServer(make_app(settings, url or redis_url)))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield make
-    for started in clients:
-        await started.close()
 
 
 @pytest.fixture
