@@ -20,7 +20,7 @@ from actors.context import Context
 from actors.errors import ConversationBusy, ItemRejected
 from daemon.conversation import Conversation, Entry
 from daemon.handler import Outbound
-from daemon.store.conversations import ConversationChanged
+from daemon.store.conversations import ConversationChanged, StateTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ def commit_turn(
             raise ItemRejected(
                 f"the conversation cannot be stored: {error}"[:300], message_id=subject
             ) from None
+        except StateTooLarge as error:  # the previous state stays: nothing was committed
+            raise ItemRejected(f"the conversation cannot be stored: {error}", message_id=subject) from None
         except ConversationChanged:
             log.info(
                 "conversation_changed", extra={"actor": actor, "message_id": subject, "attempt": attempt}

@@ -34,7 +34,17 @@ from collections import Counter
 from actors.context import Context
 from daemon.config import DAY_SECONDS
 from daemon.envelope import MEDIA_TYPES, Item, item_problem, loads, split
-from daemon.pipeline import FETCH_MEDIA, PARSE, REPLY, Envelope, MessageItem, Stage, message, timestamp_of
+from daemon.pipeline import (
+    FETCH_MEDIA,
+    PARSE,
+    REPLY,
+    Envelope,
+    MessageItem,
+    Stage,
+    message,
+    timestamp_of,
+    window_time,
+)
 from daemon.store import dedup, journeys
 from daemon.store.conversations import ORDER_TTL_SECONDS
 
@@ -153,7 +163,7 @@ def _claims(
                         handoff.phone_number_id,
                         user,
                         handoff.id,
-                        _timestamp(item),
+                        int(window_time(item.data.get("timestamp"), envelope.received_at)),
                         settings.conversation_ttl_seconds,
                         _indexed_for(context),
                     )

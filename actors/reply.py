@@ -32,7 +32,7 @@ from daemon.conversation import Conversation, Entry
 from daemon.graph import GraphError, GraphUnreachable, SendOutcomeUnknown
 from daemon.handler import InboundMessage, Outbound, call_handler, inbound_text
 from daemon.messages import text_of
-from daemon.pipeline import REPLY, MessageItem
+from daemon.pipeline import REPLY, MessageItem, window_time
 from daemon.store.ledger import Subject
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def run(context: Context, item: MessageItem) -> None:
     message = InboundMessage.from_item(item)
     fields = {"actor": ACTOR_NAME, "message_id": message.id, "type": message.type}
     ledger = context.store.ledger
-    outbound = _decide(context, message)
+    outbound = _decide(context, message, item.received_at)
     context.journal.fields["replies"] = len(outbound)
     if not outbound:
         subject = Subject(message.phone_number_id, message.id, item.at)
@@ -65,14 +65,14 @@ def run(context: Context, item: MessageItem) -> None:
     probing = sending.wait_if_paused(context, message.phone_number_id)
     if not _typing(context):  # else marked read, "typing…", before the bot ran
         _mark_read(context, message, fields)
-    sending.send_all(context, target, recipient, outbound, _last_inbound(context, message))
+    sending.send_all(context, target, recipient, outbound, _last_inbound(context, message, item.received_at))
     sending.resume_if_probing(context, target, probing)
     latency = time.time() - item.received_at
     context.metrics.reply_latency.observe(max(0.0, latency))
     log.info("replied", extra={**fields, "replies": len(outbound), "latency_ms": round(latency * 1000)})
 
 
-def _decide(context: Context, message: InboundMessage) -> list[Outbound]:
+def _decide(context: Context, message: InboundMessage, received_at: float) -> list[Outbound]:
     """The replies to ``message``. A sync handler runs in this worker thread, an async one on the
     worker's event loop. A handler that takes the conversation gets it loaded from Redis, and its
     replies are committed with the conversation's changes as this message's turn, once: a run
@@ -93,11 +93,10 @@ def _decide(context: Context, message: InboundMessage) -> list[Outbound]:
     ordering.wait_for_earlier(context, message.phone_number_id, user, message.id, ACTOR_NAME)
     if _typing(context):
         _mark_read(context, message, {"actor": ACTOR_NAME, "message_id": message.id}, typing=True)
-    inbound_at = _timestamp(message)
+    inbound_at = window_time(message.timestamp, received_at)
 
     def decide(conversation: Conversation) -> tuple[list[Outbound], list[Entry]]:
-        if inbound_at is not None:
-            conversation.last_inbound_at = max(conversation.last_inbound_at or 0.0, inbound_at)
+        conversation.last_inbound_at = max(conversation.last_inbound_at or 0.0, inbound_at)
         outbound = call_handler(context.handler, message, context.run_coroutine, conversation)
         now = time.time()
         entries = [
@@ -114,22 +113,18 @@ def _decide(context: Context, message: InboundMessage) -> list[Outbound]:
     )
 
 
-def _last_inbound(context: Context, message: InboundMessage) -> float | None:
+def _last_inbound(context: Context, message: InboundMessage, received_at: float) -> float:
     """When the user's 24-hour window opened, as Meta counts it: their last message's own
-    ``timestamp`` — this one, or a later one parse recorded (looked up only when this one's window
-    has closed: a webhook Meta delivered late); None when unknown."""
-    last = _timestamp(message)
+    ``timestamp`` (never later than its receipt: :func:`daemon.pipeline.window_time`) — this one,
+    or a later one parse recorded (looked up only when this one's window has closed: a webhook
+    Meta delivered late)."""
+    last = window_time(message.timestamp, received_at)
     user = message.user
-    if last is not None and not sending.window_open(last) and user:
+    if not sending.window_open(last) and user:
         stored = context.store.conversations.last_inbound(message.phone_number_id, user)
         if stored is not None:
             last = max(last, stored)
     return last
-
-
-def _timestamp(message: InboundMessage) -> float | None:
-    """Meta's timestamp of the message (Unix seconds), when it is one."""
-    return float(message.timestamp) if message.timestamp and message.timestamp.isdigit() else None
 
 
 def _recipient(message: InboundMessage) -> dict[str, str]:

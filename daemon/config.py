@@ -142,6 +142,8 @@ class Settings:
     status_dedup_ttl_seconds: int
     history_messages: int
     history_characters: int
+    #: The most bytes a conversation's state and variables may take, as JSON (``WAPIPE_MAX_STATE_BYTES``).
+    max_state_bytes: int
     conversation_ttl_seconds: int
     status_retention_days: int
     trace_retention_hours: int
@@ -265,6 +267,7 @@ class Settings:
             status_dedup_ttl_seconds=env.integer("WAPIPE_STATUS_DEDUP_TTL_SECONDS", DAY_SECONDS, minimum=1),
             history_messages=env.integer("WAPIPE_HISTORY_MESSAGES", 20, minimum=1, maximum=1000),
             history_characters=env.integer("WAPIPE_HISTORY_CHARACTERS", 0, minimum=0),
+            max_state_bytes=env.integer("WAPIPE_MAX_STATE_BYTES", 65_536, minimum=1_024),
             conversation_ttl_seconds=env.integer(
                 "WAPIPE_CONVERSATION_TTL_SECONDS", 30 * DAY_SECONDS, minimum=60
             ),

@@ -108,7 +108,15 @@ class StoredMedia:
 
 def timestamp_of(value: object) -> int:
     """Meta's ``timestamp`` (a string of Unix seconds) as a number; 0 when it is missing or not one."""
-    return int(value) if isinstance(value, str) and value.isdigit() else 0
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else 0
+
+
+def window_time(value: object, received_at: float) -> float:
+    """When a message counts as written, for the user's 24-hour window: Meta's ``timestamp``, but
+    never later than when wapipe received it (a signed timestamp 30 days ahead would keep the window
+    open for a month); a missing, negative or zero one is taken as the receive time."""
+    written = timestamp_of(value)
+    return float(written) if 0 < written <= received_at else received_at
 
 
 @dataclass(frozen=True, slots=True)

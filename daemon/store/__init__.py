@@ -64,6 +64,7 @@ class Store:
                 client,
                 history_messages=settings.history_messages,
                 history_characters=settings.history_characters,
+                max_state_bytes=settings.max_state_bytes,
                 ttl_seconds=settings.conversation_ttl_seconds,
                 turn_ttl_seconds=ledger.ttl_seconds,
             ),

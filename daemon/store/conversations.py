@@ -47,12 +47,18 @@ class ConversationChanged(Exception):
     was committed; load it again and decide again."""
 
 
+class StateTooLarge(ValueError):
+    """A turn would leave the conversation's state and variables over their size limit."""
+
+
 class Conversations:
     """Conversations on one Redis client (one worker thread's).
 
     Args:
         history_messages: entries kept in the context window.
         history_characters: the most text the window handed to the bot holds (0: no limit).
+        max_state_bytes: the most a conversation's state and variables may take, as JSON
+            (``WAPIPE_MAX_STATE_BYTES``): a turn that leaves more is not committed.
         ttl_seconds: a conversation's life after its last turn.
         turn_ttl_seconds: a turn's life (the reply ledger's).
     """
@@ -63,6 +69,7 @@ class Conversations:
         *,
         history_messages: int,
         history_characters: int,
+        max_state_bytes: int = 65_536,
         ttl_seconds: int,
         turn_ttl_seconds: int,
     ) -> None:
@@ -73,6 +80,7 @@ class Conversations:
         self._note = scripts.register(client, "note")
         self.history_messages = history_messages
         self.history_characters = history_characters
+        self.max_state_bytes = max_state_bytes
         self.ttl_seconds = ttl_seconds
         self.turn_ttl_seconds = turn_ttl_seconds
 
@@ -159,9 +167,17 @@ class Conversations:
 
         Raises:
             TypeError: the state or a variable is not JSON (the bot's bug: nothing is committed).
+            StateTooLarge: the state and variables are over ``max_state_bytes`` (nothing committed).
             ConversationChanged: another message's turn changed the conversation since it was loaded.
         """
         number, user = conversation.phone_number_id, conversation.user
+        state, variables = json.dumps(conversation.state), json.dumps(conversation.variables)
+        size = len(state.encode("utf-8", "surrogatepass")) + len(variables.encode("utf-8", "surrogatepass"))
+        if size > self.max_state_bytes:
+            raise StateTooLarge(
+                f"the conversation's state and variables take {size} bytes as JSON; "
+                f"WAPIPE_MAX_STATE_BYTES is {self.max_state_bytes}"
+            )
         applied, stored = self._turn(
             keys=[
                 keys.turn(number, message_id),
@@ -172,8 +188,8 @@ class Conversations:
             ],
             args=[
                 json.dumps({"outbound": list(outbound), "user": user}),
-                json.dumps(conversation.state),
-                json.dumps(conversation.variables),
+                state,
+                variables,
                 "" if inbound_at is None else repr(inbound_at),
                 self.history_messages,
                 self.ttl_seconds,
