@@ -39,7 +39,7 @@ from daemon.graph import (
     SendOutcomeUnknown,
 )
 from daemon.pipeline import FETCH_MEDIA, MEDIA_MAX_RETRIES, REPLY, MessageItem, StoredMedia
-from daemon.store.media import TempFile, expected_digest, phone_dir
+from daemon.store.media import MediaNotStored, TempFile, expected_digest, phone_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,9 @@ ACTOR_NAME = FETCH_MEDIA.name
 
 #: Retried (SendOutcomeUnknown covers a cut download and one under the rate floor).
 _TRANSIENT = (GraphUnreachable, SendOutcomeUnknown, MediaExpired)
-#: Everything a fetch can fail with that still lets the message be answered.
-_FAILURES = (MediaRefused, RequestInvalid, GraphError, *_TRANSIENT)
+#: Everything a fetch can fail with that still lets the message be answered (a file the media
+#: directory cannot take, too: at once, for the user should not wait on a full disk).
+_FAILURES = (MediaRefused, RequestInvalid, GraphError, MediaNotStored, *_TRANSIENT)
 
 
 def run(context: Context, item: MessageItem) -> None:
@@ -66,8 +67,10 @@ def run(context: Context, item: MessageItem) -> None:
         )
         if transient and not last_try:
             raise
-        log.warning(
-            "media_unavailable", extra={**fields, "error": type(error).__name__, "detail": str(error)[:200]}
+        log.log(
+            logging.ERROR if isinstance(error, MediaNotStored) else logging.WARNING,
+            "media_unavailable",
+            extra={**fields, "error": type(error).__name__, "detail": str(error)[:200]},
         )
         context.metrics.media_downloads.labels("failed").inc()
         context.journal.fields["media"] = {"stored": False, "error": type(error).__name__}
@@ -100,7 +103,10 @@ def _fetch(context: Context, phone_number_id: str, media: dict[str, Any]) -> Sto
         url = None
     info: dict[str, Any] = {}
     folder = phone_dir(settings.media_dir, phone_number_id)
-    sink = TempFile(folder)
+    try:
+        sink = TempFile(folder)
+    except OSError as error:
+        raise MediaNotStored(error) from None
     try:
         for refresh in range(2):
             if url is None:
@@ -127,6 +133,8 @@ def _fetch(context: Context, phone_number_id: str, media: dict[str, Any]) -> Sto
             # Neither the hash nor the size the Graph API announced: a cut file, not another one.
             raise AnswerCut(f"downloaded {sink.size} bytes of the {announced} announced")
         stored = sink.store(folder, mime, expected)
+    except OSError as error:  # writing, flushing or renaming the file: the download itself maps its own
+        raise MediaNotStored(error) from None
     finally:
         sink.discard()
     families = context.metrics

@@ -274,3 +274,56 @@ def test_media_past_its_retention_is_deleted_by_the_workers(
     wait_for(lambda: "media_files_purged" in worker.output(), timeout=20, what="the media purge")
     assert {name for name, path in files.items() if path.exists()} == {"young"}
     assert "files=2" in worker.output() or '"files": 2' in worker.output()
+
+
+def test_a_file_the_media_directory_cannot_take_still_gets_its_answer(
+    pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis, tmp_path: Path
+) -> None:
+    """The number's media folder cannot be made (a file is in its way, as a full or read-only disk
+    refuses too): fetch_media was dead-lettered after 4 attempts and the user got no answer at all.
+    Now the user gets "could not download it", once, at once, and nothing is left behind."""
+    media = tmp_path / "data" / "media"
+    media.mkdir(parents=True)
+    (media / PNID).write_bytes(b"not a folder")
+    fake_graph.add_media("889")
+    stack = pipeline(**MEDIA_ENV)
+    assert post_webhook(stack["url"], media_message("889")) == 200
+    fake_graph.wait_sends(1)
+    wait_for(lambda: drained(rclient), timeout=20, what="pipeline drained")
+    assert replies(fake_graph) == ["Got your image, but could not download it."]
+    assert rclient.zcard("dramatiq:wapipe_media.XQ") == 0
+    assert files_under(media) == [media / PNID]
+    assert "MediaNotStored" in stack["worker"].output()
+
+
+def test_a_disk_that_fills_while_writing_leaves_no_partial_file(
+    redis_url: str,
+    rclient: redis.Redis,
+    fake_graph: FakeGraph,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The disk fills in the middle of a download (ENOSPC on a write, and again when the file is
+    closed): the message goes on to reply without a file, and no partial file stays."""
+    import errno
+
+    from actors import fetch_media
+    from daemon.pipeline import MessageItem
+    from daemon.store import media as media_store
+    from tests.support.stages import context, resources
+
+    def full(self: media_store.TempFile, chunk: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(media_store.TempFile, "write", full)
+    fake_graph.add_media("890", content=b"y" * 200_000)
+    [message] = media_message("890")["entry"][0]["changes"][0]["value"]["messages"]
+    item = MessageItem(message, PNID, None, None, time.time(), "env")
+    with resources(redis_url, fake_graph.url, tmp_path, **MEDIA_ENV) as worker:
+        fetch_media.run(context(worker), item)
+        media = worker.settings.media_dir
+    assert files_under(media) == []
+    [queued] = rclient.lrange("dramatiq:wapipe", 0, -1)
+    handed = rclient.hget("dramatiq:wapipe.msgs", queued)
+    assert b'"actor_name":"reply"' in handed
+    assert b"stored_media" not in handed or b'"stored_media":null' in handed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import fcntl
 import hashlib
 import os
@@ -94,6 +95,16 @@ PART_PREFIX = ".part-"
 PART_GRACE_SECONDS = 10.0
 
 
+class MediaNotStored(Exception):
+    """The media directory cannot take the file (disk full, a quota, no permission, read-only);
+    the message says which, by its ``errno`` name, never the path's content."""
+
+    def __init__(self, error: OSError) -> None:
+        name = errno.errorcode.get(error.errno or 0, type(error).__name__)
+        super().__init__(f"the media directory cannot store the file: {name}")
+        self.errno_name = name
+
+
 class TempFile:
     """A temporary file beside the destination, hashed while written; removed unless stored.
 
@@ -141,9 +152,14 @@ class TempFile:
         return Stored(path=target, size=self.size, sha256_hex=digest.hex(), verified=verified)
 
     def discard(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        self.path.unlink(missing_ok=True)
+        """Close and remove the partial file (closing a full disk's file fails: it goes all the same)."""
+        try:
+            if not self._file.closed:
+                self._file.close()
+        except OSError:
+            pass  # its buffered bytes had nowhere to go: the file is removed below
+        finally:
+            self.path.unlink(missing_ok=True)
 
 
 def remove_abandoned_parts(media_dir: Path) -> int:
