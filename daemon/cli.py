@@ -437,17 +437,27 @@ def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
     """Erase everything kept of one user (an erasure request)."""
     import redis
 
-    from daemon.store.erasure import forget
+    from daemon.store.erasure import forget, rewrite_files
 
     client = redis.Redis.from_url(resolve_redis_url(settings), socket_timeout=10)
     try:
         erased = forget(client, args.phone_number_id, args.user, settings.media_dir)
+        print(
+            f"forgot {args.user}: {erased.keys} keys, {erased.dead_letters} dead letters, "
+            f"{erased.outbox_entries} outbox entries, {erased.media_files} media files"
+        )
+        rewritten = rewrite_files(client)
     finally:
         client.close()
-    print(
-        f"forgot {args.user}: {erased.keys} keys, {erased.dead_letters} dead letters, "
-        f"{erased.outbox_entries} outbox entries, {erased.media_files} media files"
-    )
+    for line in rewritten.lines:
+        print(f"Redis's {line}" if not line.startswith("Redis") else line)
+    if not rewritten.complete:
+        print(
+            "Redis's files may still hold copies of the user until Redis rewrites them "
+            "(its replicas and backups keep theirs too)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return EXIT_OK
 
 

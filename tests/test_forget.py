@@ -17,6 +17,7 @@ import redis
 from tests.pipeline_helpers import dead_letters, drained, post_webhook
 from tests.support.fake_graph import FakeGraph, graph_error
 from tests.support.meta import envelope, text_envelope
+from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_for
 from tests.test_send import TOKEN, post_send, request, text
 
@@ -45,11 +46,22 @@ def everything(rclient: redis.Redis) -> str:
     return "\n".join(parts)
 
 
+def redis_files(server: RedisServer) -> bytes:
+    """Everything in the Redis data directory's files (its append-only files, any snapshot)."""
+    return b"".join(path.read_bytes() for path in sorted(server.directory.rglob("*")) if path.is_file())
+
+
 def test_forget_leaves_nothing_of_the_user(
-    pipeline: Callable[..., dict[str, Any]], fake_graph: FakeGraph, rclient: redis.Redis, tmp_path: Path
+    pipeline: Callable[..., dict[str, Any]],
+    fake_graph: FakeGraph,
+    rclient: redis.Redis,
+    tmp_path: Path,
+    redis_server: RedisServer,
 ) -> None:
     """Texts, a stored image, a business send, a dead-lettered reply, a conversation bot's state:
-    all gone after `wapipe forget`; the other user's conversation and reply records remain."""
+    all gone after `wapipe forget`, from Redis's own files too (it asks Redis to rewrite its
+    append-only file, which kept 8 copies of the texts before); the other user's conversation and
+    reply records remain."""
     (tmp_path / "memory_bot.py").write_text(
         "from daemon.messages import Text\n"
         "def handle(message, conversation):\n"
@@ -77,6 +89,7 @@ def test_forget_leaves_nothing_of_the_user(
     before = everything(rclient)
     assert USER in before
     assert "wamid.F1" in before
+    wait_for(lambda: b"my secret address" in redis_files(redis_server), timeout=10, what="the AOF written")
 
     forgot = subprocess.run(
         [sys.executable, "-m", "daemon", "forget", NUMBER, USER],
@@ -90,6 +103,11 @@ def test_forget_leaves_nothing_of_the_user(
     assert forgot.stdout.startswith(f"forgot {USER}: ")
     assert "1 dead letters" in forgot.stdout
     assert "1 media files" in forgot.stdout
+    assert "Redis's append-only file: rewritten" in forgot.stdout
+    on_disk = redis_files(redis_server)
+    for trace in (b"my secret address", b"another secret", USER.encode(), b"forget-key"):
+        assert trace not in on_disk, trace
+    assert b"wamid.O1" in on_disk  # the other user's records are still there
 
     after = everything(rclient)
     for trace in (USER, "wamid.F1", "wamid.F2", "wamid.F3", "forget-key", "secret"):
@@ -108,3 +126,30 @@ def test_forget_leaves_nothing_of_the_user(
         ).stdout
     )
     assert shown["variables"] == {"said": "hello"}
+
+
+def test_forget_says_so_when_redis_refuses_to_rewrite_its_files(
+    pipeline: Callable[..., dict[str, Any]], rclient: redis.Redis, redis_server: RedisServer
+) -> None:
+    """A Redis that refuses BGREWRITEAOF (a managed service's ACL): the keys are removed, the
+    refusal is printed with what it means (its files, replicas and backups keep copies), exit 1."""
+    stack = pipeline(worker=False)
+    assert post_webhook(stack["url"], text_envelope("wamid.R1", "refused secret", sender=USER)) == 200
+    rclient.acl_setuser("eraser", enabled=True, passwords=["+eraser-pw"], keys=["*"], channels=["*"],
+                        commands=["+@all", "-bgrewriteaof"])  # fmt: skip
+    try:
+        limited = redis_server.url.replace("redis://", "redis://eraser:eraser-pw@")
+        forgot = subprocess.run(
+            [sys.executable, "-m", "daemon", "forget", NUMBER, USER],
+            env=stack["env"] | {"REDIS_URL": limited},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        rclient.acl_deluser("eraser")
+    assert forgot.returncode == 1, forgot.stderr
+    assert forgot.stdout.startswith(f"forgot {USER}: ")
+    assert "Redis's append-only file: Redis refused BGREWRITEAOF" in forgot.stdout
+    assert "replicas and backups" in forgot.stderr

@@ -9,12 +9,19 @@ page keeps of them (their stream, the media they attached), and the media files.
 
 Messages still queued or in flight when it runs are not touched: run it when the user's messages
 have been handled (an erasure request is not that urgent), or run it again afterwards.
+
+Removing keys does not remove them from Redis's own files: the append-only file keeps every
+command that wrote them until it is rewritten, a snapshot what was there when it was taken.
+:func:`rewrite_files` has Redis rewrite both, and says so (a managed Redis may refuse; then the
+files keep copies until the service rewrites them). Replicas and backups keep theirs until they
+are rewritten or expire.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,3 +179,74 @@ def _forget_outbox(client: redis.Redis, phone_number_id: str, user: str, subject
                 pipe.rpush(keys.SANDBOX_OUTBOX, *kept)
             pipe.execute()
     return removed
+
+
+#: How long ``wapipe forget`` waits for Redis to rewrite its files.
+REWRITE_WAIT_SECONDS = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rewritten:
+    """What Redis's own files became after an erasure: a line per file kind, and whether every file
+    that may hold the user was rewritten."""
+
+    lines: tuple[str, ...]
+    complete: bool
+
+
+def rewrite_files(client: redis.Redis, wait_seconds: float = REWRITE_WAIT_SECONDS) -> Rewritten:
+    """Have Redis rewrite the files that may still hold what :func:`forget` removed: the
+    append-only file (``BGREWRITEAOF``: a new one holding only today's data, the old ones deleted)
+    and, where it keeps them, its snapshot (``BGSAVE``). Waits for each to finish."""
+    lines: list[str] = []
+    complete = True
+    try:
+        persistence = client.info("persistence")
+    except redis.ResponseError as error:
+        return Rewritten((f"Redis refused INFO persistence ({error}): its files may keep copies",), False)
+    if int(persistence.get("aof_enabled", 0)):
+        done, line = _background(
+            client, "BGREWRITEAOF", "aof_rewrite_in_progress", "aof_last_bgrewrite_status", wait_seconds
+        )
+        lines.append(f"append-only file: {line}")
+        complete &= done
+    try:
+        schedule = client.config_get("save").get("save", "")
+    except redis.ResponseError:
+        schedule = "unknown"  # a managed Redis may refuse CONFIG: take a snapshot anyway
+    if schedule:
+        done, line = _background(
+            client, "BGSAVE", "rdb_bgsave_in_progress", "rdb_last_bgsave_status", wait_seconds
+        )
+        lines.append(f"snapshot: {line}")
+        complete &= done
+    if not lines:
+        lines.append("Redis keeps no files (no append-only file, no snapshots)")
+    return Rewritten(tuple(lines), complete)
+
+
+def _background(
+    client: redis.Redis, command: str, in_progress: str, last_status: str, wait_seconds: float
+) -> tuple[bool, str]:
+    """Run ``command`` (a background rewrite) once none is in progress, and wait for it."""
+    deadline = time.monotonic() + wait_seconds
+    started = False
+    while time.monotonic() < deadline:
+        info = client.info("persistence")
+        busy = int(info.get(in_progress, 0)) or int(info.get("aof_rewrite_scheduled", 0))
+        if started and not busy:
+            status = str(info.get(last_status, "ok"))
+            return (status == "ok", "rewritten" if status == "ok" else f"Redis's rewrite failed ({status})")
+        if not started and not busy:
+            try:
+                if command == "BGREWRITEAOF":
+                    client.bgrewriteaof()
+                else:
+                    client.bgsave()
+            except redis.ResponseError as error:
+                if "in progress" not in str(error):  # another one running: wait for it, then ours
+                    return False, f"Redis refused {command} ({error})"
+            else:
+                started = True
+        time.sleep(0.05)
+    return False, f"not finished within {wait_seconds:g} s ({command} still running)"
