@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from aiohttp import BodyPartReader, web
@@ -43,6 +44,9 @@ OUTBOX_LIMIT = 1000
 MEDIA_TTL_SECONDS = 30 * 86_400
 #: The addresses a client on this machine connects from.
 LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+#: The names a request to this machine's loopback may give in its ``Host``: any other name on a
+#: loopback connection is a page of another site whose name was rebound to 127.0.0.1.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def _text(value: bytes | str | None) -> str:
@@ -75,7 +79,25 @@ class Emulator:
         self._proof = proof(self.token)
 
     def authorised(self, request: web.Request) -> bool:
-        return hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {self.token}")
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogatepass")
+        return hmac.compare_digest(given, f"Bearer {self.token}".encode())
+
+    def named_here(self, request: web.Request) -> bool:
+        """Whether the request names this machine in its ``Host``: a loopback name, or the host the
+        workers reach this web at (``web_url``) — not a rebound name of another site."""
+        own = urlsplit(self.web_url).hostname if self.web_url else None
+        return request.url.host in LOOPBACK_HOSTS or (own is not None and request.url.host == own)
+
+    @web.middleware
+    async def guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Every ``/sandbox/`` route but the chat page's (which has its own guard): a request without
+        the emulator's token must name this machine (no DNS rebinding of the outbox or the identity)."""
+        path = request.path
+        guarded = path.startswith("/sandbox/") and not path.startswith("/sandbox/chat")
+        if guarded and not self.authorised(request) and not self.named_here(request):
+            return _error(403, 10, "The sandbox answers requests naming this machine only")
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def sign_response(self, request: web.Request, response: web.StreamResponse) -> None:
         """``on_response_prepare``: every answer under ``/sandbox/`` proves it comes from this emulator."""
@@ -210,8 +232,10 @@ class Emulator:
 
 
 def mount(app: web.Application, emulator: Emulator) -> None:
-    """Add the emulator's routes (the download route first: it is more specific)."""
+    """Add the emulator's routes (the download route first: it is more specific), behind
+    :meth:`Emulator.guard`."""
     prefix = SANDBOX_GRAPH_PATH
+    app.middlewares.append(emulator.guard)
     app.on_response_prepare.append(emulator.sign_response)
     app.router.add_get(IDENTITY_PATH, emulator.identity)
     app.router.add_get(f"{prefix}/media-download/{{media_id}}", emulator.media_download)

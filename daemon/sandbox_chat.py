@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 
 from daemon import simulate
 from daemon.config import Settings
-from daemon.sandbox import LOOPBACK_PEERS, Emulator
+from daemon.sandbox import LOOPBACK_HOSTS, LOOPBACK_PEERS, Emulator
 from daemon.signature import HEADER, sign
 from daemon.store import keys
 
@@ -56,11 +56,14 @@ POLICY = (
 TEXT_MAX = 65_536
 #: How long a page's event stream blocks on Redis at most before it checks its connection.
 BLOCK_SECONDS = 10.0
+#: Chat pages whose event streams are open at once, each on a Redis connection of the streams'
+#: own pool (a page over it is answered 503 and its browser tries again a second later): no
+#: number of open pages can take a connection a webhook needs.
+MAX_EVENT_STREAMS = 64
 #: A quiet stream sends a comment this often, so that a page that went away is noticed.
 KEEPALIVE_SECONDS = 15.0
 _USER = re.compile(r"^\d{5,20}$")
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 #: The first simulated user's number; the next ones count up.
 FIRST_USER = 15550001001
 _IMAGES = frozenset({"image/jpeg", "image/png"})
@@ -114,10 +117,14 @@ class Chat:
         settings: Settings,
         emulator: Emulator,
         redis_of: Callable[[web.Request], aioredis.Redis],
+        redis_url: str,
     ) -> None:
         self.settings = settings
         self.emulator = emulator
         self.redis_of = redis_of
+        self.redis_url = redis_url
+        self._streams: aioredis.Redis | None = None
+        self.open_streams = 0
         self.phone_number_id = simulate.business_number(settings)
         self.block_ms = max(10, int(min(BLOCK_SECONDS, settings.redis_timeout_seconds / 2) * 1000))
         self._session: aiohttp.ClientSession | None = None
@@ -125,9 +132,21 @@ class Chat:
         self._stopping = asyncio.Event()
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
-        """``cleanup_ctx``: the client session the simulated phones post webhooks with."""
+        """``cleanup_ctx``: the client session the simulated phones post webhooks with, and the
+        event streams' own Redis connections."""
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        timeout = self.settings.redis_timeout_seconds
+        self._streams = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                self.redis_url,
+                max_connections=MAX_EVENT_STREAMS,
+                timeout=timeout,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+            )
+        )
         yield
+        await self._streams.aclose()
         self._stopping.set()
         for task in list(self._tasks):
             task.cancel()
@@ -208,7 +227,7 @@ class Chat:
     def local(self, request: web.Request) -> None:
         """The page answers only on this machine: a loopback peer, a loopback ``Host`` (no DNS
         rebinding), and for a POST, the page's own origin (no other site's form)."""
-        if request.remote not in LOOPBACK_PEERS or request.url.host not in _LOOPBACK_HOSTS:
+        if request.remote not in LOOPBACK_PEERS or request.url.host not in LOOPBACK_HOSTS:
             raise ChatRefused(403, "the chat page answers on this machine only")
         origin = request.headers.get("Origin")
         if request.method == "POST" and origin is not None and origin != f"{request.scheme}://{request.host}":
@@ -393,6 +412,18 @@ class Chat:
         last = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
         if last != "0" and not _EVENT_ID.match(last):
             raise ChatRefused(400, "Last-Event-ID: a stream id")
+        if self.open_streams >= MAX_EVENT_STREAMS or self._streams is None:
+            log.warning("sandbox_chat_streams_full", extra={"open": self.open_streams})
+            raise ChatRefused(503, f"{MAX_EVENT_STREAMS} chat pages are open already: close one")
+        self.open_streams += 1
+        try:
+            return await self._stream(request, self._streams, user, last)
+        finally:
+            self.open_streams -= 1
+
+    async def _stream(
+        self, request: web.Request, client: aioredis.Redis, user: str, last: str
+    ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -401,7 +432,6 @@ class Chat:
             }
         )
         await response.prepare(request)
-        client = self.redis_of(request)
         key = keys.sandbox_chat(user)
         with contextlib.suppress(ConnectionResetError):
             await response.write(b"retry: 1000\n\n")

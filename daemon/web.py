@@ -321,7 +321,7 @@ def make_app(settings: Settings, redis_url: str) -> web.Application:
         emulator = sandbox.Emulator(lambda request: request.app[REDIS], settings.max_body_bytes)
         app[EMULATOR] = emulator
         sandbox.mount(app, emulator)
-        emulator.chat = sandbox_chat.Chat(settings, emulator, lambda request: request.app[REDIS])
+        emulator.chat = sandbox_chat.Chat(settings, emulator, lambda request: request.app[REDIS], redis_url)
         sandbox_chat.mount(app, emulator.chat)
     return app
 

@@ -390,3 +390,58 @@ async def test_forget_erases_what_the_chat_page_kept_of_the_user(sandbox: Sandbo
     assert not sandbox.redis.keys("wapipe:sandbox:chat:from:*")
     assert not sandbox.redis.hexists(keys.SANDBOX_CHAT_USERS, USER)
     assert len(sandbox.events("15550009999")) == 1
+
+
+async def test_open_chat_pages_never_cost_a_webhook_its_answer(sandbox: Sandbox) -> None:
+    """1,500 open chat event streams exhausted the web's Redis connections (11 of 20 webhooks got
+    503, the emulator answered sends with 500). The streams have connections of their own, at most
+    MAX_EVENT_STREAMS: the pages past it are told to come back (503), and meanwhile every signed
+    webhook gets 200 and every send of the bot is taken."""
+    from daemon.sandbox_chat import MAX_EVENT_STREAMS
+    from daemon.signature import sign
+    from tests.support.meta import meta_bytes, text_envelope
+
+    pages = 1_500
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as browser:
+        opened: list[aiohttp.ClientResponse] = []
+
+        async def open_page(n: int) -> int:
+            response = await browser.get(f"{sandbox.url}/sandbox/chat/api/events", params={"user": USER})
+            if response.status != 200:
+                response.release()
+                return response.status
+            opened.append(response)
+            return 200
+
+        answers = await asyncio.gather(*(open_page(n) for n in range(pages)))
+        try:
+            assert answers.count(200) == MAX_EVENT_STREAMS
+            assert answers.count(503) == pages - MAX_EVENT_STREAMS
+            statuses = []
+            for n in range(20):
+                body = meta_bytes(text_envelope(f"wamid.PAGES{n}", phone_number_id=SANDBOX_PHONE_NUMBER_ID))
+                headers = {
+                    "X-Hub-Signature-256": sign(body, "sandbox-app-secret"),
+                    "Content-Type": "application/json",
+                }
+                async with browser.post(f"{sandbox.url}/webhook", data=body, headers=headers) as posted:
+                    statuses.append(posted.status)
+            assert statuses == [200] * 20
+            await sandbox.bot_sends({"to": USER, "type": "text", "text": {"body": "still here"}})
+        finally:
+            for response in opened:
+                response.close()
+
+
+@pytest.mark.parametrize("path", ["/sandbox/outbox", "/sandbox/identity?challenge=0123456789"])
+async def test_every_sandbox_route_refuses_a_foreign_host(sandbox: Sandbox, path: str) -> None:
+    """``/sandbox/outbox`` answered a request whose ``Host`` is ``evil.com`` (a page of another
+    site whose name was rebound to 127.0.0.1): every sandbox route now refuses it, as the chat
+    page does, unless the request carries the emulator's token; a loopback name is answered."""
+    async with sandbox.client.get(path, headers={"Host": "evil.com"}) as response:
+        assert response.status == 403
+    async with sandbox.client.get(path, headers={"Host": "evil.com", **sandbox.auth}) as response:
+        assert response.status == 200
+    async with sandbox.client.get(path, headers={"Host": "localhost"}) as response:
+        assert response.status == 200
