@@ -65,10 +65,14 @@ class DaemonAsyncIO(AsyncIO):
         set_event_loop_thread(None)
 
 
-def build_broker(settings: Settings, redis_url: str, threads: int | None = None) -> RedisBroker:
+def build_broker(
+    settings: Settings, redis_url: str, threads: int | None = None, broker_id: str | None = None
+) -> RedisBroker:
     """A Redis broker with wapipe's middleware and every stage declared on it.
 
-    ``threads`` is the worker threads of this process (for ``wapipe_worker_threads``).
+    ``threads`` is the worker threads of this process (for ``wapipe_worker_threads``);
+    ``broker_id`` the id its consumers fetch and heartbeat under (given by the main process, which
+    requeues what they fetched if this process dies; else Dramatiq draws one).
     """
     # Dramatiq's defaults minus AgeLimit, Callbacks and Pipelines, which wapipe does not use (stages
     # hand on by enqueueing the next message themselves, so an enqueue failure fails the stage).
@@ -93,6 +97,7 @@ def build_broker(settings: Settings, redis_url: str, threads: int | None = None)
         resources := ResourcesMiddleware(settings, redis_url),
     ]
     broker = WakeableRedisBroker(
+        broker_id=broker_id,
         url=redis_url,
         namespace=NAMESPACE,
         middleware=middleware,
