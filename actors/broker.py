@@ -102,6 +102,9 @@ def build_broker(
         namespace=NAMESPACE,
         middleware=middleware,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
+        # No maintenance at random inside fetches and acks: the Sweeper runs it, and only once this
+        # process has reached Redis long enough for every live process to have heartbeated again.
+        maintenance_chance=0,
         # Dramatiq's own expiry only as a backstop: wapipe's purge (with its log line) comes first.
         dead_message_ttl=(settings.dlq_retention_days + 1) * 86_400_000,
     )

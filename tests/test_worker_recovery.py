@@ -1,9 +1,12 @@
-"""A worker process that dies is replaced and its messages run again at once, and a crash loop
-stops the worker (actors/supervisor.py, daemon/store/queues.py)."""
+"""A worker process that dies is replaced, its messages run again at once, and a whole worker that
+dies is recovered from within 15 s with the default settings, while a slow handler is never taken
+for dead (actors/supervisor.py, actors/reliability.py, daemon/store/queues.py)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -14,7 +17,9 @@ import psutil
 import redis
 from dramatiq.common import current_millis
 
+from actors.reliability import Settling
 from actors.supervisor import RESTART_LIMIT
+from daemon.config import Settings
 from daemon.pipeline import PIPELINE_QUEUE, REPLY, MessageItem
 from daemon.store import keys
 from daemon.store.queues import Queue, requeue_fetched
@@ -27,7 +32,7 @@ from tests.support.waiting import wait_for
 Stack = dict[str, Any]
 
 #: A conversation bot that records each run; "hold" sleeps through its first run (until the test
-#: kills its process), "crash" kills its process every time.
+#: kills its process), "slow" takes 20 s every time, "crash" kills its process every time.
 RECOVERY_BOT = """
 import os
 import signal
@@ -48,6 +53,8 @@ def answer(message, conversation):
     shared.rpush("test:runs", message.id)
     if text == "hold" and shared.set("test:held", os.getpid(), nx=True):
         time.sleep(120)
+    if text == "slow":
+        time.sleep(20)
     if text == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
     seen = conversation.variables.setdefault("seen", [])
@@ -135,6 +142,79 @@ def test_a_killed_pipeline_process_is_replaced_and_its_message_answered_once(
     assert dead_letters(rclient) == []
 
 
+def test_a_killed_worker_is_recovered_within_15_s_with_the_default_settings(
+    pipeline: Callable[..., Stack],
+    fake_graph: FakeGraph,
+    rclient: redis.Redis,
+    tmp_path: Path,
+    start_proc: Callable[..., Proc],
+) -> None:
+    """Two `wapipe worker`s with the default heartbeat settings; the one whose process is deciding
+    a message is SIGKILLed whole (main and children at once, as the OOM killer or a container
+    runtime does), so no parent is left to put its message back, and no other traffic comes: the
+    other worker answers the message within 15 s of the kill, once."""
+    stack = pipeline(**_bot(tmp_path))
+    assert "WAPIPE_HEARTBEAT_TIMEOUT_MS" not in stack["env"]
+    assert Settings.from_env(stack["env"]).heartbeat_timeout_ms == 10_000
+    other = start_proc("worker-2", ["worker"], stack["env"])
+    wait_for(lambda: "worker_ready" in other.output(), timeout=30, what="the second worker")
+    now = int(time.time())
+    assert post_webhook(stack["url"], envelope([_text("wamid.B1", "hold", "447700900001", now)])) == 200
+    victim = _held_by(rclient)
+    [holder] = [w for w in (stack["worker"], other) if victim in {c.pid for c in w.children()}]
+
+    os.killpg(holder.pid, signal.SIGKILL)  # its own process group: the test started it in a session
+    killed_at = time.monotonic()
+    wait_for(lambda: "wamid.B1" in _answers(fake_graph), timeout=15, what="the answer after the kill")
+    assert time.monotonic() - killed_at < 15
+    assert _answers(fake_graph) == {"wamid.B1": "hold after nothing"}
+    assert _runs(rclient)["wamid.B1"] == 2
+    wait_for(lambda: drained(rclient), timeout=20, what="the queues drained")
+    assert len(fake_graph.sends()) == 1
+
+
+def test_a_20_s_handler_is_answered_once_and_its_process_heartbeats_meanwhile(
+    pipeline: Callable[..., Stack], fake_graph: FakeGraph, rclient: redis.Redis, tmp_path: Path
+) -> None:
+    """Default heartbeat settings, one pipeline process of one thread: a handler that takes 20 s
+    (twice the heartbeat timeout) holds the thread while the next message waits in the prefetch
+    (full: 2 of 2). All along, every worker process's heartbeat stays fresh, nothing goes back on
+    the queue, and each message runs and is answered once."""
+    stack = pipeline(**_bot(tmp_path), WAPIPE_WORKER_THREADS="1")
+    timeout_ms = Settings.from_env(stack["env"]).heartbeat_timeout_ms
+    now = int(time.time())
+    both = envelope(
+        [_text("wamid.C1", "slow", "447700900001", now), _text("wamid.C2", "fast", "447700900002", now + 1)]
+    )
+    assert post_webhook(stack["url"], both) == 200
+    wait_for(lambda: _runs(rclient)["wamid.C1"] == 1, timeout=20, what="the slow handler to start")
+    started = time.monotonic()
+
+    def fetched() -> int:
+        return sum(
+            int(rclient.scard(key))
+            for key in rclient.scan_iter(match=f"{keys.NAMESPACE}:__acks__.*.{PIPELINE_QUEUE}")
+        )
+
+    wait_for(lambda: fetched() == 2, timeout=10, what="the prefetch full: the slow one and the next")
+    oldest = 0
+    while len(_answers(fake_graph)) < 2:
+        assert time.monotonic() - started < 40, "not answered"
+        beats = rclient.zrange(keys.HEARTBEATS, 0, -1, withscores=True)
+        assert len(beats) == 2  # the pipeline process and the media process
+        oldest = max(oldest, current_millis() - int(min(score for _, score in beats)))
+        # the consumers' polls heartbeat (every 0.1 s), not only the sweeper (every 2.5 s)
+        assert oldest < min(2_000, timeout_ms / 2), f"a heartbeat {oldest} ms old"
+        assert rclient.llen(keys.queue(PIPELINE_QUEUE)) == 0, "a message went back on the queue"
+        time.sleep(0.25)  # sampling rate of the heartbeat watch, not a wait for a condition
+    assert time.monotonic() - started >= 19
+    assert _answers(fake_graph) == {"wamid.C1": "slow after nothing", "wamid.C2": "fast after nothing"}
+    wait_for(lambda: drained(rclient), timeout=20, what="the queues drained")
+    assert _runs(rclient) == Counter({"wamid.C1": 1, "wamid.C2": 1})
+    assert len(fake_graph.sends()) == 2
+    assert dead_letters(rclient) == []
+
+
 def test_a_crash_loop_stops_the_worker_with_exit_1(
     pipeline: Callable[..., Stack], fake_graph: FakeGraph, rclient: redis.Redis, tmp_path: Path
 ) -> None:
@@ -185,3 +265,24 @@ def test_requeue_puts_a_dead_processs_messages_back_oldest_first(rclient: redis.
     assert not rclient.exists(keys.fetched(dead, PIPELINE_QUEUE), keys.fetched(dead, f"{PIPELINE_QUEUE}.DQ"))
     assert rclient.zrange(keys.HEARTBEATS, 0, -1) == [b"alive"]
     assert requeue_fetched(rclient, dead) == 0  # nothing twice
+
+
+def test_the_maintenance_waits_after_an_outage_or_a_pause() -> None:
+    """A sweeper forces the maintenance only once it has reached Redis on time for the settling
+    time: not right after it started, after a failed sweep, or after a gap longer than that (a
+    paused process), when live processes' heartbeats are as old as the dead ones'."""
+    settling = Settling(5.0)
+    assert not settling.may_sweep(2.5)  # first sweep after boot: a heartbeat only
+    settling.reached(2.5)
+    assert not settling.may_sweep(5.0)
+    settling.reached(5.0)
+    assert settling.may_sweep(7.5)
+    settling.reached(7.5)
+    assert not settling.may_sweep(20.0)  # 12.5 s since the last one: the process was paused
+    settling.reached(20.0)
+    assert settling.may_sweep(25.0)
+    settling.failed()  # Redis unreachable
+    assert not settling.may_sweep(27.5)
+    settling.reached(27.5)
+    assert not settling.may_sweep(30.0)
+    assert settling.may_sweep(32.5)
