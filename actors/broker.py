@@ -65,10 +65,14 @@ class DaemonAsyncIO(AsyncIO):
         set_event_loop_thread(None)
 
 
-def build_broker(settings: Settings, redis_url: str, threads: int | None = None) -> RedisBroker:
+def build_broker(
+    settings: Settings, redis_url: str, threads: int | None = None, broker_id: str | None = None
+) -> RedisBroker:
     """A Redis broker with wapipe's middleware and every stage declared on it.
 
-    ``threads`` is the worker threads of this process (for ``wapipe_worker_threads``).
+    ``threads`` is the worker threads of this process (for ``wapipe_worker_threads``);
+    ``broker_id`` the id its consumers fetch and heartbeat under (given by the main process, which
+    requeues what they fetched if this process dies; else Dramatiq draws one).
     """
     # Dramatiq's defaults minus AgeLimit, Callbacks and Pipelines, which wapipe does not use (stages
     # hand on by enqueueing the next message themselves, so an enqueue failure fails the stage).
@@ -93,10 +97,14 @@ def build_broker(settings: Settings, redis_url: str, threads: int | None = None)
         resources := ResourcesMiddleware(settings, redis_url),
     ]
     broker = WakeableRedisBroker(
+        broker_id=broker_id,
         url=redis_url,
         namespace=NAMESPACE,
         middleware=middleware,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
+        # No maintenance at random inside fetches and acks: the Sweeper runs it, and only once this
+        # process has reached Redis long enough for every live process to have heartbeated again.
+        maintenance_chance=0,
         # Dramatiq's own expiry only as a backstop: wapipe's purge (with its log line) comes first.
         dead_message_ttl=(settings.dlq_retention_days + 1) * 86_400_000,
     )

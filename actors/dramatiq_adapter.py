@@ -29,9 +29,10 @@ Acks are batched: a worker thread's ack is noted and wakes the consumer thread, 
 noted acks and its next fetch in one pipelined round trip, instead of one round trip per ack in
 the worker thread and another for the fetch. Each is still Dramatiq's own ``dispatch.lua``
 command; only the transport changed. An ack not yet sent when the process dies leaves the message
-in this worker's ack set, so Dramatiq's maintenance redelivers it after ``heartbeat_timeout``, as
-for a worker killed just before its ack: wapipe's dedup marks and reply ledger make that harmless.
-Nacks, heartbeats, requeueing and dead letters are Dramatiq's, unchanged.
+in this worker's ack set, so it runs again (put back by the process's parent, or by the maintenance
+after ``heartbeat_timeout``), as for a worker killed just before its ack: wapipe's dedup marks and
+reply ledger make that harmless. Nacks, heartbeats, requeueing and dead letters are Dramatiq's,
+unchanged; the broker id can be given (:class:`WakeableRedisBroker`).
 """
 
 from __future__ import annotations
@@ -61,8 +62,13 @@ RESUBSCRIBE_SECONDS = 1.0
 class WakeableRedisBroker(RedisBroker):
     """Dramatiq's RedisBroker with event-driven consumers (see the module docstring)."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, broker_id: str | None = None, **kwargs: Any) -> None:
+        """Dramatiq's arguments, and ``broker_id``: the id this process's consumers fetch and
+        heartbeat under (Dramatiq draws a random one), so that the parent that started the
+        process can put back what it fetched if it dies."""
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        if broker_id is not None:
+            self.broker_id = broker_id
         self._waiters: dict[str, set[threading.Event]] = defaultdict(set)
         self._waiters_lock = threading.Lock()
         self._listener: threading.Thread | None = None
@@ -226,8 +232,10 @@ def dispatch_args(
     ]
 
 
-def sweep(broker: RedisBroker) -> None:
-    """One forced maintenance pass (requeue dead workers' messages) on each queue and delay queue.
+def sweep(broker: RedisBroker, maintenance: bool = True) -> None:
+    """One forced maintenance pass (requeue dead workers' messages, expire dead letters) on each
+    queue and delay queue; with ``maintenance`` False, only this process's heartbeat (every
+    ``dispatch.lua`` call records one for the caller first).
 
     Dramatiq runs its maintenance on a random 0.1 % of commands, none when idle (docs/dramatiq.md):
     a killed worker's messages could wait for hours on a quiet queue.
@@ -235,7 +243,9 @@ def sweep(broker: RedisBroker) -> None:
     dispatch = broker.scripts["dispatch"]
     for queue in QUEUES:
         for name in (queue, f"{queue}.DQ"):
-            dispatch(keys=[NAMESPACE], args=dispatch_args(broker, "qsize", name, True))
+            dispatch(keys=[NAMESPACE], args=dispatch_args(broker, "qsize", name, maintenance))
+            if not maintenance:
+                return
 
 
 def _proxy(message: Message[Any]) -> Any:

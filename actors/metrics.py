@@ -44,6 +44,8 @@ FIELDS = (*OTHER_FIELDS, "other")
 ERROR_CODES = (*(str(code) for code in sorted(DOCUMENTED_CODES)), "other")
 DROP_REASONS = ("foreign_number", "invalid_status")
 WINDOW_OUTCOMES = ("template", "refused")
+#: The kinds of worker process, as ``wapipe_worker_restarts_total`` labels them.
+PROCESS_KINDS = ("pipeline", "media")
 #: The value of a label whose value is not one of those listed for it.
 OTHER = "other"
 
@@ -163,6 +165,31 @@ class WorkerMetrics:
     def error_code_label(self, code: object) -> str:
         known = isinstance(code, int) and not isinstance(code, bool) and code in DOCUMENTED_CODES
         return str(code) if known else OTHER
+
+
+def worker_restarts() -> Counter:
+    """``wapipe_worker_restarts_total{process}``: worker processes that died and were replaced by
+    their main process (``pipeline`` or ``media``). Created by the main process, which counts
+    them; both label values at 0 from the start."""
+    restarts = Counter(
+        "wapipe_worker_restarts",
+        "Worker processes that died and were replaced, by kind of process.",
+        ["process"],
+        registry=None,
+    )
+    for kind in PROCESS_KINDS:
+        restarts.labels(kind)
+    return restarts
+
+
+def process_gone(pid: int) -> None:
+    """Drop the live-only gauges (threads, busy threads) of worker process ``pid``, which ended
+    without doing it itself (killed): its counters stay in the sums."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 _metrics: WorkerMetrics | None = None

@@ -7,9 +7,13 @@
 - :class:`Sweeper`: a killed worker's fetched messages are only requeued by a *random*
   maintenance pass (0.1 % of commands, none when idle: Dramatiq #527). Each worker process forces
   that pass on every pipeline queue every ``heartbeat_timeout / 4``, so they run again within
-  ``heartbeat_timeout`` + one sweep even with no traffic; it also purges dead letters past
-  ``WAPIPE_DLQ_RETENTION_DAYS`` and media files past ``WAPIPE_MEDIA_RETENTION_DAYS`` (hourly, with
-  a log line).
+  ``heartbeat_timeout`` + one sweep even with no traffic (12.5 s by default); it also purges dead
+  letters past ``WAPIPE_DLQ_RETENTION_DAYS`` and media files past ``WAPIPE_MEDIA_RETENTION_DAYS``
+  (hourly, with a log line). Each sweep is also a heartbeat of its process, whatever its worker
+  threads and consumers do. The broker runs no maintenance of its own (``maintenance_chance``
+  0), and a sweeper runs it only once its process has reached Redis on time for
+  ``heartbeat_timeout / 2`` (:class:`Settling`): after a Redis outage, or a pause of the process,
+  the live processes' heartbeats are as old as the dead ones', and would be taken for dead.
 """
 
 from __future__ import annotations
@@ -106,6 +110,35 @@ class SafeRetries(Retries):
             message.options[ENQUEUE_LOST] = True  # the dead-letter recorder reports this reason
 
 
+class Settling:
+    """Whether a sweeper may run the maintenance now: once every sweep reached Redis, on time, for
+    ``settle_seconds``. A failed sweep, or a gap between two longer than that (the process was
+    paused or starved, and its siblings on the host may have been too), starts the wait again:
+    meanwhile every live process heartbeats again (its consumers within a poll, or a consumer
+    restart after a lost connection, its sweeper within a sweep), and only dead ones stay old."""
+
+    def __init__(self, settle_seconds: float) -> None:
+        self.settle_seconds = settle_seconds
+        self._since: float | None = None
+        self._last: float | None = None
+
+    def may_sweep(self, now: float) -> bool:
+        """Before a sweep at monotonic time ``now``: whether it may run the maintenance."""
+        if self._last is not None and now - self._last > self.settle_seconds:
+            self._since = None
+        self._last = now
+        return self._since is not None and now - self._since >= self.settle_seconds
+
+    def reached(self, now: float) -> None:
+        """The sweep that started at ``now`` reached Redis."""
+        if self._since is None:
+            self._since = now
+
+    def failed(self) -> None:
+        """The sweep did not reach Redis."""
+        self._since = None
+
+
 class Sweeper(dramatiq.Middleware):
     """Forces Dramatiq's maintenance on every pipeline queue, and purges expired dead letters."""
 
@@ -117,6 +150,7 @@ class Sweeper(dramatiq.Middleware):
         media_retention_days: int = 0,
     ) -> None:
         self.interval = max(0.2, heartbeat_timeout_ms / 4000)
+        self.settle_seconds = heartbeat_timeout_ms / 2000
         self.retention_seconds = retention_days * 86_400
         self.media_dir = media_dir
         self.media_retention_seconds = media_retention_days * 86_400
@@ -151,13 +185,17 @@ class Sweeper(dramatiq.Middleware):
 
     def _run(self, broker: RedisBroker) -> None:
         next_purge = 0.0
+        settling = Settling(self.settle_seconds)
         while not _stopping.wait(self.interval):
+            now = time.monotonic()
             try:
-                sweep(broker)
+                sweep(broker, maintenance=settling.may_sweep(now))
+                settling.reached(now)
                 self._count_active(broker)
                 if time.monotonic() >= next_purge:
                     deadletters.purge(broker.client, older_than_seconds=self.retention_seconds)
                     self._purge_media()
                     next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
             except redis.RedisError as error:
+                settling.failed()
                 log.warning("sweep_failed", extra={"error": type(error).__name__})

@@ -24,9 +24,22 @@ runtimes that signal the whole process group (honcho, foreman, systemd's default
   redelivered after the heartbeat timeout and answered once, as after any crash.
 - The main process forwards its first signal to the worker processes and waits for them. A second
   SIGINT (Ctrl-C twice) kills them at once.
-- A worker process that dies unexpectedly makes the main process stop the others and exit 1; a
-  supervisor (systemd, the PaaS, ``wapipe run``) restarts the whole worker.
 - A worker process whose main process dies (``kill -9`` of the main alone) gets SIGTERM (Linux).
+
+A worker process that dies (SIGKILL, the OOM killer, a crash in C code) is replaced by the main
+process, as Dramatiq's and Sidekiq's supervisors do, and the others go on working:
+
+- What it had fetched and not acked goes back on its queue at once (its broker id is the main
+  process's choice, so the main knows its ack sets: :func:`daemon.store.queues.requeue_fetched`);
+  if Redis does not answer then, the heartbeat timeout recovers them, as after the death of a
+  whole worker.
+- Its live-only gauges leave the summed metrics; ``wapipe_worker_restarts_total{process}`` counts
+  the replacement, and ``worker_process_died`` then ``worker_process_replaced`` are logged.
+- More than :data:`RESTART_LIMIT` deaths within :data:`RESTART_WINDOW_SECONDS` is a crash loop
+  (a message that kills its process every time, memory that runs out at once): the main process
+  stops the others and exits 1, for its supervisor (systemd, ``wapipe run``) to see.
+- A process that exits on its own before it booted (its configuration, Redis unreachable) stops
+  the worker with its exit code, as at start: a replacement would fail the same way.
 """
 
 from __future__ import annotations
@@ -40,12 +53,16 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import uuid
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import dramatiq
+import redis
 
 from daemon import logs
 from daemon.config import Settings
@@ -58,6 +75,12 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: Extra time, beyond the shutdown timeout, before the main process kills a worker that hangs.
 KILL_GRACE_SECONDS = 10.0
+#: A worker whose processes died more than this many times within :data:`RESTART_WINDOW_SECONDS`
+#: is in a crash loop: it stops (exit 1) rather than replace them again.
+RESTART_LIMIT = 5
+RESTART_WINDOW_SECONDS = 60.0
+#: The longest the main process waits for Redis to requeue a dead process's messages.
+REQUEUE_TIMEOUT_SECONDS = 2.0
 
 
 def _start_method() -> str:
@@ -67,12 +90,19 @@ def _start_method() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Role:
-    """What one worker process does: its index, CPU slot, queue and thread count."""
+    """What one worker process does: its index, CPU slot, queue and thread count, and the broker
+    id it fetches under (a new one for each process started in the role)."""
 
     index: int
     cpu_index: int
     queue: str
     threads: int
+    broker_id: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """``pipeline`` or ``media``, as ``wapipe_worker_restarts_total`` labels it."""
+        return "media" if self.queue == MEDIA_QUEUE else "pipeline"
 
 
 def run_worker_process(settings: Settings, redis_url: str, role: Role, booted: Any) -> None:
@@ -104,7 +134,7 @@ def _work(settings: Settings, redis_url: str, role: Role, booted: Any, stopping:
     index = role.index
     cpu = pin_to_one_cpu(settings.worker_cpu_affinity, role.cpu_index)
     try:
-        broker = build_broker(settings, redis_url, threads=role.threads)
+        broker = build_broker(settings, redis_url, threads=role.threads, broker_id=role.broker_id)
         broker.emit_after("process_boot")
         worker = dramatiq.Worker(
             broker,
@@ -214,7 +244,8 @@ def schedule_as_batch(policy: str) -> bool:
 
 
 class Supervisor:
-    """Starts the worker processes and stops them together (see the module docstring)."""
+    """Starts the worker processes, replaces those that die, and stops them together (see the
+    module docstring)."""
 
     def __init__(
         self,
@@ -232,16 +263,23 @@ class Supervisor:
             *(Role(i, first_cpu + i, PIPELINE_QUEUE, settings.worker_threads) for i in range(count)),
             Role(count, first_cpu + count, MEDIA_QUEUE, settings.media_worker_threads),
         ]
+        #: Each role's current process, the role as it was started (its broker id) and its
+        #: "booted" event.
         self.processes: list[Any] = []
+        self._started: list[Role] = []
         self._booted: list[Any] = []
+        self._context: Any = None
+        self._ended: set[int] = set()  # pids of the processes already seen to end
+        self._deaths: deque[float] = deque()  # when processes died, within the restart window
+        self._restarts: Any = None  # wapipe_worker_restarts_total, once started
         self._ready = False
         self._stopping = False
         self._signals = 0
-        self._died: tuple[int, int | None] | None = None
+        self._code = EXIT_OK
 
     def start(self) -> None:
         """Fork the worker processes, with the stop signals blocked until each has its handlers."""
-        context: Any = multiprocessing.get_context(_start_method())
+        self._context = multiprocessing.get_context(_start_method())
         lowered = lower_priority(self.settings.worker_nice)
         batch = schedule_as_batch(self.settings.worker_scheduler)
         if lowered is not None or batch:
@@ -250,20 +288,36 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             for role in self.roles:
-                booted = context.Event()
-                process = context.Process(
-                    target=self.target,
-                    args=(self.settings, self.redis_url, role, booted),
-                    name=f"wapipe-worker-{role.index}",
-                    daemon=False,
-                )
-                process.start()
+                process, started, booted = self._fork(role)
                 self.processes.append(process)
+                self._started.append(started)
                 self._booted.append(booted)
         finally:
             for signum in STOP_SIGNALS:
                 signal.signal(signum, self._on_signal)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        from actors.metrics import worker_restarts  # prometheus-client: after the worker set its dir
+
+        self._restarts = worker_restarts()
+
+    def _fork(self, role: Role) -> tuple[Any, Role, Any]:
+        """Start a process in ``role`` under a new broker id (the stop signals are blocked)."""
+        started = replace(role, broker_id=str(uuid.uuid4()))
+        booted = self._context.Event()
+        process = self._context.Process(
+            target=self.target,
+            args=(self.settings, self.redis_url, started, booted),
+            name=f"wapipe-worker-{role.index}",
+            daemon=False,
+        )
+        with warnings.catch_warnings():
+            # Python 3.12+ warns that a fork of a process with threads may deadlock the child on a
+            # lock another thread held. The main process's only other threads serve the metrics
+            # (reading files, logging nothing); the locks a child takes (logging's, the import
+            # lock) are reset at fork by CPython.
+            warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+            process.start()
+        return process, started, booted
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._signals += 1
@@ -280,6 +334,12 @@ class Supervisor:
             if process.exitcode is None and process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signum)
+
+    def _stop(self, code: int) -> None:
+        """Stop the other processes; the worker will exit with ``code``."""
+        self._code = code
+        self._stopping = True
+        self._send(signal.SIGTERM)
 
     def wait(self) -> int:
         """Until every worker process ended; the exit code of ``wapipe worker``."""
@@ -298,19 +358,10 @@ class Supervisor:
                         "threads": sum(role.threads for role in self.roles),
                     },
                 )
-            for process in self.processes:
-                if process.exitcode is not None and not self._stopping:
-                    self._died = (process.pid, process.exitcode)
-                    log.critical(
-                        "worker_process_died",
-                        extra={
-                            "pid": process.pid,
-                            "exit_code": process.exitcode,
-                            "hint": "stopping the rest",
-                        },
-                    )
-                    self._stopping = True
-                    self._send(signal.SIGTERM)
+            for index, process in enumerate(self.processes):
+                if process.exitcode is not None and process.pid not in self._ended:
+                    self._ended.add(process.pid)
+                    self._process_ended(index, process)
             if self._stopping and kill_at is None:
                 kill_at = time.monotonic() + self.settings.shutdown_timeout_seconds + KILL_GRACE_SECONDS
             if kill_at is not None and time.monotonic() > kill_at:
@@ -319,7 +370,99 @@ class Supervisor:
                 kill_at = float("inf")
         for process in self.processes:
             process.join()
-        if self._died is not None:
-            code = self._died[1]
-            return code if code in (EXIT_CONFIG, EXIT_REDIS) else EXIT_FAILURE
-        return EXIT_OK
+        return self._code
+
+    def _process_ended(self, index: int, process: Any) -> None:
+        """One of the processes ended: done, a boot failure (stop), or a death (replace it)."""
+        code, pid = process.exitcode, process.pid
+        role, booted = self._started[index], self._booted[index].is_set()
+        if self._stopping and code == EXIT_OK:
+            return
+        if not booted and code > 0:  # its own exit at boot: a replacement would fail the same way
+            log.critical(
+                "worker_process_died",
+                extra={"worker": role.index, "pid": pid, "exit_code": code, "hint": "stopping the rest"},
+            )
+            if not self._stopping:
+                self._stop(code if code in (EXIT_CONFIG, EXIT_REDIS) else EXIT_FAILURE)
+            return
+        from actors.metrics import process_gone
+
+        process_gone(pid)
+        requeued = self._requeue(role)  # its consumers may have fetched just before it booted
+        if self._stopping:  # killed while stopping (hung), or crashed then: nothing to replace
+            return
+        now = time.monotonic()
+        self._deaths.append(now)
+        while self._deaths[0] < now - RESTART_WINDOW_SECONDS:
+            self._deaths.popleft()
+        fields = {"worker": role.index, "kind": role.kind, "pid": pid, "exit_code": code}
+        if len(self._deaths) > RESTART_LIMIT:
+            log.critical(
+                "worker_crash_loop",
+                extra={
+                    **fields,
+                    "requeued": requeued,
+                    "deaths": len(self._deaths),
+                    "seconds": RESTART_WINDOW_SECONDS,
+                    "hint": "stopping the rest",
+                },
+            )
+            self._stop(EXIT_FAILURE)
+            return
+        log.error("worker_process_died", extra={**fields, "requeued": requeued, "hint": "replacing it"})
+        with self._signals_blocked():
+            if self._stopping:  # a stop signal came meanwhile: nothing to replace
+                return
+            try:
+                replacement, started, event = self._fork(self.roles[index])
+            except OSError as error:  # no memory or process left for a fork
+                log.critical(
+                    "worker_process_not_replaced",
+                    extra={"worker": role.index, "error": error.strerror or type(error).__name__},
+                )
+                self._stop(EXIT_FAILURE)
+                return
+            self.processes[index], self._started[index], self._booted[index] = replacement, started, event
+        if self._restarts is not None:
+            self._restarts.labels(role.kind).inc()
+        log.info(
+            "worker_process_replaced",
+            extra={"worker": role.index, "kind": role.kind, "pid": replacement.pid, "replaces": pid},
+        )
+
+    @contextlib.contextmanager
+    def _signals_blocked(self) -> Iterator[None]:
+        """The stop signals wait while a process is forked: the main process's handler then sees
+        the new process, and the new process runs its own handlers before it takes one."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    def _requeue(self, role: Role) -> int | None:
+        """Put back what the dead process of ``role`` had fetched and not acked; how many, or None
+        when Redis did not answer (the heartbeat timeout recovers them then)."""
+        from daemon.store.queues import requeue_fetched
+
+        assert role.broker_id is not None
+        client = redis.Redis.from_url(
+            self.redis_url,
+            socket_timeout=REQUEUE_TIMEOUT_SECONDS,
+            socket_connect_timeout=REQUEUE_TIMEOUT_SECONDS,
+        )
+        try:  # a connection of its own, closed before anything is forked
+            return requeue_fetched(client, role.broker_id, (role.queue,))
+        except redis.RedisError as error:
+            log.warning(
+                "requeue_deferred",
+                extra={
+                    "worker": role.index,
+                    "error": type(error).__name__,
+                    "hint": "its messages run again after WAPIPE_HEARTBEAT_TIMEOUT_MS",
+                },
+            )
+            return None
+        finally:
+            client.close()

@@ -252,7 +252,7 @@ class Settings:
             retry_max=env.integer("WAPIPE_RETRY_MAX", 5, minimum=0, maximum=50),
             retry_min_backoff_ms=env.integer("WAPIPE_RETRY_MIN_BACKOFF_MS", 1_000, minimum=1),
             retry_max_backoff_ms=env.integer("WAPIPE_RETRY_MAX_BACKOFF_MS", 300_000, minimum=1),
-            heartbeat_timeout_ms=env.integer("WAPIPE_HEARTBEAT_TIMEOUT_MS", 60_000, minimum=1_000),
+            heartbeat_timeout_ms=env.integer("WAPIPE_HEARTBEAT_TIMEOUT_MS", 10_000, minimum=1_000),
             worker_poll_ms=env.integer("WAPIPE_WORKER_POLL_MS", 100, minimum=1, maximum=10_000),
             worker_cpu_affinity=env.choice("WAPIPE_WORKER_CPU_AFFINITY", "spread", ("spread", "none")),
             worker_nice=env.integer("WAPIPE_WORKER_NICE", 10, minimum=0, maximum=19),

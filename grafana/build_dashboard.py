@@ -91,6 +91,13 @@ PANELS: list[dict[str, Any]] = [
         ],
     ),
     panel(
+        "Worker process restarts",
+        "Are worker processes dying (killed, out of memory, a crash in C code)? Each one is replaced by its "
+        "worker's main process and counted here, by kind; more than 5 within a minute stop the worker "
+        "(exit 1). The worker log says which (worker_process_died, with its exit code).",
+        [(f"sum by (process) (increase(wapipe_worker_restarts_total[{RATE}]))", "{{process}}")],
+    ),
+    panel(
         "Actor runs by outcome",
         "How many actor runs succeed, get retried or end in the dead letters, per stage?",
         [(f"sum by (actor, outcome) (rate(wapipe_actor_messages_total[{RATE}]))", "{{actor}} {{outcome}}")],
@@ -193,10 +200,14 @@ PANELS: list[dict[str, Any]] = [
 
 def dashboard() -> dict[str, Any]:
     panels = []
+    x = y = 0
     for index, item in enumerate(PANELS):
         width = item["gridPos"]["w"]
-        item = {**item, "id": index + 1, "gridPos": {"x": (index % 2) * width, "y": (index // 2) * 8, "w": width, "h": 8}}
+        if x + width > 24:  # a new row
+            x, y = 0, y + 8
+        item = {**item, "id": index + 1, "gridPos": {"x": x, "y": y, "w": width, "h": 8}}
         panels.append(item)
+        x += width
     return {
         "uid": UID,
         "title": "wapipe: WhatsApp webhook pipeline",

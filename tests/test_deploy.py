@@ -344,25 +344,18 @@ def test_startup_errors_are_one_line_naming_the_setting(
     assert "Traceback" not in output
 
 
-@pytest.mark.parametrize("victim", ["a worker process", "the main process"])
-def test_a_killed_process_takes_the_rest_of_its_worker_down(
-    tmp_path: Path, redis_url: str, fake_graph: FakeGraph, launch: Callable[..., Proc], victim: str
+def test_a_killed_main_process_takes_its_worker_processes_down(
+    tmp_path: Path, redis_url: str, fake_graph: FakeGraph, launch: Callable[..., Proc]
 ) -> None:
-    """kill -9 of one worker process: the main process stops the other and exits 1, so a supervisor
-    restarts the whole worker. kill -9 of the main process: its worker processes get SIGTERM and
-    stop by themselves (never orphans consuming messages unsupervised)."""
+    """kill -9 of the main process: its worker processes get SIGTERM and stop by themselves (never
+    orphans consuming messages unsupervised). (A worker process killed is replaced:
+    tests/test_worker_recovery.py.)"""
     env = pipeline_env(redis_url, fake_graph.url, tmp_path / "data", WAPIPE_WORKER_PROCESSES="2")
     worker = launch("worker", ["worker"], env)
     wait_for(lambda: "worker_ready" in worker.output(), timeout=30, what="worker")
     children = worker.children()
     assert len(children) == 3
-    if victim == "a worker process":
-        children[0].kill()
-        assert wait_exit(worker, timeout=20) == 1
-        assert "worker_process_died" in worker.output()
-    else:
-        worker.process.kill()
-        worker.process.wait(timeout=10)
+    worker.process.kill()
+    worker.process.wait(timeout=10)
     assert wait_for(lambda: not running(children), timeout=20, what="the other processes gone") is True
-    if victim == "the main process":
-        assert worker.output().count("worker_process_stopped") == 3
+    assert worker.output().count("worker_process_stopped") == 3

@@ -23,7 +23,7 @@ from dramatiq.common import current_millis
 from actors.dramatiq_adapter import WakeableRedisBroker, _WakeableConsumer, dispatch_args, sweep
 from daemon.pipeline import PIPELINE_QUEUE, REPLY, MessageItem
 from daemon.store import keys
-from daemon.store.queues import Queue
+from daemon.store.queues import Queue, requeue_fetched
 
 #: What pyproject.toml allows; widen both together, after these tests pass on the new version.
 TESTED = ("2.2",)
@@ -107,7 +107,7 @@ def test_a_message_wapipe_enqueues_is_one_dramatiq_consumes_and_acks(
         consumer.ack(fetched)
         broker.ack_and_fetch(PIPELINE_QUEUE, 0)
         assert not rclient.hexists(keys.queue_messages(PIPELINE_QUEUE), stored.options["redis_message_id"])
-        assert rclient.scard(f"{keys.NAMESPACE}:__acks__.{broker.broker_id}.{PIPELINE_QUEUE}") == 0
+        assert rclient.scard(keys.fetched(broker.broker_id, PIPELINE_QUEUE)) == 0
     finally:
         consumer.close()
 
@@ -119,9 +119,30 @@ def test_sweep_requeues_a_dead_workers_messages(broker: WakeableRedisBroker, rcl
     redis_id = stored.options["redis_message_id"]
     dead_worker = "dead-worker"
     rclient.lrem(keys.queue(PIPELINE_QUEUE), 0, redis_id)
-    rclient.sadd(f"{keys.NAMESPACE}:__acks__.{dead_worker}.{PIPELINE_QUEUE}", redis_id)
-    rclient.zadd(
-        f"{keys.NAMESPACE}:__heartbeats__", {dead_worker: current_millis() - 10 * broker.heartbeat_timeout}
-    )
+    rclient.sadd(keys.fetched(dead_worker, PIPELINE_QUEUE), redis_id)
+    rclient.zadd(keys.HEARTBEATS, {dead_worker: current_millis() - 10 * broker.heartbeat_timeout})
     sweep(broker)
     assert rclient.lrange(keys.queue(PIPELINE_QUEUE), 0, -1) == [redis_id.encode()]
+
+
+def test_a_broker_fetches_and_heartbeats_under_the_id_it_was_given(
+    redis_url: str, rclient: redis.Redis
+) -> None:
+    """The broker id a worker process is given is the one Dramatiq's ``dispatch.lua`` files its
+    fetches and heartbeats under (``keys.fetched``, ``keys.HEARTBEATS``): what the main process
+    puts back with ``requeue_fetched`` when that process dies."""
+    given = WakeableRedisBroker(broker_id="given-id", url=redis_url, namespace=keys.NAMESPACE, middleware=[])
+    dramatiq.set_broker(given)
+    redis_id = Queue(rclient).send(REPLY, _item("wamid.C3")).options["redis_message_id"]
+    consumer = given.consume(PIPELINE_QUEUE, prefetch=1, timeout=100)
+    try:
+        assert next(message for message in iter(consumer) if message is not None).message_id
+        assert rclient.smembers(keys.fetched("given-id", PIPELINE_QUEUE)) == {redis_id.encode()}
+        assert rclient.zscore(keys.HEARTBEATS, "given-id") is not None
+        assert rclient.llen(keys.queue(PIPELINE_QUEUE)) == 0
+        assert requeue_fetched(rclient, "given-id") == 1
+        assert rclient.lrange(keys.queue(PIPELINE_QUEUE), 0, -1) == [redis_id.encode()]
+        assert rclient.zscore(keys.HEARTBEATS, "given-id") is None
+    finally:
+        consumer.close()
+        given.close()

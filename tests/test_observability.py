@@ -60,6 +60,7 @@ WEB_FAMILIES = {
 WORKER_FAMILIES = {
     "wapipe_worker_threads",
     "wapipe_worker_busy_threads",
+    "wapipe_worker_restarts_total",
     "wapipe_actor_messages_total",
     "wapipe_actor_duration_seconds",
     "wapipe_graph_requests_total",
@@ -264,6 +265,7 @@ def test_promtool_checks_and_unit_tests_the_alert_rules() -> None:
         "WapipeGraphErrorRatioHigh",
         "WapipeNoWorkerUp",
         "WapipePipelineStalled",
+        "WapipeWorkerProcessRestarted",
     } <= names
 
 

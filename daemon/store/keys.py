@@ -7,7 +7,9 @@ previous release's formats). Change a layout only with a migration.
 Dramatiq's own layout (its Redis broker, namespace ``dramatiq``): ``dramatiq:<queue>`` is the list
 of ready message ids, ``dramatiq:<queue>.msgs`` the hash id → encoded message,
 ``dramatiq:<queue>.DQ`` the delay queue, and ``dramatiq:<queue>.XQ`` the dead letters (a sorted set
-scored by the time they failed, with their messages in ``dramatiq:<queue>.XQ.msgs``).
+scored by the time they failed, with their messages in ``dramatiq:<queue>.XQ.msgs``). What one
+worker process fetched and has not acked is the set ``dramatiq:__acks__.<broker id>.<queue>``, and
+``dramatiq:__heartbeats__`` scores each broker id by the time of its last command.
 
 Every part a builder puts into a name passes through :func:`part`: what keys held before (digits,
 letters, the base64 of Meta's ids, ``.`` ``_`` ``-`` ``=`` ``+`` ``/``) stays as it is, anything else
@@ -22,6 +24,9 @@ import re
 
 #: Dramatiq's key namespace (the broker is built with it).
 NAMESPACE = "dramatiq"
+#: Dramatiq's heartbeats: a sorted set of broker ids (one per worker process) by the time (ms) of
+#: their last command.
+HEARTBEATS = f"{NAMESPACE}:__heartbeats__"
 #: Producers publish a queue's name here after enqueueing onto it when it was empty.
 WAKEUP_CHANNEL = "wapipe:wakeup"
 #: Dead-letter id → the JSON record of why it failed (stage, reason, attempts, time).
@@ -76,6 +81,12 @@ def queue(name: str) -> str:
 def queue_messages(name: str) -> str:
     """The hash of queue ``name``'s messages, by Redis message id."""
     return f"{NAMESPACE}:{part(name)}.msgs"
+
+
+def fetched(broker_id: str, name: str) -> str:
+    """The set of the Redis message ids that the worker process whose broker is ``broker_id``
+    fetched from queue ``name`` and has not acked (Dramatiq's ``__acks__`` set)."""
+    return f"{NAMESPACE}:__acks__.{part(broker_id)}.{part(name)}"
 
 
 def dead_letters(name: str) -> str:

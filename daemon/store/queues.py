@@ -212,3 +212,25 @@ class Queue:
         stored, names, args = prepare(message)
         self._enqueue(keys=names, args=[WAKEUP_CHANNEL, *args])
         return stored
+
+
+def requeue_fetched(client: redis.Redis, broker_id: str, queues: tuple[str, ...] = QUEUES) -> int:
+    """Put what the dead worker process whose broker was ``broker_id`` had fetched and not acked
+    back on ``queues`` (and their delay queues), at once, in one atomic script; return how many
+    messages went back. Only for a process known to be dead (its parent reaped it): a live one
+    would run them a second time. See ``requeue.lua`` for where they go.
+
+    Raises:
+        redis.RedisError: Redis did not run it (nothing moved: the heartbeat timeout recovers them).
+    """
+    names = [name for queue in queues for name in (queue, f"{queue}.DQ")]
+    key_names = [
+        key
+        for name in names
+        for key in (keys.fetched(broker_id, name), keys.queue_messages(name), keys.queue(name))
+    ]
+    args: list[str] = [broker_id, WAKEUP_CHANNEL]
+    for name in names:
+        args += [name, "0" if name.endswith(".DQ") else "1"]
+    script = scripts.register(client, "requeue")
+    return int(script(keys=[*key_names, keys.HEARTBEATS], args=args))

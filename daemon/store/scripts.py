@@ -33,6 +33,7 @@ Name = Literal[
     "order_wait",
     "order_enter",
     "note",
+    "requeue",
 ]
 #: Scripts that call ``push`` (defined in ``push.lua``).
 _PUSHING = frozenset({"enqueue", "claim", "replay"})
