@@ -248,6 +248,10 @@ def test_requeue_puts_a_dead_processs_messages_back_oldest_first(rclient: redis.
     sent = [queue.send(REPLY, _item(f"wamid.R{n}")) for n in range(4)]
     ids = [message.options["redis_message_id"] for message in sent]
     ready = keys.queue(PIPELINE_QUEUE)
+    for n, redis_id in enumerate(ids):  # enqueued in one millisecond: make their times tell them apart
+        stored = json.loads(rclient.hget(keys.queue_messages(PIPELINE_QUEUE), redis_id))
+        stored["message_timestamp"] = 1_700_000_000_000 + n
+        rclient.hset(keys.queue_messages(PIPELINE_QUEUE), redis_id, json.dumps(stored))
     dead = "dead-broker"
     for redis_id in ids[:3]:  # fetched by the dead process, in a set (no order)
         rclient.lrem(ready, 0, redis_id)
