@@ -63,7 +63,9 @@ def run(context: Context, item: MessageItem) -> None:
         user=message.user,
     )
     probing = sending.wait_if_paused(context, message.phone_number_id)
-    if not _typing(context):  # else marked read, "typing…", before the bot ran
+    # Marked read already: "typing…" before the bot ran, or by the run that was deferred for its
+    # rate-limit slot.
+    if not _typing(context) and not sending.paced(context):
         _mark_read(context, message, fields)
     sending.send_all(context, target, recipient, outbound, _last_inbound(context, message, item.received_at))
     sending.resume_if_probing(context, target, probing)

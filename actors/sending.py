@@ -4,12 +4,18 @@ Each outbound message has its entry in the reply ledger (:mod:`daemon.store.ledg
 inbound message it answers or, for a business-initiated message, ``send:<idempotency key>``. Before
 a send: the 24-hour window (a free-form message outside it becomes the template given with it, or
 is refused and recorded so), the pause on a refused token, the outbound rate limits, the ledger
-claim. After it: the ledger mark. Errors (docs/whatsapp.md, *Error codes*): a send that surely
-did not happen gives its claim and rate-limit slot back and is retried on Meta's schedule for
-throttling codes (``Retry-After``, 4^X s for 131056, 2 s for 130429, 60 s for 131057, 80007 and
-4, clamped to ``WAPIPE_RETRY_*_BACKOFF_MS``), dead-lettered for permanent codes, or paused (190,
-0: a refused token) without using up retries; a send that may have happened keeps its claim and
-is dead-lettered as "unknown outcome", never resent by itself.
+claim. After it: the ledger mark.
+
+The rate limits (:mod:`daemon.store.ratelimit`): a send takes its slots, sleeping for a near one;
+a far one is held and the message is delayed to it (:class:`SendDeferred`, once per send, not
+counted as a retry), and the run that comes back sends on the slots it holds (:data:`HELD_SLOTS`).
+
+Errors (docs/whatsapp.md, *Error codes*): a send that surely did not happen gives its claim and
+rate-limit slots back and is retried on Meta's schedule for throttling codes (``Retry-After``, 4^X
+s for 131056, 2 s for 130429, 60 s for 131057, 80007 and 4, clamped to
+``WAPIPE_RETRY_*_BACKOFF_MS``), dead-lettered for permanent codes, or paused (190, 0: a refused
+token) without using up retries; a send that may have happened keeps its claim and is
+dead-lettered as "unknown outcome", never resent by itself.
 """
 
 from __future__ import annotations
@@ -35,8 +41,12 @@ log = logging.getLogger(__name__)
 
 #: Seconds to wait for each throttling code without a ``Retry-After`` (131056 grows as 4^X).
 THROTTLE_SECONDS = {130429: 2.0, 131057: 60.0, 80007: 60.0, 4: 60.0}
-#: The longest a send sleeps for its rate-limit slot; a longer wait goes back to the queue.
+#: The longest a send sleeps for its slots; a later slot is held and the message waits for it in
+#: the delay queue.
 MAX_INLINE_WAIT_MS = 2_000
+#: The message option naming the slots a deferred send holds: ``{"index": n, "slots": {limit: µs}}``
+#: (the ``n``-th message of the run; those before it were sent before it was deferred).
+HELD_SLOTS = "wapipe_slots"
 
 
 class SendingPaused(dramatiq.Retry):
@@ -44,7 +54,8 @@ class SendingPaused(dramatiq.Retry):
 
 
 class SendDeferred(dramatiq.Retry):
-    """An outbound rate limit puts the next slot further away than a thread should sleep."""
+    """The send's slot under an outbound rate limit is further away than a thread should sleep:
+    the slot is held (:data:`HELD_SLOTS`) and the message is delayed to it."""
 
 
 #: Retries of these never use up a message's retries.
@@ -175,10 +186,11 @@ def send_once(
             body = with_uploads(body, _uploader(context, target))
         except (GraphError, GraphUnreachable, RequestInvalid) as error:
             raise _not_sent(context, target, index, error) from None
-    _wait_for_slot(context, number, recipient)
+    slotted = _wait_for_slot(context, number, recipient, index)
     claim = store.ledger.claim(subject, index)
     if claim is Claim.SENT:
-        store.limiter.release(number, recipient)  # nothing is sent now
+        if slotted:
+            store.limiter.release(number, recipient)  # nothing is sent now
         log.info(
             "reply_already_sent", extra={"actor": target.actor, "message_id": subject.id, "index": index}
         )
@@ -187,7 +199,8 @@ def send_once(
         return
     if claim is Claim.IN_DOUBT:
         if not take_over:
-            store.limiter.release(number, recipient)
+            if slotted:
+                store.limiter.release(number, recipient)
             raise OutcomeUnknown(
                 "an earlier attempt started this send and never finished: it may have been delivered",
                 message_id=subject.id,
@@ -200,7 +213,8 @@ def send_once(
         raise OutcomeUnknown(str(error), message_id=subject.id, index=index) from None
     except (GraphError, GraphUnreachable, RequestInvalid) as error:
         store.ledger.release(subject, index)
-        store.limiter.release(number, recipient)
+        if slotted:
+            store.limiter.release(number, recipient)
         raise _not_sent(context, target, index, error) from None
     store.ledger.sent(
         subject,
@@ -248,15 +262,40 @@ def _pause_retry(context: Context) -> SendingPaused:
     return context.not_counted(SendingPaused(delay=context.settings.auth_pause_ms))
 
 
-def _wait_for_slot(context: Context, phone_number_id: str, recipient: str) -> None:
-    """Take a send slot under the per-number and per-recipient limits, sleeping briefly if needed."""
-    slot = context.store.limiter.reserve(phone_number_id, recipient, max_wait_ms=MAX_INLINE_WAIT_MS)
-    if slot.wait_ms <= 0:
-        return
-    context.metrics.rate_limit_waits.labels(slot.limit).inc()
-    if not slot.reserved:
-        raise context.not_counted(SendDeferred(delay=slot.wait_ms))
-    time.sleep(slot.wait_ms / 1000)
+def paced(context: Context) -> bool:
+    """Whether this run comes back for slots an earlier run reserved (and was deferred for): that
+    run did what comes before sending (the read receipt)."""
+    return HELD_SLOTS in context.options
+
+
+def _wait_for_slot(context: Context, phone_number_id: str, recipient: str, index: int) -> bool:
+    """Take the ``index``-th send's slots under the per-number and per-recipient limits: sleep for
+    a near one, or hold a far one and have the message delayed to it (:class:`SendDeferred`, one
+    requeue, not counted as a retry). A message that comes back passes the slots it holds.
+
+    Returns False when this send needs no slot: an earlier run sent it before being deferred.
+    """
+    held = context.options.get(HELD_SLOTS)
+    held_index = int(held["index"]) if isinstance(held, dict) else -1
+    if index < held_index:
+        return False
+    mine = dict(held["slots"]) if isinstance(held, dict) and index == held_index else {}
+    # A thread sleeping for one user's slot is a thread no other message gets: it sleeps at most
+    # about the delay queue's own lateness (its consumer's idle poll), else the message waits in
+    # the delay queue, and comes back a little early to sleep the rest (sent on time, not late).
+    bound = min(context.settings.worker_poll_ms, MAX_INLINE_WAIT_MS)
+    slot = context.store.limiter.reserve(phone_number_id, recipient, pair_max_wait_ms=bound, held=mine)
+    if slot.wait_ms > 0 and slot.limit not in mine:
+        context.metrics.rate_limit_waits.labels(slot.limit).inc()
+    if slot.complete and slot.wait_ms <= MAX_INLINE_WAIT_MS:
+        context.options.pop(HELD_SLOTS, None)  # in use now: a failed send gives them back
+        if slot.wait_ms > 0:
+            time.sleep(slot.wait_ms / 1000)
+        return True
+    context.options[HELD_SLOTS] = {"index": index, "slots": dict(slot.slots)}
+    delay = slot.wait_ms - bound * 3 // 4
+    retry = SendDeferred(f"its {slot.limit} slot is {slot.wait_ms} ms away", delay=delay)
+    raise context.not_counted(retry)
 
 
 def _throttle_delay_ms(context: Context, error: GraphError) -> int | None:

@@ -21,7 +21,7 @@ from dramatiq import Message
 from actors import fetch_media, parse, reply, verify
 from actors.context import Resources
 from actors.errors import EnvelopeRejected, GraphRejected, OutcomeUnknown
-from actors.sending import SendingPaused
+from actors.sending import HELD_SLOTS, SendDeferred, SendingPaused
 from daemon.messages import Image
 from daemon.pipeline import (
     FETCH_MEDIA,
@@ -307,3 +307,46 @@ def test_reply_uploads_a_local_file_once_and_sends_it_by_id(
         assert refused.value.details["code"] == 131053
         assert rclient.get(keys.ledger(NUMBER, "wamid.U3", 0)) is None
         assert len(fake_graph.sends()) == 2
+
+
+def test_reply_waits_for_its_pair_slot_in_the_delay_queue_holding_it(
+    redis_url: str, rclient: redis.Redis, fake_graph: FakeGraph, tmp_path: Path
+) -> None:
+    """A reply whose pair slot is far is delayed to exactly that slot, which it holds: the next
+    message gets the slot after it, the wait uses up no retry, and the run that comes back sends
+    on the slot it holds (no new reservation, no second read receipt). A send that then fails
+    gives its slot back, and its retry reserves anew."""
+    interval_us = 300_000
+    pair = keys.rate_pair(NUMBER, "+447700900123")
+    with resources(
+        redis_url, fake_graph.url, tmp_path, WAPIPE_PAIR_INTERVAL_MS="300", WAPIPE_PAIR_BURST="1"
+    ) as opened:
+        reply.run(context(opened), _item("wamid.P0"))  # the burst's one
+        first, second = context(opened, retries=2), context(opened)
+        with pytest.raises(SendDeferred) as deferred:
+            reply.run(first, _item("wamid.P1"))
+        assert first.options["retries"] == 1  # the retry middleware adds it back
+        held = first.options[HELD_SLOTS]
+        assert held["index"] == 0
+        assert set(held["slots"]) == {"pair"}  # the number's slot is taken when the pair's is near
+        with pytest.raises(SendDeferred) as later:
+            reply.run(second, _item("wamid.P2"))
+        assert second.options[HELD_SLOTS]["slots"]["pair"] - held["slots"]["pair"] == interval_us
+        assert 100 <= deferred.value.delay <= 300
+        assert later.value.delay - deferred.value.delay >= 290
+        schedule = rclient.get(pair)
+        time.sleep(deferred.value.delay / 1000)  # the delay queue's wait
+        back = context(opened, **(first.options | {"retries": 2}))
+        reply.run(back, _item("wamid.P1"))
+        assert HELD_SLOTS not in back.options
+        assert rclient.get(pair) == schedule  # sent on the slot it held: nothing more reserved
+        assert len(fake_graph.sends()) == 2
+        assert len(fake_graph.of_kind("read")) == 3  # P0, P1, P2: none again for P1's return
+        fake_graph.script("send", graph_error(130429, 400))
+        time.sleep((later.value.delay - deferred.value.delay) / 1000)
+        failed = context(opened, **second.options)
+        with pytest.raises(dramatiq.Retry):
+            reply.run(failed, _item("wamid.P2"))
+        assert HELD_SLOTS not in failed.options  # its retry reserves a slot of its own
+        assert int(rclient.get(pair)) < int(schedule)  # given back: the retry may go now
+        assert opened.store.limiter.reserve(NUMBER, "+447700900123").wait_ms == 0

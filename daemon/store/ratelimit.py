@@ -5,31 +5,47 @@
 - per business number × recipient (the "pair" limit): one message per 6 s on average, with a small
   burst, as Meta allows bursts that borrow future quota (over it Meta answers 131056).
 
-Both use GCRA (the generic cell rate algorithm) in one Lua script (``reserve.lua``) on Redis's own clock, so every
-worker on every host shares one schedule. A caller *reserves* the next slot and is told how long
-to wait for it; a short wait is slept, a long one goes back to the queue (``dramatiq.Retry``).
+Both use GCRA (the generic cell rate algorithm) in one Lua script (``reserve.lua``) on Redis's own
+clock, so every worker on every host shares one schedule. A caller *reserves* a slot on each limit
+and is told how long to wait for it. A reserved slot is the caller's, however far away it is: the
+schedule moves on by one interval for it, so the next caller gets the slot after it, and a caller
+deferred to its slot finds it waiting when it comes back (it passes the slots it holds, which are
+kept as they are). The pair limit is reserved first, and the per-number slot only once the pair
+slot is near: a message waiting minutes for its recipient never holds the number's schedule, which
+every other recipient shares. A short wait is slept, a long one is spent in Dramatiq's delay queue
+(:mod:`actors.sending`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis
 
 from daemon.store import keys, scripts
 
+#: A wait bound no wait reaches (µs: about 142 years).
+NO_BOUND_US = 2**52
+
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """How long to wait, which limit imposed it ("" when none), and whether the slot is held.
+    """The slots one send holds, how long until the send may go, and which limit imposed the wait.
 
-    When ``reserved`` is False the wait was longer than the caller would sleep: nothing was taken,
-    and the caller should come back after ``wait_ms``.
+    When ``complete`` is False the first limits' wait was longer than the caller's bound for them:
+    their slots are held (``slots``), the later limits' are not reserved yet; the caller comes
+    back after ``wait_ms`` with ``slots`` and reserves the rest then.
     """
 
+    #: Until the send may go (from now).
     wait_ms: int
+    #: The limit whose slot is the latest ("" when there is no wait).
     limit: str
-    reserved: bool
+    #: The slot held on each limit, in µs on Redis's clock, by limit name.
+    slots: Mapping[str, int]
+    #: Every limit's slot is held.
+    complete: bool
 
 
 class SendLimiter:
@@ -56,36 +72,54 @@ class SendLimiter:
         self.pair_interval_ms = pair_interval_ms
         self.pair_burst = pair_burst
 
-    def reserve(self, phone_number_id: str, recipient: str, *, max_wait_ms: int) -> Reservation:
-        """Reserve the next slot for one send if it comes within ``max_wait_ms``."""
+    def reserve(
+        self,
+        phone_number_id: str,
+        recipient: str,
+        *,
+        pair_max_wait_ms: int | None = None,
+        held: Mapping[str, int] | None = None,
+    ) -> Reservation:
+        """Reserve a slot for one send on every limit it does not already hold (``held``: the
+        slots a :class:`Reservation` gave before). When the pair slot is more than
+        ``pair_max_wait_ms`` away (None: no bound), only that one is reserved now."""
         limiters, args, names = self._limits(phone_number_id, recipient)
         if not limiters:
-            return Reservation(0, "", reserved=True)
-        wait_us, by, reserved = self._script(keys=limiters, args=[max_wait_ms * 1000, *args])
+            return Reservation(0, "", {}, complete=True)
+        held = held or {}
+        argv: list[int] = []
+        for index, name in enumerate(names):
+            bound = pair_max_wait_ms if name == "pair" else None
+            argv += [*args[2 * index : 2 * index + 2], int(held.get(name, 0))]
+            argv.append(NO_BOUND_US if bound is None else bound * 1000)
+        wait_us, by, *slots = self._script(keys=limiters, args=argv)
         wait_ms = -(-int(wait_us) // 1000)
         limit = names[int(by) - 1] if int(by) > 0 and wait_ms > 0 else ""
-        return Reservation(wait_ms, limit, reserved=bool(int(reserved)))
+        taken = {name: int(slot) for name, slot in zip(names, slots, strict=True) if int(slot) > 0}
+        return Reservation(wait_ms, limit, taken, complete=len(taken) == len(names))
 
     def release(self, phone_number_id: str, recipient: str) -> None:
-        """Give back a reserved slot whose send surely did not happen (refused, unreachable)."""
+        """Give back the slots of a send that surely did not happen (refused, unreachable,
+        already sent): the schedule moves back one interval on each limit."""
         limiters, args, _ = self._limits(phone_number_id, recipient)
         if limiters:
             self._release(keys=limiters, args=args[0::2])
 
     def _limits(self, phone_number_id: str, recipient: str) -> tuple[list[str], list[int], list[str]]:
-        """The limiter keys, their (interval µs, burst) pairs and names, for one send."""
+        """The limiter keys, their (interval µs, burst) pairs and names, for one send, in the
+        order they are reserved: the pair limit first."""
         limiters: list[str] = []
         args: list[int] = []
         names: list[str] = []
+        if self.pair_interval_ms > 0:
+            limiters.append(keys.rate_pair(phone_number_id, recipient))
+            args += [self.pair_interval_ms * 1000, max(0, self.pair_burst - 1)]
+            names.append("pair")
         if self.per_number_rate > 0:
             # Evenly spaced, no burst: never over the rate in any window (up to clock jitter).
             limiters.append(keys.rate_number(phone_number_id))
             args += [-(-1_000_000 // self.per_number_rate), 0]
             names.append("per_number")
-        if self.pair_interval_ms > 0:
-            limiters.append(keys.rate_pair(phone_number_id, recipient))
-            args += [self.pair_interval_ms * 1000, max(0, self.pair_burst - 1)]
-            names.append("pair")
         return limiters, args, names
 
 
