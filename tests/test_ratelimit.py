@@ -159,7 +159,8 @@ def test_pacing_delays_each_message_to_its_pair_slot(
     """30 messages of one user at once, one per 500 ms allowed: each waits for a slot of its own in
     the delay queue (retried at most once for it, not once per slot that went to another), is
     answered and marked read exactly once, all drain in about 30 × 500 ms, and the workers stay
-    near idle meanwhile."""
+    near idle meanwhile. (8 threads × 500 ms: more than the 2 s a send may sleep, past which
+    messages used to come back all at once for the same next slot.)"""
     count, interval = 30, 0.5
     stack = pipeline(
         WAPIPE_PAIR_INTERVAL_MS=str(int(interval * 1000)), WAPIPE_PAIR_BURST="1", WAPIPE_WORKER_THREADS="8"
@@ -177,7 +178,6 @@ def test_pacing_delays_each_message_to_its_pair_slot(
     cpu = _cpu_seconds(processes) - cpu_before
     journeys = Journeys(rclient, 3600)
     retries = {id_: sum(1 for e in journeys.read(id_) if e["outcome"] == "retry") for id_ in ids}
-    print(f"drained {count} in {drain:.1f} s, workers' CPU {cpu:.2f} s, retries {sum(retries.values())}")
     assert max(retries.values()) <= 1, retries
     assert len(fake_graph.sends()) == count
     assert len(fake_graph.of_kind("read")) == count
@@ -185,7 +185,8 @@ def test_pacing_delays_each_message_to_its_pair_slot(
     times = sorted(record.at for record in sends)
     assert times[-1] - times[0] >= (count - 1) * interval - 0.05  # the pair limit held
     assert drain < count * interval * 1.5 + 5
-    assert cpu < 0.05 * count + 1.0, cpu  # the spin cost each message its share of every slot
+    # Loose: the idle workers' polls take about 0.04 s a second here, a message a few ms.
+    assert cpu < 0.05 * count + 1.0, cpu
     assert dead_letters(rclient) == []
 
 
