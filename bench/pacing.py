@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import tempfile
 import time
 import urllib.request
@@ -42,6 +43,7 @@ def retried(metrics_url: str) -> int:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="wapipe-pacing-"))
     with ExitStack() as stack:
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)  # last, once everything stopped
         redis_server = RedisServer(tmp / "redis")
         redis_server.start()
         stack.callback(redis_server.kill)
