@@ -148,12 +148,23 @@ def actor_function(
             run(context, argument)
         except BaseException as error:
             _journal(context, subject, stage.name, attempt, error)
+            _stopped(context, stage.name)
             raise
         if not context.journal.written:
             _journal(context, subject, stage.name, attempt, None)
 
     perform.__name__ = perform.__qualname__ = stage.name
     return perform
+
+
+def _stopped(context: Context, stage: str) -> None:
+    """A run that failed is no longer running in its user's order (it waits for its retry, or its
+    dead letter takes it out): the user's next message stops waiting for it in a thread."""
+    for number, user, message_id in context.running:
+        try:
+            context.store.order.stopped(number, user, message_id)
+        except redis.RedisError as failure:  # the next message then waits in its thread, bounded
+            log.warning("order_mark_not_cleared", extra={"actor": stage, "error": type(failure).__name__})
 
 
 def _journal(context: Context, subject: str, stage: str, attempt: int, error: BaseException | None) -> None:

@@ -70,6 +70,15 @@ class Context:
     run_coroutine: CoroutineRunner
     #: What the run found, for its event in the message's journey (``wapipe trace``).
     journal: Journal = field(default_factory=Journal)
+    #: The (number, user, message id) this run is marked running under in its user's order
+    #: (:func:`actors.ordering.wait_for_earlier`); a run that fails takes the mark back.
+    running: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def ordered(self) -> bool:
+        """Whether a user's messages are handled one at a time, in order (:mod:`actors.ordering`):
+        always for a handler that takes the conversation, else unless ``WAPIPE_USER_ORDER`` is off."""
+        return self.conversational or self.settings.user_order
 
     @property
     def retries(self) -> int:

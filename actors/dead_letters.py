@@ -4,7 +4,9 @@ Dramatiq moves a failed message to ``dramatiq:<queue>.XQ`` atomically when it na
 before that, :class:`DeadLetterRecorder` stores the reason (exception, Graph error code, details,
 fbtrace_id), the stage and the attempt count under the same Redis message id, so that
 ``wapipe dlq`` can show each dead letter with its reason. A business send's journey also gets a
-``dead_lettered`` event naming the dead letter, which ``GET /send/{key}`` reads.
+``dead_lettered`` event naming the dead letter, which ``GET /send/{key}`` reads. A dead-lettered
+message has ended: it leaves its user's order (:mod:`daemon.store.order`), so that the user's next
+message goes at once.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from daemon.graph import (
     SendOutcomeUnknown,
 )
 from daemon.logs import traceback_lines
-from daemon.pipeline import SEND
-from daemon.store import journeys
+from daemon.pipeline import FETCH_MEDIA, REPLY, SEND, ArgumentInvalid
+from daemon.store import journeys, order
 from daemon.store.deadletters import record_reason
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,9 @@ class DeadLetterRecorder(Middleware):
             wait_out_outage(lambda: record_reason(client, redis_message_id, record), "dead letter reason")
         with contextlib.suppress(RedisStillDown, RedisError):  # only GET /send's pointer is lost
             self._journey(client, message, redis_message_id, record, exception)
+        # Lost, the order's bound lets the next message go; a user no key can name had no place.
+        with contextlib.suppress(RedisStillDown, RedisError, ValueError):
+            self._leave_order(client, message)
         fields: dict[str, Any] = {
             "actor": message.actor_name,
             "message_id": message.message_id,
@@ -145,6 +150,24 @@ class DeadLetterRecorder(Middleware):
         if exception is not None and not expected(exception):
             fields["traceback"] = traceback_lines(exception)
         log.warning("dead_lettered", extra=fields)
+
+    def _leave_order(self, client: Any, message: dramatiq.MessageProxy) -> None:
+        """The message ended: the user's next message need not wait for it."""
+        found: tuple[str, str | None, str] | None = None
+        try:
+            if message.actor_name in (REPLY.name, FETCH_MEDIA.name):
+                item = REPLY.decode(message.kwargs)
+                found = (item.phone_number_id, item.user, item.id)
+            elif message.actor_name == SEND.name:
+                send = SEND.decode(message.kwargs)
+                found = (send.phone_number_id, send.to, send.subject)
+        except (ArgumentInvalid, TypeError):  # a message that never had a place
+            return
+        if found is None:
+            return
+        number, user, subject = found
+        if user:
+            wait_out_outage(lambda: order.leave(client, number, user, subject), "order release")
 
     def _journey(
         self,

@@ -125,7 +125,12 @@ class WorkerMetrics:
             multiprocess_mode="max",
         )
         self.ordering_waits = counter(
-            "wapipe_ordering_waits", "Messages that waited for an earlier message of their conversation."
+            "wapipe_ordering_waits", "Messages that waited for an earlier message of their user."
+        )
+        self.ordering_dropped = counter(
+            "wapipe_ordering_dropped",
+            "Earlier messages that lost their place in their user's order: a later one waited "
+            "WAPIPE_ORDER_WAIT_SECONDS for them.",
         )
         self.dropped_items = counter(
             "wapipe_dropped_items", "Items not handled on purpose, by reason.", ("reason",)

@@ -1,11 +1,12 @@
-"""One conversation at a time: what ``reply`` and ``send`` share when the bot takes conversations.
+"""One message of a user at a time: what ``reply`` and ``send`` share.
 
-A user's messages, and the business's sends to them, reach the conversation one at a time in the
-order they took their places (parse gives an inbound message its place; ``send`` takes one when
-it first runs). :func:`wait_for_earlier` holds one back while an earlier one, younger than
-``WAPIPE_ORDER_WAIT_SECONDS``, is not decided; :func:`commit_turn` records what was decided for
-it — the replies, or the business's messages — with the conversation's changes and history, once,
-which also takes it out of the order.
+A user's messages reach the handler, and are answered, one at a time in the order they took their
+places (:mod:`daemon.store.order`: parse gives an inbound message its place; a business send to a
+conversation bot's user takes one when it first runs). :func:`wait_for_earlier` holds one back
+while an earlier one, younger than ``WAPIPE_ORDER_WAIT_SECONDS``, has not ended (answered,
+dead-lettered, or deferred to a rate-limit slot it holds). When the bot takes conversations,
+:func:`commit_turn` records what was decided for a message — the replies, or the business's
+messages — with the conversation's changes and history, once.
 """
 
 from __future__ import annotations
@@ -27,10 +28,19 @@ log = logging.getLogger(__name__)
 #: Decisions made in a row for one message before it is retried later (another message of the
 #: same user committed between loading the conversation and committing this one's turn).
 DECIDE_ATTEMPTS = 5
-#: How often a message waiting for an earlier one looks again, while it waits in the thread.
-ORDER_POLL_SECONDS = 0.05
+#: How often a message waiting for an earlier one looks again, while it waits in the thread: first
+#: soon (the earlier one is most often being sent, a few milliseconds), then less and less often.
+FIRST_POLL_SECONDS = 0.002
+MAX_POLL_SECONDS = 0.05
 #: The longest a message waits in the thread for an earlier one before going back to the queue.
 MAX_INLINE_WAIT_MS = 2_000
+#: How long a message waits in the queue for an earlier one that is not running yet (queued,
+#: downloading, waiting for a retry), per two messages ahead of it, at least once, at most 1 s: a
+#: thread waiting for it could be the thread it needs.
+QUEUED_DELAY_MS = 50
+#: The message option holding when it started waiting for an earlier one (Unix seconds), so that
+#: its requeues count towards the bound.
+WAITING_SINCE = "wapipe_order_since"
 
 #: What a turn is: given the conversation as loaded, the messages to send and the history entries.
 Decide = Callable[[Conversation], tuple[Sequence[Outbound], Sequence[Entry]]]
@@ -41,24 +51,47 @@ class OrderWait(dramatiq.Retry):
 
 
 def wait_for_earlier(context: Context, phone_number_id: str, user: str, subject: str, actor: str) -> None:
-    """Hold ``subject`` while an earlier message of its conversation is undecided (at most
-    ``WAPIPE_ORDER_WAIT_SECONDS`` after that one took its place): briefly in this thread, then
-    back in the queue without using up a retry."""
+    """Hold ``subject`` while an earlier message of its user has not ended, for at most
+    ``WAPIPE_ORDER_WAIT_SECONDS`` in all (counted in the message's options across its requeues;
+    then the earlier ones lose their place): briefly in this thread, then back in the queue
+    without using up a retry."""
     bound_ms = int(context.settings.order_wait_seconds * 1000)
     deadline = time.monotonic() + MAX_INLINE_WAIT_MS / 1000
-    counted = False
+    poll = FIRST_POLL_SECONDS
+    since = context.options.get(WAITING_SINCE)
+    counted = isinstance(since, (int, float))
+    started = float(since) if isinstance(since, (int, float)) else time.time()
     while True:
-        now_ms = int(time.time() * 1000)
-        wait = context.store.conversations.wait_ms(phone_number_id, user, subject, now_ms, bound_ms)
-        if wait <= 0:
+        waited_ms = max(0, int((time.time() - started) * 1000))
+        wait = context.store.order.wait(phone_number_id, user, subject, waited_ms, bound_ms)
+        if wait.dropped:
+            context.metrics.ordering_dropped.inc(wait.dropped)
+            log.warning(
+                "ordering_gave_up",
+                extra={
+                    "actor": actor,
+                    "message_id": subject,
+                    "dropped": wait.dropped,
+                    "waited_ms": waited_ms,
+                },
+            )
+        if wait.left_ms <= 0:
+            context.options.pop(WAITING_SINCE, None)
+            context.running.append((phone_number_id, user, subject))
             return
         if not counted:
             context.metrics.ordering_waits.inc()
-            log.info("ordering_wait", extra={"actor": actor, "message_id": subject, "wait_ms": wait})
+            log.info("ordering_wait", extra={"actor": actor, "message_id": subject, "wait_ms": wait.left_ms})
             counted = True
-        if time.monotonic() + ORDER_POLL_SECONDS >= deadline:
-            raise context.not_counted(OrderWait(delay=min(wait, 1_000)))
-        time.sleep(ORDER_POLL_SECONDS)
+        if not wait.running:  # queued, downloading or waiting for a retry: do not hold a thread
+            context.options[WAITING_SINCE] = started
+            delay = max(QUEUED_DELAY_MS, QUEUED_DELAY_MS * wait.ahead // 2)
+            raise context.not_counted(OrderWait(delay=min(wait.left_ms, delay, 1_000)))
+        if time.monotonic() + poll >= deadline:
+            context.options[WAITING_SINCE] = started
+            raise context.not_counted(OrderWait(delay=min(wait.left_ms, 1_000)))
+        time.sleep(min(poll, wait.left_ms / 1000))
+        poll = min(poll * 2, MAX_POLL_SECONDS)
 
 
 def commit_turn(

@@ -46,7 +46,7 @@ from daemon.pipeline import (
     window_time,
 )
 from daemon.store import dedup, journeys
-from daemon.store.conversations import ORDER_TTL_SECONDS
+from daemon.store.order import ORDER_TTL_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,11 @@ def _claims(
     claims = dedup.Claims()
     claimed: list[tuple[int, Item]] = []
     now_ms = int(time.time() * 1000)
-    # A user's messages take their places in the order Meta's timestamps give, within an envelope.
+    # A user's messages take their places in the order the webhooks were received (whichever parse
+    # runs first) and, within an envelope, in the order Meta's timestamps give.
     work = sorted(work, key=lambda entry: (_timestamp(entry[1]), entry[0]))
-    for index, item in work:
+    received_us = int(envelope.received_at * 1_000_000)
+    for position, (index, item) in enumerate(work):
         owner = f"{attempt_id}:{index}"
         mark = dedup.mark(item)
         try:
@@ -167,8 +169,9 @@ def _claims(
                         settings.conversation_ttl_seconds,
                         _indexed_for(context),
                     )
-                if context.conversational and user is not None:
-                    claims.order_last(handoff.phone_number_id, user, handoff.id, now_ms, ORDER_TTL_SECONDS)
+                if context.ordered and user is not None:
+                    place = received_us + position
+                    claims.order_last(handoff.phone_number_id, user, handoff.id, place, ORDER_TTL_SECONDS)
             else:
                 claims.add_status(
                     mark,

@@ -9,8 +9,10 @@ sent from the envelope's own ``phone_number_id``.
 Each outbound message is sent at most once, within the user's 24-hour window, under the rate
 limits and the pause on a refused token, with Meta's errors handled as :mod:`actors.sending`
 says (shared with ``send``). When the message is done, the reply ledger records how many
-messages answered it (``0``: handled without reply), with the last send's mark. A handler that
-takes the conversation decides once per message (its turn), one message of a user at a time.
+messages answered it (``0``: handled without reply), with the last send's mark, and the message
+leaves its user's order: a user's messages reach the handler and are answered one at a time, in
+order (:mod:`actors.ordering`; ``WAPIPE_USER_ORDER``). A handler that takes the conversation
+decides once per message (its turn).
 
 Worst case per message: ``WAPIPE_RETRY_MAX + 1`` runs (default 6), each up to
 ``WAPIPE_GRAPH_ATTEMPTS`` calls (default 3) 0.1–2 s apart, each given up after
@@ -46,10 +48,11 @@ def run(context: Context, item: MessageItem) -> None:
     message = InboundMessage.from_item(item)
     fields = {"actor": ACTOR_NAME, "message_id": message.id, "type": message.type}
     ledger = context.store.ledger
+    ordered_for = message.user if context.ordered else None
     outbound = _decide(context, message, item.received_at)
     context.journal.fields["replies"] = len(outbound)
     if not outbound:
-        subject = Subject(message.phone_number_id, message.id, item.at)
+        subject = Subject(message.phone_number_id, message.id, item.at, ordered_for)
         ledger.handled(subject, 0, journey=context.done(ACTOR_NAME, message.id))
         log.info("handled_without_reply", extra=fields)
         return
@@ -61,6 +64,7 @@ def run(context: Context, item: MessageItem) -> None:
         actor=ACTOR_NAME,
         at=item.at,
         user=message.user,
+        ordered=ordered_for is not None,
     )
     probing = sending.wait_if_paused(context, message.phone_number_id)
     # Marked read already: "typing…" before the bot ran, or by the run that was deferred for its
@@ -75,20 +79,22 @@ def run(context: Context, item: MessageItem) -> None:
 
 
 def _decide(context: Context, message: InboundMessage, received_at: float) -> list[Outbound]:
-    """The replies to ``message``. A sync handler runs in this worker thread, an async one on the
-    worker's event loop. A handler that takes the conversation gets it loaded from Redis, and its
+    """The replies to ``message``, once the user's earlier messages ended (:mod:`actors.ordering`).
+    A sync handler runs in this worker thread, an async one on the worker's event loop. A handler that takes the conversation gets it loaded from Redis, and its
     replies are committed with the conversation's changes as this message's turn, once: a run
     that finds the turn committed (a retry, a redelivery, a replay) sends those replies again
     through the ledger, without running the bot. When another message of the user committed
     meanwhile, the bot decides again from the new state (it may run more than once; only one
     decision is kept and sent)."""
+    user = message.user
     if not context.conversational:
+        if context.ordered and user:
+            ordering.wait_for_earlier(context, message.phone_number_id, user, message.id, ACTOR_NAME)
         return call_handler(context.handler, message, context.run_coroutine)
     conversations = context.store.conversations
-    user = message.user
     if not user:
         raise ItemRejected("inbound message has neither from nor from_user_id", message_id=message.id)
-    decided = conversations.decided(message.phone_number_id, message.id, user)
+    decided = conversations.decided(message.phone_number_id, message.id)
     if decided is not None:
         log.info("turn_already_decided", extra={"actor": ACTOR_NAME, "message_id": message.id})
         return decided

@@ -10,9 +10,9 @@ never wrote, or not in the last 24 hours, gets the template given with a free-fo
 
 When the bot takes conversations, a send is part of the user's conversation
 (:mod:`actors.ordering`): it takes its place in the user's order when it first runs, waits for
-the user's earlier messages to be decided (up to ``WAPIPE_ORDER_WAIT_SECONDS``), and is
-committed as a turn — its messages appended to the history the bot sees, once — before it is
-sent; the user's later messages wait for it the same way.
+the user's earlier messages to end (up to ``WAPIPE_ORDER_WAIT_SECONDS``), and is committed as a
+turn — its messages appended to the history the bot sees, once — before it is sent; the user's
+later messages wait for it the same way, until it is sent.
 """
 
 from __future__ import annotations
@@ -36,7 +36,13 @@ RETRY_FOREVER = (*sending.RETRY_FOREVER, ordering.OrderWait)
 def run(context: Context, outgoing: Outgoing) -> None:
     to = outgoing.to
     target = Target(
-        outgoing.phone_number_id, outgoing.subject, in_reply_to=None, actor=SEND.name, at=outgoing.at, user=to
+        outgoing.phone_number_id,
+        outgoing.subject,
+        in_reply_to=None,
+        actor=SEND.name,
+        at=outgoing.at,
+        user=to,
+        ordered=context.conversational,
     )
     wa_id = to.isascii() and to.isdigit()
     recipient = {"recipient_type": "individual", **({"to": "+" + to} if wa_id else {"recipient": to})}
@@ -62,10 +68,10 @@ def _in_conversation(context: Context, outgoing: Outgoing) -> list[Outbound]:
     its messages in the history, once (a retry finds them recorded and sends them as they are)."""
     conversations = context.store.conversations
     number, user, subject = outgoing.phone_number_id, outgoing.to, outgoing.subject
-    decided = conversations.decided(number, subject, user)
+    decided = conversations.decided(number, subject)
     if decided is not None:
         return decided
-    conversations.enter(number, user, subject, int(time.time() * 1000))
+    context.store.order.enter(number, user, subject, time.time())
     ordering.wait_for_earlier(context, number, user, subject, SEND.name)
 
     def decide(conversation: Conversation) -> tuple[list[Outbound], list[Entry]]:

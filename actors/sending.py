@@ -78,11 +78,15 @@ class Target:
     at: int
     #: The user it goes to (their wa_id or business-scoped id), recorded with each message sent.
     user: str | None = None
+    #: Whether the subject holds a place in the user's order (:mod:`daemon.store.order`), which it
+    #: leaves when it is done or deferred to a slot it holds.
+    ordered: bool = False
 
     @property
     def subject(self) -> Subject:
         """The ledger's subject of the run's messages."""
-        return Subject(self.phone_number_id, self.ledger_id, self.at)
+        ordered_for = self.user if self.ordered else None
+        return Subject(self.phone_number_id, self.ledger_id, self.at, ordered_for)
 
 
 def window_open(last_inbound: float | None, now: float | None = None) -> bool:
@@ -186,7 +190,7 @@ def send_once(
             body = with_uploads(body, _uploader(context, target))
         except (GraphError, GraphUnreachable, RequestInvalid) as error:
             raise _not_sent(context, target, index, error) from None
-    slotted = _wait_for_slot(context, number, recipient, index)
+    slotted = _wait_for_slot(context, target, recipient, index)
     claim = store.ledger.claim(subject, index)
     if claim is Claim.SENT:
         if slotted:
@@ -268,13 +272,15 @@ def paced(context: Context) -> bool:
     return HELD_SLOTS in context.options
 
 
-def _wait_for_slot(context: Context, phone_number_id: str, recipient: str, index: int) -> bool:
+def _wait_for_slot(context: Context, target: Target, recipient: str, index: int) -> bool:
     """Take the ``index``-th send's slots under the per-number and per-recipient limits: sleep for
     a near one, or hold a far one and have the message delayed to it (:class:`SendDeferred`, one
-    requeue, not counted as a retry). A message that comes back passes the slots it holds.
+    requeue, not counted as a retry). A message that comes back passes the slots it holds. A
+    deferred message leaves its user's order: the user's next message takes the slots after it.
 
     Returns False when this send needs no slot: an earlier run sent it before being deferred.
     """
+    phone_number_id = target.phone_number_id
     held = context.options.get(HELD_SLOTS)
     held_index = int(held["index"]) if isinstance(held, dict) else -1
     if index < held_index:
@@ -293,6 +299,8 @@ def _wait_for_slot(context: Context, phone_number_id: str, recipient: str, index
             time.sleep(slot.wait_ms / 1000)
         return True
     context.options[HELD_SLOTS] = {"index": index, "slots": dict(slot.slots)}
+    if target.ordered and target.user:
+        context.store.order.leave(phone_number_id, target.user, target.ledger_id)
     delay = slot.wait_ms - bound * 3 // 4
     retry = SendDeferred(f"its {slot.limit} slot is {slot.wait_ms} ms away", delay=delay)
     raise context.not_counted(retry)

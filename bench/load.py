@@ -12,23 +12,34 @@ from daemon.signature import sign
 from daemon.simulate import meta_body
 
 PHONE_NUMBER_ID = "100000000000001"
+#: How many users the load's messages come from, in turn (message n from user n mod USERS): a
+#: business's traffic is many users writing a few messages each. One user's flood is another
+#: load (``python -m bench.pacing``, ``python -m bench.run --users 1``): Meta lets a user get one
+#: message every 6 s after a burst of 20, and wapipe answers each user's messages one at a time.
+USERS = 1000
 
 
-def webhook(message_id: str, text: str = "benchmark message") -> bytes:
-    """A ~1.5 KB text webhook as Meta serialises it (compact, ASCII, escaped slashes)."""
+def wa_id(user: int) -> str:
+    """The number of the load's ``user``-th user (user 1234 is ``15550001234``)."""
+    return str(15550000000 + user)
+
+
+def webhook(message_id: str, text: str = "benchmark message", user: int = 1234) -> bytes:
+    """A ~1.5 KB text webhook from ``user`` as Meta serialises it (compact, ASCII, escaped slashes)."""
+    sender = wa_id(user)
     value = {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550000000", "phone_number_id": PHONE_NUMBER_ID},
         "contacts": [
             {
                 "profile": {"name": "Bench User " + "x" * 880},
-                "wa_id": "15550001234",
-                "user_id": "US.1555000123400001",  # the business-scoped id Meta adds (pywa needs it)
+                "wa_id": sender,
+                "user_id": f"US.{sender}00001",  # the business-scoped id Meta adds (pywa needs it)
             }
         ],
         "messages": [
             {
-                "from": "15550001234",
+                "from": sender,
                 "id": message_id,
                 "timestamp": str(int(time.time())),  # inside the 24-hour window
                 "type": "text",
@@ -57,9 +68,10 @@ Request = tuple[str, bytes]
 ANSWER_TIMEOUT_SECONDS = 30.0
 
 
-def requests(prefix: str, count: int) -> list[Request]:
-    """``count`` unique signed-to-be webhooks, each with its message id."""
-    return [(f"wamid.{prefix}.{n}", webhook(f"wamid.{prefix}.{n}")) for n in range(count)]
+def requests(prefix: str, count: int, users: int = USERS) -> list[Request]:
+    """``count`` unique signed-to-be webhooks, each with its message id, from ``users`` users in
+    turn (``users=1``: all from user 0)."""
+    return [(f"wamid.{prefix}.{n}", webhook(f"wamid.{prefix}.{n}", user=n % users)) for n in range(count)]
 
 
 class _Connection(asyncio.Protocol):

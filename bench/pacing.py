@@ -72,7 +72,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         idle_percent = round(100 * (cpu_seconds(worker.pid) - idle_before) / args.idle, 2)
         cpu_before = {"workers": cpu_seconds(worker.pid), "redis": cpu_seconds(redis_pid)}
         started = time.monotonic()
-        batch = requests("pace", args.messages)
+        batch = requests("pace", args.messages, users=1)
         posted = asyncio.run(
             at_rate(web_url + "/webhook", batch, secret=SECRET, rate=args.messages / args.over)
         )

@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from bench.baselines import SECRET
-from bench.load import Result, as_fast_as_possible, at_rate, requests
+from bench.load import USERS, Result, as_fast_as_possible, at_rate, requests
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import free_port, wait_for
 
@@ -299,7 +299,9 @@ def lone_after_idle(url: str, args: argparse.Namespace, prefix: str) -> list[Res
     results: list[Result] = []
     for n in range(args.idle):
         time.sleep(args.idle_gap)  # the idle period is what this measures
-        results += asyncio.run(as_fast_as_possible(url, requests(f"{prefix}{n}", 1), secret=SECRET))
+        results += asyncio.run(
+            as_fast_as_possible(url, requests(f"{prefix}{n}", 1, args.users), secret=SECRET)
+        )
     return results
 
 
@@ -379,7 +381,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 tmp / f"{mode}.log",
             ):
                 wait_for(lambda port=port: port_open(port), timeout=20, what=mode)
-                batch = requests(f"base-{mode}", args.ingest)
+                batch = requests(f"base-{mode}", args.ingest, args.users)
                 ingest[mode] = summarize_ingest(
                     asyncio.run(as_fast_as_possible(f"http://127.0.0.1:{port}/webhook", batch, secret=SECRET))
                 )
@@ -389,16 +391,21 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         env = wapipe_env(
             redis_server.url, graph.url, tmp / "data", PORT=str(free_port()), WAPIPE_METRICS_PORT=str(free_port()),
             WAPIPE_WORKER_PROCESSES=str(args.processes), WAPIPE_WORKER_THREADS=str(args.threads),
+            **dict(setting.split("=", 1) for setting in args.setting),
         )  # fmt: skip
         web_url = f"http://127.0.0.1:{env['PORT']}"
         web = stack.enter_context(process([PY, "-m", "daemon", "web"], env, tmp / "web.log"))
         rss.watch("web", web.pid)
         wait_for(lambda: http_ok(web_url + "/readyz"), timeout=20, what="wapipe web")
-        asyncio.run(as_fast_as_possible(web_url + "/webhook", requests("warm", 200), secret=SECRET))
+        asyncio.run(
+            as_fast_as_possible(web_url + "/webhook", requests("warm", 200, args.users), secret=SECRET)
+        )
         client.flushall()
         before = int(client.info("memory")["used_memory"])
         results = asyncio.run(
-            as_fast_as_possible(web_url + "/webhook", requests("ingest", args.ingest), secret=SECRET)
+            as_fast_as_possible(
+                web_url + "/webhook", requests("ingest", args.ingest, args.users), secret=SECRET
+            )
         )
         ingest["wapipe"] = summarize_ingest(results)
         queued = int(client.llen("dramatiq:wapipe"))
@@ -415,11 +422,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         # 2. End to end: as fast as possible, then a fixed rate, then a lone message after idle.
         worker = start_worker(stack, env, tmp, "worker")
         rss.watch("worker", worker.pid)
-        warm = requests("warm2", 100)
+        warm = requests("warm2", 100, args.users)
         asyncio.run(as_fast_as_possible(web_url + "/webhook", warm, secret=SECRET))
         graph.wait_received({i for i, _ in warm}, timeout=60)
         graph.clear()
-        batch = requests("e2e", args.messages)
+        batch = requests("e2e", args.messages, args.users)
         wait_for(lambda: drained(client), timeout=30, what="the warm-up drained")
         footprint = RedisFootprint(client, *retention_seconds(env))
         assert redis_server.process is not None
@@ -451,7 +458,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "server_cpu_ms_per_message": round(sum(spent[name] for name in SERVER_PROCESSES), 2),
         }
         graph.clear()
-        steady = requests("steady", int(args.rate * args.rate_seconds))
+        steady = requests("steady", int(args.rate * args.rate_seconds), args.users)
         posted = asyncio.run(at_rate(web_url + "/webhook", steady, secret=SECRET, rate=args.rate))
         received = graph.wait_received({r.message_id for r in posted if r.status == 200}, timeout=60)
         latencies = [received[r.message_id] - r.sent_at for r in posted if r.status == 200]
@@ -484,7 +491,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         limited_env = {**env, "WAPIPE_SEND_RATE": str(args.limit), "WAPIPE_METRICS_PORT": str(free_port())}
         start_worker(stack, limited_env, tmp, "worker-limited")
         graph.clear()
-        batch = requests("limited", args.limit * 4)
+        batch = requests("limited", args.limit * 4, args.users)
         asyncio.run(as_fast_as_possible(web_url + "/webhook", batch, secret=SECRET))
         graph.wait_received({i for i, _ in batch}, timeout=60)
         sends = sorted(graph.stats()["sends"])
@@ -528,7 +535,7 @@ def overload(
 
 
 def _overload_burst(args: argparse.Namespace, url: str, graph: Graph, client: Any) -> dict[str, Any]:
-    burst = requests("burst", args.overload_limit * 10)
+    burst = requests("burst", args.overload_limit * 10, args.users)
     bodies = dict(burst)
     peak_redis = 0
 
@@ -611,6 +618,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--overload-graph-ms", type=float, default=20.0, help="Graph API answer delay in the overload run"
+    )
+    parser.add_argument(
+        "--users", type=int, default=USERS, help="users the messages come from, in turn (1: one user's flood)"
+    )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a wapipe setting for the run's web and worker (repeatable), e.g. WAPIPE_USER_ORDER=false",
     )
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker process")

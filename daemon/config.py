@@ -149,6 +149,9 @@ class Settings:
     trace_retention_hours: int
     media_retention_days: int
     order_wait_seconds: float
+    #: Answer each user's messages one at a time, in order, whatever the handler
+    #: (``WAPIPE_USER_ORDER``); a conversation bot's always are.
+    user_order: bool
     redis_start_wait_seconds: float
     media_min_bytes_per_second: int
     header_timeout_seconds: float
@@ -272,6 +275,7 @@ class Settings:
                 "WAPIPE_CONVERSATION_TTL_SECONDS", 30 * DAY_SECONDS, minimum=60
             ),
             order_wait_seconds=env.number("WAPIPE_ORDER_WAIT_SECONDS", 30.0, minimum=0.0),
+            user_order=env.boolean("WAPIPE_USER_ORDER", default=True),
             status_retention_days=env.integer("WAPIPE_STATUS_RETENTION_DAYS", 3, minimum=1),
             trace_retention_hours=env.integer("WAPIPE_TRACE_RETENTION_HOURS", 72, minimum=1),
             media_retention_days=env.integer("WAPIPE_MEDIA_RETENTION_DAYS", 0, minimum=0),

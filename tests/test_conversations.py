@@ -24,7 +24,6 @@ from daemon.pipeline import MessageItem, Outgoing
 from daemon.store import dedup, keys
 from tests.support.fake_graph import FakeGraph, Reply
 from tests.support.stages import context, counted, resources
-from tests.support.waiting import wait_for
 
 NUMBER = "620000000000001"
 
@@ -241,7 +240,14 @@ def test_a_users_messages_reach_the_bot_in_the_order_parse_saw_them(
         parse.run(context(worker), Envelope(meta_bytes(body).decode(), time.time(), "env-2"))
         late = {i.id: i for i in (REPLY.decode(m.kwargs) for m in _queued(rclient))}
         started = time.monotonic()
-        reply.run(context(worker), late["wamid.S2"])  # S1 is stuck: S2 goes after the bound
+        options: dict[str, Any] = {}
+        while True:  # S1 is stuck: S2 waits in the queue (its wait counted in its options), then goes
+            try:
+                reply.run(worker.context("msg-s2", options), late["wamid.S2"])
+                break
+            except ordering.OrderWait:
+                assert time.monotonic() - started < 2.0
+                time.sleep(0.02)
         assert 0.1 < time.monotonic() - started < 2.0
 
 
@@ -317,12 +323,12 @@ def test_the_bot_reads_the_delivery_of_what_it_sent(
 def test_a_business_send_waits_its_turn_and_joins_the_history(
     worker: Resources, fake_graph: FakeGraph
 ) -> None:
-    """A send to a user whose message parse has seen but the bot has not decided waits for that
-    decision (back to the queue without using a retry, or in its thread); then it is recorded after
-    the bot's reply in the history, once, and sent inside the window that message opened; a retry
-    sends nothing more and records nothing more."""
+    """A send to a user whose message parse has seen but the bot has not answered waits for it
+    (back to the queue without using a retry, again and again while it is not answered); then it
+    is recorded after the bot's reply in the history, once, and sent inside the window that message
+    opened; a retry sends nothing more and records nothing more."""
     user = "447700900123"
-    worker.store.conversations.enter(NUMBER, user, "wamid.B1", int(time.time() * 1000))  # as parse does
+    worker.store.order.enter(NUMBER, user, "wamid.B1", time.time())  # as parse does
     agent = Outgoing(
         NUMBER, user, ({"type": "text", "text": {"body": "agent: hello"}},), "agent-1", time.time()
     )
@@ -333,17 +339,24 @@ def test_a_business_send_waits_its_turn_and_joins_the_history(
     assert fake_graph.sends() == []
     outcome: list[object] = []
 
-    def agent_sends() -> None:  # the retry, waiting in its thread while the bot decides
-        try:
-            send.run(context(worker), agent)
-            outcome.append("sent")
-        except Exception as error:  # reported by the assertion below
-            outcome.append(error)
+    def agent_sends() -> None:  # its retries, back in the queue while the bot has not answered
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                send.run(context(worker, **options), agent)
+                outcome.append("sent")
+                return
+            except ordering.OrderWait:
+                time.sleep(0.02)
+            except Exception as error:  # reported by the assertion below
+                outcome.append(error)
+                return
 
-    waits = counted(worker.metrics.ordering_waits)
+    options = dict(waiting.options)
+
+    assert counted(worker.metrics.ordering_waits) == 1
     waiter = threading.Thread(target=agent_sends)
     waiter.start()
-    wait_for(lambda: counted(worker.metrics.ordering_waits) > waits, timeout=5, what="the send waiting")
     reply.run(context(worker), item("wamid.B1", text="question"))  # the user's first message opens the window
     waiter.join(timeout=10)
     assert outcome == ["sent"]

@@ -8,6 +8,7 @@ One module per concern, every key layout in :mod:`daemon.store.keys`, every Lua 
 - :mod:`~daemon.store.statuses`: delivery statuses, kept monotonic;
 - :mod:`~daemon.store.ledger`: the reply ledger (at most one send per outbound message);
 - :mod:`~daemon.store.conversations`: conversations and the turn of each inbound message;
+- :mod:`~daemon.store.order`: each user's messages one at a time, in order;
 - :mod:`~daemon.store.ratelimit`: outbound rate limits and the pause on a refused token;
 - :mod:`~daemon.store.deadletters`: dead letters, their reasons, replay and retention;
 - :mod:`~daemon.store.media`: inbound media files;
@@ -27,6 +28,7 @@ from daemon.config import Settings
 from daemon.store.conversations import Conversations
 from daemon.store.journeys import Journeys
 from daemon.store.ledger import ReplyLedger
+from daemon.store.order import Order
 from daemon.store.queues import Queue
 from daemon.store.ratelimit import SendLimiter, SendPause
 from daemon.store.uploads import Uploads
@@ -42,6 +44,7 @@ class Store:
     limiter: SendLimiter
     pause: SendPause
     conversations: Conversations
+    order: Order
     uploads: Uploads
     journeys: Journeys
 
@@ -68,6 +71,7 @@ class Store:
                 ttl_seconds=settings.conversation_ttl_seconds,
                 turn_ttl_seconds=ledger.ttl_seconds,
             ),
+            order=Order(client),
             uploads=Uploads(client),
             journeys=Journeys(client, traced),
         )

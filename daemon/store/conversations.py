@@ -8,10 +8,8 @@ retry, a redelivery after a crash or an operator's replay of that message finds 
 sends its replies (through the reply ledger, at most once each) without running the bot or
 applying the state again.
 
-**Order.** When the bot takes conversations, parse gives each fresh message the next place in its
-conversation's order (in ``claim.lua``); :meth:`Conversations.wait_ms` holds a message back while
-an earlier one, younger than ``WAPIPE_ORDER_WAIT_SECONDS``, is not decided; committing a turn
-takes the message out of the order. Conversations expire ``WAPIPE_CONVERSATION_TTL_SECONDS`` after their
+A user's messages reach the bot one at a time, in order (:mod:`daemon.store.order`). Conversations
+expire ``WAPIPE_CONVERSATION_TTL_SECONDS`` after their
 last turn; a turn lives as long as the reply ledger.
 """
 
@@ -28,9 +26,6 @@ import redis
 
 from daemon.conversation import WINDOW_SECONDS, Conversation, Entry
 from daemon.store import keys, scripts, statuses
-
-#: A conversation's order outlives any bound on waiting in it.
-ORDER_TTL_SECONDS = 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +70,6 @@ class Conversations:
     ) -> None:
         self._client = client
         self._turn = scripts.register(client, "turn")
-        self._order_wait = scripts.register(client, "order_wait")
-        self._order_enter = scripts.register(client, "order_enter")
         self._note = scripts.register(client, "note")
         self.history_messages = history_messages
         self.history_characters = history_characters
@@ -84,16 +77,12 @@ class Conversations:
         self.ttl_seconds = ttl_seconds
         self.turn_ttl_seconds = turn_ttl_seconds
 
-    def decided(self, phone_number_id: str, message_id: str, user: str) -> list[dict[str, Any]] | None:
-        """The replies of a turn already committed for ``message_id``, or None. A message found
-        decided leaves its conversation's order (a redelivery after a crash)."""
+    def decided(self, phone_number_id: str, message_id: str) -> list[dict[str, Any]] | None:
+        """The replies of a turn already committed for ``message_id``, or None (a retry, a
+        redelivery after a crash, a replay: it keeps its place in the user's order until sent)."""
         stored = self._client.get(keys.turn(phone_number_id, message_id))
         if stored is None:
             return None
-        with self._client.pipeline(transaction=True) as pipe:
-            pipe.zrem(keys.order(phone_number_id, user), message_id)
-            pipe.hdel(keys.order_since(phone_number_id, user), message_id)
-            pipe.execute()
         return list(json.loads(stored)["outbound"])
 
     def last_inbound(self, phone_number_id: str, user: str) -> float | None:
@@ -117,24 +106,6 @@ class Conversations:
                 pipe.sadd(keys.user_media(phone_number_id, user), media)
                 pipe.expire(keys.user_media(phone_number_id, user), self.ttl_seconds)
                 pipe.execute()
-
-    def enter(self, phone_number_id: str, user: str, subject: str, now_ms: int) -> None:
-        """Give ``subject`` (a business send) the next place in the conversation's order, unless
-        it has one: it goes after what parse saw before it, and holds back what comes after it."""
-        order = [keys.order(phone_number_id, user), keys.order_since(phone_number_id, user)]
-        self._order_enter(
-            keys=[*order, keys.order_counter(phone_number_id, user)],
-            args=[subject, now_ms, ORDER_TTL_SECONDS],
-        )
-
-    def wait_ms(self, phone_number_id: str, user: str, message_id: str, now_ms: int, bound_ms: int) -> int:
-        """How long ``message_id`` must still wait for earlier messages of its conversation (0: go).
-
-        Messages reach the bot one at a time per conversation, in the order parse saw them; a
-        message waits for an earlier one only while that one is younger than ``bound_ms``.
-        """
-        order = (keys.order(phone_number_id, user), keys.order_since(phone_number_id, user))
-        return int(self._order_wait(keys=list(order), args=[message_id, now_ms, bound_ms]))
 
     def load(self, phone_number_id: str, user: str) -> Conversation:
         """The conversation as the last committed turn left it (a new one if there is none)."""
@@ -183,8 +154,6 @@ class Conversations:
                 keys.turn(number, message_id),
                 keys.conversation(number, user),
                 keys.history(number, user),
-                keys.order(number, user),
-                keys.order_since(number, user),
             ],
             args=[
                 json.dumps({"outbound": list(outbound), "user": user}),

@@ -107,17 +107,13 @@ class Claims:
         self._add(item_keys, item_args)
 
     def order_last(
-        self, phone_number_id: str, user: str, message_id: str, now_ms: int, ttl_seconds: int
+        self, phone_number_id: str, user: str, message_id: str, place_us: int, ttl_seconds: int
     ) -> None:
-        """Give the message added last, if it is fresh, the next place in its conversation's order
-        (see :mod:`daemon.store.ordering`)."""
+        """Give the message added last, if it is fresh, its place in its user's order (see
+        :mod:`daemon.store.order`)."""
         _encodable([user, message_id])
-        self._order_keys += [
-            keys.order(phone_number_id, user),
-            keys.order_since(phone_number_id, user),
-            keys.order_counter(phone_number_id, user),
-        ]
-        self._order_args += [self._items, message_id, now_ms, ttl_seconds]
+        self._order_keys.append(keys.order(phone_number_id, user))
+        self._order_args += [self._items, message_id, place_us, ttl_seconds]
 
     def date_last(
         self,

@@ -58,6 +58,7 @@ def forget(client: redis.Redis, phone_number_id: str, user: str, media_dir: Path
         keys.conversation(phone_number_id, user),
         keys.history(phone_number_id, user),
         keys.order(phone_number_id, user),
+        keys.order_running(phone_number_id, user),
         keys.order_since(phone_number_id, user),
         keys.order_counter(phone_number_id, user),
         keys.user_messages(phone_number_id, user),

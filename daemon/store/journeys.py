@@ -48,8 +48,11 @@ class Journeys:
     def add(self, subject: str, entry: str) -> None:
         """Append ``entry`` (made by :func:`event`) to ``subject``'s journey, in one command."""
         journey_keys, journey_args = appended(subject, entry, self.ttl_seconds)
-        # record.lua: no key to set (0, the TTL), no message record (time, digest '', …), the event.
-        self._record(keys=journey_keys, args=[0, self.ttl_seconds, 0, "", -1, "", "", 0, 0, *journey_args])
+        # record.lua: no key to set (0, the TTL), no message record (time, digest '', …), no order
+        # to leave (''), the event.
+        self._record(
+            keys=journey_keys, args=[0, self.ttl_seconds, 0, "", -1, "", "", 0, 0, "", *journey_args]
+        )
 
     def read(self, subject: str) -> list[dict[str, Any]]:
         """``subject``'s events, oldest first (empty when none were kept)."""

@@ -186,18 +186,25 @@ def turn(phone_number_id: str, message_id: str) -> str:
 
 
 def order(phone_number_id: str, user: str) -> str:
-    """A conversation's messages waiting for the bot, in the order parse saw them: a sorted set of
-    message ids scored by their place (see :func:`order_since` and :func:`order_counter`)."""
+    """A user's messages that have not ended, in the order they took their places: a sorted set of
+    message ids scored by that time (µs, Redis's clock; :mod:`daemon.store.order`)."""
     return f"wapipe:order:{part(phone_number_id)}:{part(user)}"
 
 
+def order_running(phone_number_id: str, user: str) -> str:
+    """Which of a user's messages in their order are running now (past their wait, not ended, not
+    waiting for a retry): message id → ``1``. A message waits in its thread only for one of these."""
+    return f"wapipe:order:{part(phone_number_id)}:{part(user)}:running"
+
+
 def order_since(phone_number_id: str, user: str) -> str:
-    """When each waiting message was seen by parse (message id → Unix ms)."""
+    """Earlier releases: when each waiting message was seen by parse (message id → Unix ms). No
+    longer written; `wapipe forget` removes what is left of it."""
     return f"wapipe:order:{part(phone_number_id)}:{part(user)}:since"
 
 
 def order_counter(phone_number_id: str, user: str) -> str:
-    """The last place given in a conversation's order."""
+    """Earlier releases: the last place given in a conversation's order (no longer written)."""
     return f"wapipe:order:{part(phone_number_id)}:{part(user)}:counter"
 
 

@@ -46,6 +46,9 @@ class Subject:
     phone_number_id: str
     id: str
     at: int
+    #: The user whose order the message leaves when it is done (:mod:`daemon.store.order`), if it
+    #: holds a place in one.
+    ordered_for: str | None = None
 
     @property
     def digest(self) -> bytes:
@@ -189,7 +192,8 @@ class ReplyLedger:
         journey: Journey | None,
     ) -> None:
         """Set each key to its value, update ``subject``'s record (the ``index``-th state, and
-        done with ``replies``) and append ``journey``'s event, in one command. It records sends
+        done with ``replies``: then it also leaves its user's order) and append ``journey``'s
+        event, in one command. It records sends
         that happened: worth waiting for Redis (up to :data:`RECORD_WAIT_SECONDS`) rather than
         leave them "in doubt"."""
         names = [key for key, _ in values]
@@ -198,6 +202,14 @@ class ReplyLedger:
             subject.at, subject.digest, index, state, "" if replies is None else replies,
             int(time.time()), self.ttl_seconds,
         ]  # fmt: skip
+        if replies is not None and subject.ordered_for is not None:  # done: it leaves the order
+            names += [
+                keys.order(subject.phone_number_id, subject.ordered_for),
+                keys.order_running(subject.phone_number_id, subject.ordered_for),
+            ]
+            args.append(subject.id)
+        else:
+            args.append("")
         if journey is not None:
             journey_keys, journey_args = journeys.appended(*journey, self.kept_seconds)
             names += journey_keys

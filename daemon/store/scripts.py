@@ -3,7 +3,8 @@
 A script that enqueues (``enqueue``, ``claim``, ``replay``) is prefixed with ``push.lua``, the
 one enqueue every producer shares (see :mod:`daemon.store.queues`); one that reads or writes the
 message records (``claim``, ``record``, ``ledger``) with ``records.lua`` (see
-:mod:`daemon.store.records`). Scripts are registered on a
+:mod:`daemon.store.records`); one that gives places in a user's order with ``order.lua`` (see
+:mod:`daemon.store.order`). Scripts are registered on a
 client by :func:`register` (redis-py: EVALSHA, with the source sent again only after Redis lost
 it, e.g. a restart).
 """
@@ -41,6 +42,8 @@ _PUSHING = frozenset({"enqueue", "claim", "replay"})
 _RECORDING = frozenset({"claim", "record", "ledger"})
 #: Scripts that add to a user's index (``index.lua``).
 _INDEXING = frozenset({"claim", "note"})
+#: Scripts that give or read places in a user's order (``order.lua``).
+_ORDERING = frozenset({"claim", "order_enter"})
 
 
 @functools.cache
@@ -48,6 +51,8 @@ def source(name: Name) -> str:
     """The Lua source of script ``name``, as sent to Redis."""
     folder = resources.files(__package__).joinpath("lua")
     text = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if name in _ORDERING:
+        text = folder.joinpath("order.lua").read_text(encoding="utf-8") + text
     if name in _INDEXING:
         text = folder.joinpath("index.lua").read_text(encoding="utf-8") + text
     if name in _RECORDING:

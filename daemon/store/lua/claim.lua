@@ -3,17 +3,17 @@
 --
 -- KEYS: per item its dedup mark (for a message: the mark an earlier release wrote, only read) and
 -- its target (a message: the queue list and message hash it goes to, and its journey; a status:
--- its status hash), then per ordered message its conversation's order set, "since" hash and
--- counter, then per dated message its conversation's hash, its user's index of messages and the
--- set of active conversations, then per bad item its queue's dead-letter set, their messages and
--- the reasons hash.
+-- its status hash), then per ordered message its user's order set, then per dated message its
+-- conversation's hash, its user's index of messages and the set of active conversations, then per
+-- bad item its queue's dead-letter set, their messages and the reasons hash.
 -- ARGV: the number of items, of ordered messages and of dated messages, the time now (s), then 12
 -- values per item: kind, owner, dedup TTL (s), '1' to skip the dedup check (replay, no id), then for
 -- a message push's id, data, queue and channel, its journey's first event ('' for none), the
 -- journey's TTL (s), its record's time and digest (records.lua; the TTL is then the record's;
 -- '' for none: a business send, claimed by its mark), for a status its status, rank, timestamp,
--- TTL (s), error code ('' for none) and three ''; then 4 values per ordered message: its item's number (1-based), its message id, the time (ms) and the order's TTL
--- (s) — a fresh one takes the next place in its conversation's order; then 6 values per dated
+-- TTL (s), error code ('' for none) and three ''; then 4 values per ordered message: its item's
+-- number (1-based), its message id, its place (µs) and the order's TTL (s) — a fresh one takes
+-- that place in its user's order (order.lua); then 6 values per dated
 -- message: its item's number, Meta's timestamp of it (0 if unknown), the conversation's TTL
 -- (s), its message id, its conversation's member of the active set and how long its user's index
 -- keeps it (s) — a fresh one moves its conversation's last_inbound and its place in the active set
@@ -71,13 +71,8 @@ for i = 1, n do
 end
 for j = 0, m - 1 do
   local o = 5 + n * 12 + j * 4
-  if results[tonumber(ARGV[o])] == 1 then
-    local place = redis.call('INCR', KEYS[k + 2])
-    redis.call('ZADD', KEYS[k], place, ARGV[o + 1])
-    redis.call('HSET', KEYS[k + 1], ARGV[o + 1], ARGV[o + 2])
-    for e = 0, 2 do redis.call('EXPIRE', KEYS[k + e], ARGV[o + 3]) end
-  end
-  k = k + 3
+  if results[tonumber(ARGV[o])] == 1 then order_place(KEYS[k], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]) end
+  k = k + 1
 end
 for j = 0, t - 1 do
   local o = 5 + n * 12 + m * 4 + j * 6

@@ -1,10 +1,3 @@
--- Give a message the next place in its conversation's order, unless it has one.
--- KEYS: the order set, its "since" hash, its counter. ARGV: the message id, now (ms), the TTL (s).
--- Returns its place.
-local place = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if place then return tonumber(place) end
-place = redis.call('INCR', KEYS[3])
-redis.call('ZADD', KEYS[1], place, ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-return place
+-- Give a message (a business send) its place in its user's order, unless it has one (order.lua).
+-- KEYS: the order set. ARGV: the message id, its place (µs), the order's TTL (s). Returns its place.
+return order_place(KEYS[1], ARGV[1], ARGV[2], ARGV[3])

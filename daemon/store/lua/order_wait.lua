@@ -1,13 +1,29 @@
--- How long a message must still wait for the earlier messages of its conversation: the longest
--- time any of them, seen by parse before it and not yet decided, has left of the bound. 0: go.
--- An earlier message older than the bound (stuck in a download, a retry, a dead worker) no longer
--- holds the later ones back; it is handled when it can be.
--- KEYS: the order set, its "since" hash. ARGV: the message id, now (ms), the bound (ms).
+-- Whether a message must still wait for the earlier messages of its user, and how long at most.
+-- It goes when no earlier message is in the order (each left it when it ended), or when it has
+-- waited the bound: then every earlier one loses its place (stuck in a slow download, a retry's
+-- back-off, lost: it is handled when it can be, out of order), so that the user's later messages
+-- do not wait for it again. A message that goes is marked running (in the order's "running" hash,
+-- until it ends or is retried). A message not in the order (ended, or never given a place) goes.
+-- KEYS: the order set, its running hash. ARGV: the message id, how long it has waited (ms), the
+-- bound (ms), the order's TTL (s).
+-- Returns {the most it must still wait (ms; 0: go), how many earlier messages lost their place,
+-- how many earlier messages are in the order, 1 when the one just before it is running}.
 local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not mine then return 0 end
-local now, bound, wait = tonumber(ARGV[2]), tonumber(ARGV[3]), 0
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. mine)) do
-  local left = tonumber(redis.call('HGET', KEYS[2], id) or '0') + bound - now
-  if left > wait then wait = left end
+if not mine then return {0, 0, 0, 0} end
+local earlier = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. mine)
+local dropped = 0
+if earlier > 0 then
+  local left = tonumber(ARGV[3]) - tonumber(ARGV[2])
+  if left > 0 then
+    local before = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. mine, '-inf', 'LIMIT', 0, 1)
+    return {left, 0, earlier, redis.call('HEXISTS', KEYS[2], before[1])}
+  end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. mine)) do
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+    dropped = dropped + 1
+  end
 end
-return wait
+redis.call('HSET', KEYS[2], ARGV[1], '1')
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {0, dropped, 0, 0}
