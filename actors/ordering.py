@@ -28,16 +28,20 @@ log = logging.getLogger(__name__)
 #: Decisions made in a row for one message before it is retried later (another message of the
 #: same user committed between loading the conversation and committing this one's turn).
 DECIDE_ATTEMPTS = 5
-#: How often a message waiting for an earlier one looks again, while it waits in the thread: first
-#: soon (the earlier one is most often being sent, a few milliseconds), then less and less often.
+#: How often a message waiting in its thread for the running one before it looks again: first soon
+#: (that one is most often being sent, a few milliseconds), then up to every 10 ms (one message of a
+#: user waits so at a time: the others wait in the queue).
 FIRST_POLL_SECONDS = 0.002
-MAX_POLL_SECONDS = 0.05
+MAX_POLL_SECONDS = 0.01
 #: The longest a message waits in the thread for an earlier one before going back to the queue.
 MAX_INLINE_WAIT_MS = 2_000
 #: How long a message waits in the queue for an earlier one that is not running yet (queued,
-#: downloading, waiting for a retry), per two messages ahead of it, at least once, at most 1 s: a
-#: thread waiting for it could be the thread it needs.
+#: downloading, waiting for a retry) — a thread waiting for it could be the thread it needs: at
+#: least this, and :data:`AHEAD_DELAY_MS` per message ahead of it (about what a user's message
+#: takes when their messages are answered one after the other), so that a message far back in a
+#: flood of one user comes back about when its turn is near, not once a second.
 QUEUED_DELAY_MS = 50
+AHEAD_DELAY_MS = 15
 #: The message option holding when it started waiting for an earlier one (Unix seconds), so that
 #: its requeues count towards the bound.
 WAITING_SINCE = "wapipe_order_since"
@@ -50,20 +54,23 @@ class OrderWait(dramatiq.Retry):
     """An earlier message of the same conversation is not decided yet: come back shortly."""
 
 
-def wait_for_earlier(context: Context, phone_number_id: str, user: str, subject: str, actor: str) -> None:
+def wait_for_earlier(context: Context, phone_number_id: str, user: str, subject: str, actor: str) -> bool:
     """Hold ``subject`` while an earlier message of its user has not ended, for at most
     ``WAPIPE_ORDER_WAIT_SECONDS`` in all (counted in the message's options across its requeues;
-    then the earlier ones lose their place): briefly in this thread, then back in the queue
-    without using up a retry."""
+    then the earlier ones lose their place): in this thread while the one just before it is
+    running and nothing else is ahead, else back in the queue without using up a retry. Returns whether sending from the number was
+    paused when it went (read in the same call)."""
     bound_ms = int(context.settings.order_wait_seconds * 1000)
     deadline = time.monotonic() + MAX_INLINE_WAIT_MS / 1000
     poll = FIRST_POLL_SECONDS
     since = context.options.get(WAITING_SINCE)
     counted = isinstance(since, (int, float))
     started = float(since) if isinstance(since, (int, float)) else time.time()
+    mark = (phone_number_id, user, subject)
+    order = context.store.order
     while True:
         waited_ms = max(0, int((time.time() - started) * 1000))
-        wait = context.store.order.wait(phone_number_id, user, subject, waited_ms, bound_ms)
+        wait = order.wait(phone_number_id, user, subject, waited_ms, bound_ms)
         if wait.dropped:
             context.metrics.ordering_dropped.inc(wait.dropped)
             log.warning(
@@ -75,18 +82,19 @@ def wait_for_earlier(context: Context, phone_number_id: str, user: str, subject:
                     "waited_ms": waited_ms,
                 },
             )
+        if (wait.left_ms <= 0 or wait.running) and mark not in context.running:
+            context.running.append(mark)
         if wait.left_ms <= 0:
             context.options.pop(WAITING_SINCE, None)
-            context.running.append((phone_number_id, user, subject))
-            return
+            return wait.paused
         if not counted:
             context.metrics.ordering_waits.inc()
             log.info("ordering_wait", extra={"actor": actor, "message_id": subject, "wait_ms": wait.left_ms})
             counted = True
-        if not wait.running:  # queued, downloading or waiting for a retry: do not hold a thread
+        if not (wait.running and wait.ahead == 1):  # queued, downloading, retried, or further back
             context.options[WAITING_SINCE] = started
-            delay = max(QUEUED_DELAY_MS, QUEUED_DELAY_MS * wait.ahead // 2)
-            raise context.not_counted(OrderWait(delay=min(wait.left_ms, delay, 1_000)))
+            delay = max(QUEUED_DELAY_MS, AHEAD_DELAY_MS * wait.ahead)
+            raise context.not_counted(OrderWait(delay=min(wait.left_ms, delay)))
         if time.monotonic() + poll >= deadline:
             context.options[WAITING_SINCE] = started
             raise context.not_counted(OrderWait(delay=min(wait.left_ms, 1_000)))

@@ -49,7 +49,7 @@ def run(context: Context, item: MessageItem) -> None:
     fields = {"actor": ACTOR_NAME, "message_id": message.id, "type": message.type}
     ledger = context.store.ledger
     ordered_for = message.user if context.ordered else None
-    outbound = _decide(context, message, item.received_at)
+    outbound, paused = _decide(context, message, item.received_at)
     context.journal.fields["replies"] = len(outbound)
     if not outbound:
         subject = Subject(message.phone_number_id, message.id, item.at, ordered_for)
@@ -66,7 +66,7 @@ def run(context: Context, item: MessageItem) -> None:
         user=message.user,
         ordered=ordered_for is not None,
     )
-    probing = sending.wait_if_paused(context, message.phone_number_id)
+    probing = sending.wait_if_paused(context, message.phone_number_id, paused)
     # Marked read already: "typing…" before the bot ran, or by the run that was deferred for its
     # rate-limit slot.
     if not _typing(context) and not sending.paced(context):
@@ -78,26 +78,31 @@ def run(context: Context, item: MessageItem) -> None:
     log.info("replied", extra={**fields, "replies": len(outbound), "latency_ms": round(latency * 1000)})
 
 
-def _decide(context: Context, message: InboundMessage, received_at: float) -> list[Outbound]:
+def _decide(
+    context: Context, message: InboundMessage, received_at: float
+) -> tuple[list[Outbound], bool | None]:
     """The replies to ``message``, once the user's earlier messages ended (:mod:`actors.ordering`).
     A sync handler runs in this worker thread, an async one on the worker's event loop. A handler that takes the conversation gets it loaded from Redis, and its
     replies are committed with the conversation's changes as this message's turn, once: a run
     that finds the turn committed (a retry, a redelivery, a replay) sends those replies again
     through the ledger, without running the bot. When another message of the user committed
     meanwhile, the bot decides again from the new state (it may run more than once; only one
-    decision is kept and sent)."""
+    decision is kept and sent). Also returns whether sending from the number was paused, when a
+    stateless handler's order check read it (else None: the caller reads it)."""
     user = message.user
     if not context.conversational:
+        paused = None
         if context.ordered and user:
-            ordering.wait_for_earlier(context, message.phone_number_id, user, message.id, ACTOR_NAME)
-        return call_handler(context.handler, message, context.run_coroutine)
+            paused = ordering.wait_for_earlier(context, message.phone_number_id, user, message.id, ACTOR_NAME)
+        return call_handler(context.handler, message, context.run_coroutine), paused
     conversations = context.store.conversations
     if not user:
         raise ItemRejected("inbound message has neither from nor from_user_id", message_id=message.id)
     decided = conversations.decided(message.phone_number_id, message.id)
     if decided is not None:
         log.info("turn_already_decided", extra={"actor": ACTOR_NAME, "message_id": message.id})
-        return decided
+        return decided, None
+    # The pause read with the order is not kept: a conversation bot may take seconds to decide.
     ordering.wait_for_earlier(context, message.phone_number_id, user, message.id, ACTOR_NAME)
     if _typing(context):
         _mark_read(context, message, {"actor": ACTOR_NAME, "message_id": message.id}, typing=True)
@@ -116,9 +121,10 @@ def _decide(context: Context, message: InboundMessage, received_at: float) -> li
         ]
         return outbound, entries
 
-    return ordering.commit_turn(
+    outbound = ordering.commit_turn(
         context, message.phone_number_id, user, message.id, decide, inbound_at, ACTOR_NAME
     )
+    return outbound, None
 
 
 def _last_inbound(context: Context, message: InboundMessage, received_at: float) -> float:

@@ -151,13 +151,14 @@ def send_all(
         )
 
 
-def wait_if_paused(context: Context, phone_number_id: str) -> bool:
-    """While the number is paused, only one message per period goes on, as the probe.
+def wait_if_paused(context: Context, phone_number_id: str, paused: bool | None = None) -> bool:
+    """While the number is paused, only one message per period goes on, as the probe. ``paused``:
+    whether it is, when the caller read it a moment ago (else it is read now).
 
     Returns True for the probe (whose success lifts the pause), False when not paused.
     """
     pause = context.store.pause
-    if not pause.paused(phone_number_id):
+    if not (pause.paused(phone_number_id) if paused is None else paused):
         return False
     if not pause.take_probe(phone_number_id):
         raise _pause_retry(context)

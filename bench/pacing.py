@@ -20,24 +20,15 @@ import os
 import shutil
 import tempfile
 import time
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from bench.baselines import SECRET
 from bench.load import at_rate, requests
-from bench.run import PY, Graph, cpu_seconds, http_ok, port_open, process, start_worker, wapipe_env
-from tests.pipeline_helpers import samples
+from bench.run import PY, Graph, cpu_seconds, http_ok, port_open, process, retried, start_worker, wapipe_env
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import free_port, wait_for
-
-
-def retried(metrics_url: str) -> int:
-    """The reply stage's retries so far, from the worker's metrics."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        found = samples(response.read().decode())
-    return int(found.get(("wapipe_actor_messages_total", (("actor", "reply"), ("outcome", "retried"))), 0))
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

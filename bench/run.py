@@ -81,6 +81,16 @@ def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
         handle.close()
 
 
+def retried(metrics_url: str) -> int:
+    """The reply stage's retries so far (a message waiting for a rate-limit slot or for the user's
+    message before it comes back as one), from the worker's metrics."""
+    from tests.pipeline_helpers import samples
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        found = samples(response.read().decode())
+    return int(found.get(("wapipe_actor_messages_total", (("actor", "reply"), ("outcome", "retried"))), 0))
+
+
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
@@ -439,6 +449,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
         client.config_resetstat()
+        metrics_url = f"http://127.0.0.1:{env['WAPIPE_METRICS_PORT']}/metrics"
+        retries_before = retried(metrics_url)
         started = time.time()
         posted = asyncio.run(as_fast_as_possible(web_url + "/webhook", batch, secret=SECRET))
         accepted = {r.message_id for r in posted if r.status == 200}
@@ -456,6 +468,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "cpu_ms_per_message": spent,
             # wapipe's own processes only: not the load generator's, not the fake Graph API's.
             "server_cpu_ms_per_message": round(sum(spent[name] for name in SERVER_PROCESSES), 2),
+            "reply_retries_per_message": round((retried(metrics_url) - retries_before) / len(accepted), 2),
         }
         graph.clear()
         steady = requests("steady", int(args.rate * args.rate_seconds), args.users)
