@@ -3,8 +3,8 @@
 A user's messages reach the handler, and are answered, one at a time in the order they took their
 places (:mod:`daemon.store.order`: parse gives an inbound message its place; a business send to a
 conversation bot's user takes one when it first runs). :func:`wait_for_earlier` holds one back
-while an earlier one, younger than ``WAPIPE_ORDER_WAIT_SECONDS``, has not ended (answered,
-dead-lettered, or deferred to a rate-limit slot it holds). When the bot takes conversations,
+while an earlier one has not ended (answered, dead-lettered, or deferred to a rate-limit slot it
+holds), for at most ``WAPIPE_ORDER_WAIT_SECONDS``. When the bot takes conversations,
 :func:`commit_turn` records what was decided for a message — the replies, or the business's
 messages — with the conversation's changes and history, once.
 """
@@ -51,15 +51,15 @@ Decide = Callable[[Conversation], tuple[Sequence[Outbound], Sequence[Entry]]]
 
 
 class OrderWait(dramatiq.Retry):
-    """An earlier message of the same conversation is not decided yet: come back shortly."""
+    """An earlier message of the same user has not ended yet: come back shortly."""
 
 
 def wait_for_earlier(context: Context, phone_number_id: str, user: str, subject: str, actor: str) -> bool:
     """Hold ``subject`` while an earlier message of its user has not ended, for at most
     ``WAPIPE_ORDER_WAIT_SECONDS`` in all (counted in the message's options across its requeues;
     then the earlier ones lose their place): in this thread while the one just before it is
-    running and nothing else is ahead, else back in the queue without using up a retry. Returns whether sending from the number was
-    paused when it went (read in the same call)."""
+    running and nothing else is ahead, else back in the queue without using up a retry. Returns
+    whether sending from the number was paused when it went (read in the same call)."""
     bound_ms = int(context.settings.order_wait_seconds * 1000)
     deadline = time.monotonic() + MAX_INLINE_WAIT_MS / 1000
     poll = FIRST_POLL_SECONDS

@@ -82,13 +82,14 @@ def _decide(
     context: Context, message: InboundMessage, received_at: float
 ) -> tuple[list[Outbound], bool | None]:
     """The replies to ``message``, once the user's earlier messages ended (:mod:`actors.ordering`).
-    A sync handler runs in this worker thread, an async one on the worker's event loop. A handler that takes the conversation gets it loaded from Redis, and its
-    replies are committed with the conversation's changes as this message's turn, once: a run
-    that finds the turn committed (a retry, a redelivery, a replay) sends those replies again
-    through the ledger, without running the bot. When another message of the user committed
-    meanwhile, the bot decides again from the new state (it may run more than once; only one
-    decision is kept and sent). Also returns whether sending from the number was paused, when a
-    stateless handler's order check read it (else None: the caller reads it)."""
+    A sync handler runs in this worker thread, an async one on the worker's event loop. A handler
+    that takes the conversation gets it loaded from Redis, and its replies are committed with the
+    conversation's changes as this message's turn, once: a run that finds the turn committed (a
+    retry, a redelivery, a replay) sends those replies again through the ledger, without running
+    the bot. When another message of the user committed meanwhile, the bot decides again from the
+    new state (it may run more than once; only one decision is kept and sent). Also returns
+    whether sending from the number was paused, when a stateless handler's order check read it
+    (else None: the caller reads it)."""
     user = message.user
     if not context.conversational:
         paused = None

@@ -183,6 +183,16 @@ PANELS: list[dict[str, Any]] = [
         unit="ops",
     ),
     panel(
+        "Each user's order",
+        "How often does a message wait for the user's message before it, and how often does a "
+        "message lose its place after a later one waited WAPIPE_ORDER_WAIT_SECONDS for it?",
+        [
+            (f"sum(rate(wapipe_ordering_waits_total[{RATE}]))", "waited"),
+            (f"sum(rate(wapipe_ordering_dropped_total[{RATE}]))", "lost its place"),
+        ],
+        unit="ops",
+    ),
+    panel(
         "Items not answered on purpose",
         "What arrives that is not a message to answer: changes of other webhook fields (subscribed but "
         "not handled), items for numbers outside WAPIPE_PHONE_NUMBER_IDS or unreadable statuses "

@@ -187,7 +187,7 @@ def turn(phone_number_id: str, message_id: str) -> str:
 
 def order(phone_number_id: str, user: str) -> str:
     """A user's messages that have not ended, in the order they took their places: a sorted set of
-    message ids scored by that time (µs, Redis's clock; :mod:`daemon.store.order`)."""
+    message ids scored by their place: when their webhook was received, µs (:mod:`daemon.store.order`)."""
     return f"wapipe:order:{part(phone_number_id)}:{part(user)}"
 
 

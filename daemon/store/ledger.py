@@ -193,9 +193,8 @@ class ReplyLedger:
     ) -> None:
         """Set each key to its value, update ``subject``'s record (the ``index``-th state, and
         done with ``replies``: then it also leaves its user's order) and append ``journey``'s
-        event, in one command. It records sends
-        that happened: worth waiting for Redis (up to :data:`RECORD_WAIT_SECONDS`) rather than
-        leave them "in doubt"."""
+        event, in one command. It records sends that happened: worth waiting for Redis (up to
+        :data:`RECORD_WAIT_SECONDS`) rather than leave them "in doubt"."""
         names = [key for key, _ in values]
         args: list[Any] = [
             len(values), *(value for _, value in values), self.kept_seconds,
