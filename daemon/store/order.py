@@ -10,7 +10,8 @@ one, the time it first ran, when it first runs (:meth:`Order.enter`).
 A message **ends**, and leaves the order, with its last ledger write (its replies sent or refused,
 or handled without reply: ``record.lua``), when it is dead-lettered (at once or after its retries),
 and when its send is deferred to a rate-limit slot it holds (the user's next message reserves the
-slot after it, so the answers still go out in order). Until then it holds the user's later
+slot after it, so the answers still go out in order, but for a reply of several messages, whose
+later ones reserve after the next message's). Until then it holds the user's later
 messages back, but a message waits at most ``WAPIPE_ORDER_WAIT_SECONDS``: then the earlier ones
 lose their place (stuck in a slow download, a retry's back-off, lost), so
 that no later message waits for them again (``order_wait.lua``). The set exists only while a

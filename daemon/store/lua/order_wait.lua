@@ -3,7 +3,8 @@
 -- waited the bound: then every earlier one loses its place (stuck in a slow download, a retry's
 -- back-off, lost: it is handled when it can be, out of order), so that the user's later messages
 -- do not wait for it again. A message that goes, or waits in its thread for the running one just
--- before it (nothing else ahead), is marked running (in the order's "running" hash, until it ends or goes back to the queue). A message not in the order (ended, or never given a place) goes.
+-- before it (nothing else ahead), is marked running (in the order's "running" hash, until it ends
+-- or goes back to the queue). A message not in the order (ended, or never given a place) goes.
 -- In the same call, whether sending from the business number is paused (what reply checks next).
 -- KEYS: the order set, its running hash, the number's pause. ARGV: the message id, how long it has
 -- waited (ms), the bound (ms), the order's TTL (s).
