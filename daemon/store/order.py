@@ -29,7 +29,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
-from redis.exceptions import NoScriptError
 
 from daemon.store import keys, scripts
 
@@ -82,11 +81,7 @@ class Order:
             keys.paused(phone_number_id),
         )
         values = (message_id, waited_ms, bound_ms, ORDER_TTL_SECONDS)
-        try:  # EVALSHA itself: once per message, and redis-py's Script call costs a third more
-            found = self._client.evalsha(self._wait.sha, 3, *names, *values)
-        except NoScriptError:  # Redis lost its scripts (a restart): the script sends its source
-            found = self._wait(keys=names, args=values)
-        left, dropped, ahead, running, paused = found
+        left, dropped, ahead, running, paused = scripts.call(self._client, self._wait, names, values)
         return Wait(int(left), int(dropped), int(ahead), bool(running), bool(paused))
 
     def stopped(self, phone_number_id: str, user: str, message_id: str) -> None:
